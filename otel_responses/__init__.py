@@ -1,0 +1,3 @@
+"""otel-responses: an observability-first proxy for the OpenAI Responses API."""
+
+__version__ = "0.1.0"

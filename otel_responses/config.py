@@ -1,0 +1,89 @@
+"""One typed Settings object, and the table of options that feeds it from CLI flags and env vars."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ENV_PREFIX = "OTEL_RESPONSES_"
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the app and server need; built by the CLI or by hand for embedding."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    upstream: str | None = None
+    upstream_api_key: str | None = field(default=None, repr=False)
+    connect_timeout: float = 10.0
+    read_timeout: float = 600.0
+    max_body_bytes: int = 32 * 1024 * 1024
+    shutdown_grace: float = 30.0
+    log_format: str = "text"
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log_format must be one of {LOG_FORMATS}, not {self.log_format!r}")
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {LOG_LEVELS}, not {self.log_level!r}")
+        for name in ("connect_timeout", "read_timeout", "shutdown_grace"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.max_body_bytes <= 0:
+            raise ValueError("max_body_bytes must be > 0")
+        if self.upstream is not None and not self.upstream.startswith(("http://", "https://")):
+            raise ValueError(f"upstream must be an http:// or https:// URL, not {self.upstream!r}")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One setting as the CLI and the environment spell it."""
+
+    name: str
+    help: str
+    parse: Callable[[str], Any] = str
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def default(self) -> Any:
+        return next(f.default for f in dataclasses.fields(Settings) if f.name == self.name)
+
+
+SERVE_OPTIONS: tuple[Option, ...] = (
+    Option("host", "interface to listen on"),
+    Option("port", "port to listen on", int),
+    Option("upstream", "base URL of the Responses upstream, e.g. https://api.openai.com/v1 "
+           "(unset: start the built-in demo upstream)", metavar="URL"),
+    Option("upstream_api_key", "API key sent to the upstream, replacing the client's "
+           "Authorization/api-key (unset: forward the client's)", metavar="KEY"),
+    Option("connect_timeout", "seconds to connect to the upstream (exceeded: 504)", float),
+    Option("read_timeout", "seconds to wait for each upstream read (exceeded: 504)", float),
+    Option("max_body_bytes", "largest request body accepted (larger: 413)", int),
+    Option("shutdown_grace", "seconds to drain in-flight streams on SIGTERM", float),
+    Option("log_format", "log line format", choices=LOG_FORMATS),
+    Option("log_level", "log level", choices=LOG_LEVELS),
+)
+
+
+def settings_from(values: Mapping[str, Any]) -> Settings:
+    """Build Settings from option values, ignoring None (unset) and unknown keys."""
+    known = {f.name for f in dataclasses.fields(Settings)}
+    return Settings(**{k: v for k, v in values.items() if k in known and v is not None})

@@ -1,0 +1,1 @@
+"""The built-in deterministic Responses upstream used by demo mode, tests and benchmarks."""

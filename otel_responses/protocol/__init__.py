@@ -1,0 +1,1 @@
+"""Sans-IO Responses protocol: SSE parsing, stream accumulation, attribute mapping."""

@@ -1,0 +1,222 @@
+"""The forwarding endpoint: requests go upstream as received, responses come back unbuffered."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import httpx
+from starlette.types import Receive, Scope, Send
+
+from otel_responses.config import Settings
+from otel_responses.proxy import errors
+from otel_responses.proxy.headers import client_response_headers, upstream_request_headers
+from otel_responses.proxy.target import UpstreamTarget
+
+log = logging.getLogger("otel_responses.proxy")
+access_log = logging.getLogger("otel_responses.access")
+
+_NO_BODY_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body was read."""
+
+
+class UpstreamCut(Exception):
+    """The upstream ended a fixed-length body early; only dropping the connection is honest."""
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What one forwarded request did, for the access log."""
+
+    method: str
+    path: str
+    route: str
+    started: float = field(default_factory=time.perf_counter)
+    status: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    stream: bool = False
+    outcome: str = "ok"
+    body: bytes = b""
+
+    def log(self) -> None:
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        fields = {
+            "method": self.method, "path": self.path, "route": self.route,
+            "status": self.status,
+            "duration_ms": round((time.perf_counter() - self.started) * 1000, 2),
+            "bytes_in": self.bytes_in, "bytes_out": self.bytes_out, "stream": self.stream,
+            "model": _model_of(self.body), "outcome": self.outcome,
+        }
+        access_log.info("%s %s %s", self.method, self.path, self.status, extra={"access": fields})
+
+
+def _model_of(body: bytes) -> str | None:
+    # Parsed only for the log line, after the response is done; never on the byte path.
+    if not body.startswith(b"{"):
+        return None
+    try:
+        model = json.loads(body).get("model")
+    except ValueError:
+        return None
+    return model if isinstance(model, str) else None
+
+
+class Proxy:
+    """Owns the pooled upstream client; each route gets an ASGI endpoint from :meth:`endpoint`."""
+
+    def __init__(self, settings: Settings) -> None:
+        if settings.upstream is None:
+            raise ValueError("Proxy needs an upstream URL")
+        self.settings = settings
+        self.target = UpstreamTarget.parse(settings.upstream)
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._client is not None
+
+    async def start(self) -> None:
+        s = self.settings
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(s.read_timeout, connect=s.connect_timeout),
+            # Streams are held open for minutes; a pool cap would queue healthy requests.
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+            follow_redirects=False,
+        )
+        # httpx adds Accept-Encoding and User-Agent of its own; the client's must win untouched.
+        self._client.headers.clear()
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def endpoint(self, route: str) -> Endpoint:
+        return Endpoint(self, route)
+
+    async def forward(self, scope: Scope, receive: Receive, send: Send, route: str) -> None:
+        ex = Exchange(scope["method"], scope["path"], route)
+        try:
+            await self._forward(scope, receive, send, ex)
+        finally:
+            ex.log()
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, ex: Exchange) -> None:
+        try:
+            body = await self._read_body(scope, receive)
+        except ClientGone:
+            ex.outcome = "client_disconnect"
+            return
+        except errors.ProxyError as err:
+            ex.status, ex.outcome = err.status, "rejected"
+            await err.send(send)
+            return
+        ex.body, ex.bytes_in = body, len(body)
+        assert self._client is not None, "Proxy.start() was not awaited"
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        url = self.target.url(raw_path.decode("latin-1"), scope["query_string"].decode("latin-1"))
+        request = self._client.build_request(
+            scope["method"], url,
+            headers=upstream_request_headers(scope["headers"], self.settings.upstream_api_key),
+            content=body if body or scope["method"] not in _NO_BODY_METHODS else None,
+        )
+        exchange = asyncio.ensure_future(self._exchange(request, send, ex))
+        disconnect = asyncio.ensure_future(_wait_for_disconnect(receive))
+        await asyncio.wait((exchange, disconnect), return_when=asyncio.FIRST_COMPLETED)
+        if exchange.done():
+            disconnect.cancel()
+            exchange.result()
+            return
+        # The client left: cancelling the exchange closes the upstream request at once.
+        ex.outcome = "client_disconnect"
+        exchange.cancel()
+        await asyncio.gather(exchange, return_exceptions=True)
+        log.info("client disconnected from %s %s; upstream request closed", ex.method, ex.path)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self.settings.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                raise errors.body_too_large(limit)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise errors.body_too_large(limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _exchange(self, request: httpx.Request, send: Send, ex: Exchange) -> None:
+        assert self._client is not None
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            await self._fail(send, ex, errors.upstream_timeout(_describe(exc)), "upstream_timeout")
+            return
+        except httpx.HTTPError as exc:
+            await self._fail(send, ex, errors.upstream_unreachable(_describe(exc)),
+                             "upstream_unreachable")
+            return
+        try:
+            await self._relay(response, send, ex)
+        finally:
+            await response.aclose()
+
+    async def _relay(self, response: httpx.Response, send: Send, ex: Exchange) -> None:
+        ex.status = response.status_code
+        ex.stream = response.headers.get("content-type", "").startswith("text/event-stream")
+        await send({
+            "type": "http.response.start",
+            "status": response.status_code,
+            "headers": client_response_headers(response.headers.raw),
+        })
+        try:
+            async for chunk in response.aiter_raw():
+                ex.bytes_out += len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except httpx.HTTPError as exc:
+            ex.outcome = "upstream_cut"
+            log.warning("upstream ended %s %s early after %d bytes: %s", ex.method, ex.path,
+                        ex.bytes_out, _describe(exc))
+            if "content-length" in response.headers:
+                raise UpstreamCut(_describe(exc)) from exc
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _fail(self, send: Send, ex: Exchange, err: errors.ProxyError, outcome: str) -> None:
+        ex.status, ex.outcome = err.status, outcome
+        log.warning("%s %s: %s", ex.method, ex.path, err.message)
+        await err.send(send)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A pure ASGI endpoint bound to one named route (the route names the metric/log label)."""
+
+    proxy: Proxy
+    route: str
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.proxy.forward(scope, receive, send, self.route)
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

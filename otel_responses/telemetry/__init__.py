@@ -1,0 +1,1 @@
+"""Observing Responses traffic: middleware, recorder, spans, metrics, export."""

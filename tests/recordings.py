@@ -1,0 +1,88 @@
+"""Find the shared recorded Responses traffic; skip where absent, fail under CI=true."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+RESPONSES_DIR = SHARED / "fixtures" / "responses"
+CODEX_DIR = SHARED / "fixtures" / "codex"
+
+
+@dataclass(frozen=True)
+class Recording:
+    name: str
+    request_method: str
+    request_path: str
+    request_headers: dict[str, str]
+    request_body: Any
+    status: int
+    headers: dict[str, str]
+    body: str
+
+    @property
+    def content_type(self) -> str:
+        return next((v for k, v in self.headers.items() if k.lower() == "content-type"), "")
+
+    @property
+    def is_sse(self) -> bool:
+        return self.content_type.startswith("text/event-stream")
+
+    @property
+    def body_bytes(self) -> bytes:
+        return self.body.encode("utf-8")
+
+
+def _require(path: Path) -> Path:
+    if not path.is_dir():
+        reason = f"shared fixtures not found at {path} (clone without ../shared)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + " -- required under CI=true")
+        pytest.skip(reason)
+    return path
+
+
+def load_recordings() -> list[Recording]:
+    """All recordings, sorted by name (an empty list when ../shared is absent)."""
+    if not RESPONSES_DIR.is_dir():
+        return []
+    out = []
+    for path in sorted(RESPONSES_DIR.glob("*.json")):
+        raw = json.loads(path.read_text())
+        req, resp = raw["request"], raw["response"]
+        out.append(Recording(
+            name=path.stem,
+            request_method=req.get("method", "POST"),
+            request_path=req.get("path", "/v1/responses"),
+            request_headers=req.get("headers") or {},
+            request_body=req.get("body"),
+            status=resp["status"],
+            headers=resp.get("headers") or {},
+            body=resp["body"],
+        ))
+    return out
+
+
+def recordings_params() -> list[Any]:
+    """Parametrize over recordings; a single skipping/failing param when the folder is absent."""
+    recs = load_recordings()
+    if recs:
+        return [pytest.param(r, id=r.name) for r in recs]
+    return [pytest.param(None, id="no-shared-fixtures")]
+
+
+def need(recording: Recording | None) -> Recording:
+    """Call at the top of a test parametrized by recordings_params()."""
+    _require(RESPONSES_DIR)
+    assert recording is not None
+    return recording
+
+
+def codex_request() -> dict[str, Any]:
+    return json.loads((_require(CODEX_DIR) / "exec_turn1_request.json").read_text())
