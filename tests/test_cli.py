@@ -1,0 +1,128 @@
+"""The ``otel-responses`` command as a real process: flags, env vars, logs, demo mode, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from otel_responses import __version__
+from otel_responses.config import SERVE_OPTIONS
+from tests.servers import run_cli
+from tests.upstreams import RawUpstream
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[RawUpstream]:
+    raw = RawUpstream()
+    with raw.running():
+        yield raw
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "otel_responses", *args], capture_output=True,
+                          text=True, timeout=30, env={**os.environ, **(env or {})})
+
+
+def test_version() -> None:
+    result = _cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"otel-responses {__version__}"
+
+
+def test_help_names_every_flag_and_env_var() -> None:
+    out = _cli("serve", "--help").stdout
+    for opt in SERVE_OPTIONS:
+        assert opt.flag in out
+        assert opt.env in out
+
+
+def test_invalid_env_var_is_a_clear_error() -> None:
+    result = _cli("serve", env={"OTEL_RESPONSES_READ_TIMEOUT": "soon"})
+    assert result.returncode != 0
+    assert "OTEL_RESPONSES_READ_TIMEOUT" in result.stderr
+
+
+def test_env_var_configures_and_flag_wins(upstream: RawUpstream) -> None:
+    env = {"OTEL_RESPONSES_UPSTREAM": upstream.url + "/v1",
+           "OTEL_RESPONSES_UPSTREAM_API_KEY": "sk-from-env"}
+    with run_cli("serve", env=env) as (base, _):
+        echo = httpx.post(base + "/v1/responses", content=b"{}",
+                          headers={"x-scenario": "echo"}).json()
+    assert ["authorization", "Bearer sk-from-env"] in [[k.lower(), v] for k, v in echo["headers"]]
+    with run_cli("serve", "--upstream-api-key", "sk-from-flag", env=env) as (base, _):
+        echo = httpx.post(base + "/v1/responses", content=b"{}",
+                          headers={"x-scenario": "echo"}).json()
+    assert ["authorization", "Bearer sk-from-flag"] in [[k.lower(), v] for k, v in echo["headers"]]
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=20)
+    return out
+
+
+def test_json_access_log_line(upstream: RawUpstream) -> None:
+    with run_cli("--upstream", upstream.url + "/v1", "--log-format", "json") as (base, proc):
+        httpx.post(base + "/v1/responses", content=b'{"model":"m1"}',
+                   headers={"x-scenario": "echo"})
+        out = _stop(proc)
+    entries = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    access = [e for e in entries if e["logger"] == "otel_responses.access"]
+    assert len(access) == 1
+    assert access[0]["model"] == "m1"
+    assert access[0]["status"] == 200
+    assert access[0]["path"] == "/v1/responses"
+    assert all("sk-" not in line for line in out.splitlines())
+
+
+def _read_stream(url: str, out: dict[str, object]) -> None:
+    try:
+        with httpx.stream("POST", url, content=b"{}", headers={"x-scenario": "held"},
+                          timeout=30) as resp:
+            out["body"] = b"".join(resp.iter_raw())
+    except httpx.HTTPError as exc:
+        out["error"] = exc
+
+
+def test_sigterm_drains_in_flight_streams(upstream: RawUpstream) -> None:
+    upstream.release.clear()
+    with run_cli("--upstream", upstream.url + "/v1", "--shutdown-grace", "10") as (base, proc):
+        result: dict[str, object] = {}
+        reader = threading.Thread(target=_read_stream, args=(base + "/v1/responses", result))
+        reader.start()
+        time.sleep(0.3)  # the stream is open and held by the upstream
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert proc.poll() is None, "exited while a stream was in flight"
+        upstream.release.set()
+        reader.join(10)
+        # uvicorn re-raises the signal after draining, so the exit status still says SIGTERM.
+        assert proc.wait(10) == -signal.SIGTERM
+    assert result.get("body") == b'data: {"n":0}\n\ndata: {"n":"last"}\n\n'
+
+
+def test_sigterm_gives_up_after_the_grace_period(upstream: RawUpstream) -> None:
+    upstream.release.clear()
+    try:
+        with run_cli("--upstream", upstream.url + "/v1", "--shutdown-grace", "1") as (base, proc):
+            result: dict[str, object] = {}
+            reader = threading.Thread(target=_read_stream, args=(base + "/v1/responses", result))
+            reader.start()
+            time.sleep(0.3)
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(10)
+            assert time.monotonic() - started < 5
+            reader.join(10)
+            assert not reader.is_alive()
+    finally:
+        upstream.release.set()
