@@ -1,24 +1,50 @@
-"""The app factory: the only place that composes routes, the proxy and the lifespan."""
+"""The app factory: the only place that composes routes, the proxy, telemetry and the lifespan."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 
+from opentelemetry.sdk.trace import TracerProvider
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from otel_responses.config import Settings
 from otel_responses.proxy.forward import Proxy
+from otel_responses.telemetry.export import build_tracer_provider, shutdown_provider
+from otel_responses.telemetry.masking import MaskingConfig
+from otel_responses.telemetry.middleware import ResponsesTelemetryMiddleware
+from otel_responses.telemetry.options import TelemetryOptions, genai_opted_in
 
 _ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
-def create_app(settings: Settings) -> Starlette:
-    """Build the proxy app for ``settings`` (``settings.upstream`` must be set)."""
+def telemetry_options(settings: Settings, upstream_host: str,
+                      upstream_port: int | None) -> TelemetryOptions:
+    return TelemetryOptions(
+        provider=settings.provider, upstream_host=upstream_host, upstream_port=upstream_port,
+        session_header=settings.session_header, user_header=settings.user_header,
+        genai_semconv=settings.genai_semconv or genai_opted_in(),
+        trace_root=settings.trace_root, max_attribute_length=settings.max_attribute_length,
+        masking=MaskingConfig.from_env(),
+    )
+
+
+def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = None,
+               demo: bool = False) -> ASGIApp:
+    """Build the proxy app for ``settings`` (``settings.upstream`` must be set).
+
+    Spans go to ``tracer_provider``; without one, a provider is built from the standard
+    ``OTEL_*`` variables and flushed at shutdown. ``OTEL_SDK_DISABLED=true`` turns tracing off.
+    """
     proxy = Proxy(settings)
+    tracing = os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() != "true"
+    owned = build_tracer_provider(demo=demo) if tracing and tracer_provider is None else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -27,6 +53,9 @@ def create_app(settings: Settings) -> Starlette:
             yield
         finally:
             await proxy.aclose()
+            if owned is not None:
+                # Flushes spans still queued for export, off the event loop.
+                await asyncio.to_thread(shutdown_provider, owned)
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -54,6 +83,11 @@ def create_app(settings: Settings) -> Starlette:
               methods=["GET"]),
         Route("/{path:path}", proxy.endpoint("passthrough"), methods=_ANY_METHOD),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.proxy = proxy
+    app: ASGIApp = Starlette(routes=routes, lifespan=lifespan)
+    provider = tracer_provider or owned
+    if provider is not None:
+        target = proxy.target
+        app = ResponsesTelemetryMiddleware(
+            app, tracer_provider=provider,
+            options=telemetry_options(settings, target.host, target.port))
     return app

@@ -15,7 +15,7 @@ import uvicorn
 
 from otel_responses import __version__
 from otel_responses.app import create_app
-from otel_responses.config import SERVE_OPTIONS, Option, Settings, settings_from
+from otel_responses.config import SERVE_OPTIONS, Option, Settings, parse_bool, settings_from
 from otel_responses.logs import configure_logging
 
 log = logging.getLogger("otel_responses")
@@ -45,10 +45,14 @@ def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option],
         shown = "unset" if default is None else default
         if "key" in opt.name and default is not None:
             shown = "***"
+        help_text = f"{opt.help} [env {opt.env}; default {shown}]"
+        if opt.parse is parse_bool:
+            parser.add_argument(opt.flag, dest=opt.name, action=argparse.BooleanOptionalAction,
+                                default=_env_value(opt, env), help=help_text)
+            continue
         parser.add_argument(
             opt.flag, dest=opt.name, type=opt.parse, choices=opt.choices, metavar=opt.metavar,
-            default=_env_value(opt, env),
-            help=f"{opt.help} [env {opt.env}; default {shown}]",
+            default=_env_value(opt, env), help=help_text,
         )
 
 
@@ -88,14 +92,16 @@ def _start_demo_upstream(token_delay: float) -> tuple[str, uvicorn.Server]:
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    # Said before anything else logs, so a newcomer sees first what they are talking to.
+    log.info("no --upstream given: serving the built-in demo upstream (model 'demo') at %s", url)
     config = uvicorn.Config(create_demo_app(DemoSettings(token_delay=token_delay)),
                             log_config=None, access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     # Off the main thread uvicorn leaves signal handling to the proxy's server.
     threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True,
                      name="demo-upstream").start()
-    return f"http://127.0.0.1:{port}/v1", server
+    return url, server
 
 
 def serve(settings: Settings) -> None:
@@ -103,12 +109,11 @@ def serve(settings: Settings) -> None:
     if settings.upstream is None:
         url, demo_server = _start_demo_upstream(token_delay=0.02)
         settings = settings.replace(upstream=url)
-        log.info("no --upstream given: serving the built-in demo upstream (model 'demo') at %s",
-                 url)
     else:
         log.info("forwarding to upstream %s", settings.upstream)
     try:
-        uvicorn.Server(_uvicorn_config(create_app(settings), settings)).run()
+        app = create_app(settings, demo=demo_server is not None)
+        uvicorn.Server(_uvicorn_config(app, settings)).run()
     finally:
         if demo_server is not None:
             demo_server.should_exit = True

@@ -26,6 +26,12 @@ class Settings:
     shutdown_grace: float = 30.0
     log_format: str = "text"
     log_level: str = "info"
+    provider: str | None = None
+    session_header: str = "x-session-id"
+    user_header: str = "x-user-id"
+    genai_semconv: bool = False
+    trace_root: bool = False
+    max_attribute_length: int = 128 * 1024
 
     def __post_init__(self) -> None:
         if self.log_format not in LOG_FORMATS:
@@ -35,13 +41,23 @@ class Settings:
         for name in ("connect_timeout", "read_timeout", "shutdown_grace"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
-        if self.max_body_bytes <= 0:
-            raise ValueError("max_body_bytes must be > 0")
+        for name in ("max_body_bytes", "max_attribute_length"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
         if self.upstream is not None and not self.upstream.startswith(("http://", "https://")):
             raise ValueError(f"upstream must be an http:// or https:// URL, not {self.upstream!r}")
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+def parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, not {raw!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +96,15 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("shutdown_grace", "seconds to drain in-flight streams on SIGTERM", float),
     Option("log_format", "log line format", choices=LOG_FORMATS),
     Option("log_level", "log level", choices=LOG_LEVELS),
+    Option("provider", "llm.provider on spans (unset: inferred from the upstream host)"),
+    Option("session_header", "request header whose value becomes session.id"),
+    Option("user_header", "request header whose value becomes user.id"),
+    Option("genai_semconv", "also record OTel GenAI semconv attributes (also on when "
+           "OTEL_SEMCONV_STABILITY_OPT_IN has gen_ai_latest_experimental)", parse_bool),
+    Option("trace_root", "ignore inbound traceparent: every call starts its own trace",
+           parse_bool),
+    Option("max_attribute_length", "longest span attribute value kept, in characters "
+           "(longer: truncated)", int),
 )
 
 

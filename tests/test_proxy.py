@@ -19,6 +19,7 @@ from otel_responses.app import create_app
 from otel_responses.config import Settings
 from tests.recordings import Recording, load_recordings, need, recordings_params
 from tests.servers import serve_asgi
+from tests.spans import sse_payloads
 from tests.upstreams import RawUpstream
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
@@ -77,17 +78,6 @@ def test_recording_round_trips_byte_for_byte(rec: Recording | None, proxy_url: s
         assert got_headers["content-length"] == str(len(rec.body_bytes))
 
 
-def _sse_payloads(body: str) -> list[dict]:
-    """A plain reference parse of a recorded stream: every JSON `data:` payload in order."""
-    out = []
-    for block in body.replace("\r\n", "\n").split("\n\n"):
-        data = "\n".join(line[5:].lstrip(" ") for line in block.split("\n")
-                         if line.startswith("data:"))
-        if data and data != "[DONE]":
-            out.append(json.loads(data))
-    return out
-
-
 @pytest.mark.parametrize("rec", recordings_params())
 def test_openai_sdk_through_proxy_sees_the_recorded_events(rec: Recording | None,
                                                            proxy_url: str) -> None:
@@ -108,7 +98,7 @@ def test_openai_sdk_through_proxy_sees_the_recorded_events(rec: Recording | None
         assert resp.id == json.loads(rec.body)["id"]
         return
     events = list(client.responses.create(**params, stream=True, extra_headers=headers))
-    expected = _sse_payloads(rec.body)
+    expected = sse_payloads(rec.body)
     assert [e.type for e in events] == [e["type"] for e in expected]
     assert [e.model_dump(exclude_unset=True) for e in events] == expected
 
@@ -125,7 +115,7 @@ def test_typed_stream_helper_through_proxy(proxy_url: str) -> None:
             for _ in s:
                 pass
             final = s.get_final_response()
-        completed = next(e for e in _sse_payloads(rec.body) if e["type"] == "response.completed")
+        completed = next(e for e in sse_payloads(rec.body) if e["type"] == "response.completed")
         assert final.id == completed["response"]["id"], rec.name
         assert final.usage is not None
         assert final.usage.output_tokens == completed["response"]["usage"]["output_tokens"]

@@ -29,6 +29,11 @@ class UpstreamTarget:
     def host(self) -> str:
         return urlsplit(self.origin).hostname or ""
 
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.origin)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
     def url(self, raw_path: str, query: str = "") -> str:
         path = raw_path
         if self.prefix.endswith("/v1") and (path == "/v1" or path.startswith("/v1/")):

@@ -1,0 +1,362 @@
+"""Rebuild a Responses API `Response` from its stream events, sans-IO.
+
+Tolerates cut streams, unknown events and malformed events: `add` never raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+DELTA_TYPES = frozenset({
+    "response.output_text.delta",
+    "response.refusal.delta",
+    "response.function_call_arguments.delta",
+    "response.custom_tool_call_input.delta",
+    "response.reasoning_summary_text.delta",
+    "response.reasoning_text.delta",
+    "response.mcp_call_arguments.delta",
+    "response.code_interpreter_call_code.delta",
+    "response.audio.delta",
+    "response.audio.transcript.delta",
+})
+"""Event types carrying generated content; the first one marks time to first token."""
+
+_SNAPSHOT_TYPES = frozenset({"response.created", "response.in_progress", "response.queued"})
+_TERMINAL_TYPES = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+@dataclass(slots=True)
+class _Text:
+    """A string field built from deltas; a `.done` value replaces it and freezes it."""
+
+    chunks: list[str] = field(default_factory=list)
+    final: bool = False
+
+    def delta(self, text: str) -> bool:
+        if self.final:
+            return False
+        self.chunks.append(text)
+        return True
+
+    def done(self, text: str) -> None:
+        self.chunks = [text]
+        self.final = True
+
+
+@dataclass(slots=True)
+class _Part:
+    """A content or summary part: the latest part object plus its streamed text."""
+
+    part: dict[str, Any]
+    key: str  # the part's text field: "text" or "refusal"
+    text: _Text | None = None  # None: the part object's own text stands
+    annotations: dict[int, Any] = field(default_factory=dict)
+    final: bool = False
+
+    def build(self) -> dict[str, Any]:
+        if self.text is None and not self.annotations:
+            return self.part
+        out = dict(self.part)
+        if self.text is not None:
+            out[self.key] = "".join(self.text.chunks)
+        if self.annotations:
+            out["annotations"] = _merge(self.part.get("annotations"), self.annotations)
+        return out
+
+
+@dataclass(slots=True)
+class _Item:
+    """An output item: the latest item object plus parts and a streamed string field."""
+
+    item: dict[str, Any]
+    content: dict[int, _Part] = field(default_factory=dict)
+    summary: dict[int, _Part] = field(default_factory=dict)
+    key: str | None = None  # "arguments" / "input" / "code", once streamed
+    text: _Text | None = None
+    final: bool = False
+
+    def build(self) -> dict[str, Any]:
+        if self.final:
+            return self.item
+        out = dict(self.item)
+        if self.content:
+            out["content"] = _merge(out.get("content"),
+                                    {i: p.build() for i, p in self.content.items()})
+        if self.summary:
+            out["summary"] = _merge(out.get("summary"),
+                                    {i: p.build() for i, p in self.summary.items()})
+        if self.key is not None and self.text is not None:
+            out[self.key] = "".join(self.text.chunks)
+        return out
+
+
+def _merge(base: Any, by_index: Mapping[int, Any]) -> list[Any]:
+    """`base` (a list, or anything else meaning empty) with entries replaced by index;
+    indexes past the end are appended in index order, so gaps never pad with None."""
+    out = list(base) if isinstance(base, list) else []
+    for index in sorted(by_index):
+        if 0 <= index < len(out):
+            out[index] = by_index[index]
+        else:
+            out.append(by_index[index])
+    return out
+
+
+def _int(event: Mapping[str, Any], key: str) -> int | None:
+    value = event.get(key)
+    return value if type(value) is int else None  # bool is an int subclass; reject it
+
+
+def _str(event: Mapping[str, Any], key: str) -> str | None:
+    value = event.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _dict(event: Mapping[str, Any], key: str) -> dict[str, Any] | None:
+    value = event.get(key)
+    return value if isinstance(value, dict) else None
+
+
+def _error(source: Mapping[str, Any], type_: Any) -> dict[str, Any]:
+    return {"code": source.get("code"), "message": source.get("message"),
+            "type": type_, "param": source.get("param")}
+
+
+class ResponseAccumulator:
+    """Feed parsed stream events to `add`; read the attributes and `result()`.
+
+    delta_count: content delta events seen (`DELTA_TYPES`), valid or not.
+    ignored: events that contributed nothing: unknown or progress-only types, missing or
+        mistyped fields, or content for an item or part already done.
+    outcome: completed | incomplete | failed | cancelled | error; None until one is known.
+    error: {code, message, type, param} from an `error` event or a failed response.
+    """
+
+    __slots__ = ("_by_id", "_final", "_items", "_snapshot", "delta_count", "error", "ignored",
+                 "outcome")
+
+    def __init__(self) -> None:
+        self.delta_count = 0
+        self.ignored = 0
+        self.outcome: str | None = None
+        self.error: dict[str, Any] | None = None
+        self._snapshot: dict[str, Any] | None = None
+        self._final: dict[str, Any] | None = None
+        self._items: dict[int, _Item] = {}
+        self._by_id: dict[str, int] = {}  # item id -> output_index, for events lacking the index
+
+    def add(self, event: Mapping[str, Any]) -> None:
+        """Apply one parsed event (a JSON object with a `type`)."""
+        type_ = event.get("type")
+        if type_ in DELTA_TYPES:
+            self.delta_count += 1
+        handler = _HANDLERS.get(type_) if isinstance(type_, str) else None
+        if handler is None or not handler(self, event):
+            self.ignored += 1
+
+    def result(self) -> dict[str, Any] | None:
+        """The final response if a terminal event carried one; else the latest snapshot with
+        `output` rebuilt from item events (its status left as sent); None if nothing seen.
+
+        Returned objects may share nested values with the events; don't mutate them."""
+        if self._final is not None:
+            return self._final
+        if self._snapshot is None and not self._items:
+            return None
+        out = dict(self._snapshot or {})
+        out["output"] = _merge(out.get("output"),
+                               {i: item.build() for i, item in self._items.items()})
+        return out
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def _on_snapshot(self, event: Mapping[str, Any]) -> bool:
+        response = _dict(event, "response")
+        if response is None:
+            return False
+        self._snapshot = response
+        return True
+
+    def _on_terminal(self, event: Mapping[str, Any]) -> bool:
+        # The kind alone ends the stream, even if a broken server left out the response.
+        response = _dict(event, "response")
+        if response is not None and response.get("status") == "cancelled":
+            self.outcome = "cancelled"
+        else:
+            self.outcome = event["type"].removeprefix("response.")
+        if response is None:
+            return False
+        self._final = response
+        error = _dict(response, "error")
+        if error is not None:
+            self.error = _error(error, error.get("type"))
+        return True
+
+    def _on_error(self, event: Mapping[str, Any]) -> bool:
+        # Documented shape: code/message/param on the event. OpenAI has also been seen to
+        # nest them in an "error" object with its own "type" (openai-dotnet#881).
+        nested = _dict(event, "error")
+        self.error = _error(nested, nested.get("type")) if nested else _error(event, None)
+        if self.outcome is None:  # a later terminal event is more specific and overrides
+            self.outcome = "error"
+        return True
+
+    # --- items ---------------------------------------------------------------------------
+
+    def _on_item_added(self, event: Mapping[str, Any]) -> bool:
+        index, item = _int(event, "output_index"), _dict(event, "item")
+        if index is None or item is None:
+            return False
+        self._items[index] = _Item(item)
+        self._remember_id(item, index)
+        return True
+
+    def _on_item_done(self, event: Mapping[str, Any]) -> bool:
+        index, item = _int(event, "output_index"), _dict(event, "item")
+        if index is None or item is None:
+            return False
+        self._items[index] = _Item(item, final=True)
+        self._remember_id(item, index)
+        return True
+
+    def _remember_id(self, item: Mapping[str, Any], index: int) -> None:
+        item_id = item.get("id")
+        if isinstance(item_id, str):
+            self._by_id[item_id] = index
+
+    def _item(self, event: Mapping[str, Any], item_type: str) -> _Item | None:
+        """The open item an event targets, created if its `added` event was missed."""
+        index = _int(event, "output_index")
+        item_id = _str(event, "item_id")
+        if index is None:
+            index = self._by_id.get(item_id) if item_id is not None else None
+            if index is None:
+                return None
+        item = self._items.get(index)
+        if item is None:
+            stub: dict[str, Any] = {"type": item_type}
+            if item_id is not None:
+                stub["id"] = item_id
+                self._by_id[item_id] = index
+            if item_type == "message":
+                stub["role"] = "assistant"
+            item = self._items[index] = _Item(stub)
+        return None if item.final else item
+
+    # --- streamed item fields (arguments, input, code) ---------------------------------
+
+    def _on_field(self, event: Mapping[str, Any], item_type: str, key: str, src: str,
+                  done: bool) -> bool:
+        value = _str(event, src)
+        item = self._item(event, item_type) if value is not None else None
+        if item is None:
+            return False
+        if item.text is None:
+            item.key, item.text = key, _Text()
+        if done:
+            item.text.done(value)
+            return True
+        return item.text.delta(value)
+
+    # --- content and summary parts --------------------------------------------------------
+
+    def _part(self, event: Mapping[str, Any], item_type: str, summary: bool, part_type: str,
+              key: str) -> _Part | None:
+        item = self._item(event, item_type)
+        index = _int(event, "summary_index" if summary else "content_index")
+        if item is None or index is None:
+            return None
+        parts = item.summary if summary else item.content
+        part = parts.get(index)
+        if part is None:
+            stub: dict[str, Any] = {"type": part_type, key: ""}
+            if part_type == "output_text":
+                stub["annotations"] = []
+            part = parts[index] = _Part(stub, key)
+        return None if part.final else part
+
+    def _on_part(self, event: Mapping[str, Any], summary: bool, done: bool) -> bool:
+        new = _dict(event, "part")
+        if new is None:
+            return False
+        part_type = new.get("type")
+        item_type = "reasoning" if summary or part_type == "reasoning_text" else "message"
+        key = "refusal" if part_type == "refusal" else "text"
+        part = self._part(event, item_type, summary, "", key)
+        if part is None:
+            return False
+        part.part, part.key = new, key  # replaces the stub `_part` may have made
+        if done:  # the finished part carries its full text and annotations
+            part.text, part.annotations, part.final = None, {}, True
+        return True
+
+    def _on_text(self, event: Mapping[str, Any], item_type: str, summary: bool,
+                 part_type: str, key: str, src: str, done: bool) -> bool:
+        value = _str(event, src)
+        part = self._part(event, item_type, summary, part_type, key) if value is not None else None
+        if part is None:
+            return False
+        if part.text is None:
+            part.text = _Text()
+        if done:
+            part.text.done(value)
+            return True
+        return part.text.delta(value)
+
+    def _on_annotation(self, event: Mapping[str, Any]) -> bool:
+        index = _int(event, "annotation_index")
+        annotation = event.get("annotation")
+        part = self._part(event, "message", False, "output_text", "text")
+        if part is None or index is None or annotation is None:
+            return False
+        part.annotations[index] = annotation
+        return True
+
+
+_Handler = Callable[[ResponseAccumulator, Mapping[str, Any]], bool]
+
+
+def _handlers() -> dict[str, _Handler]:
+    acc = ResponseAccumulator
+    table: dict[str, _Handler] = {
+        "response.output_item.added": acc._on_item_added,
+        "response.output_item.done": acc._on_item_done,
+        "response.content_part.added": partial(acc._on_part, summary=False, done=False),
+        "response.content_part.done": partial(acc._on_part, summary=False, done=True),
+        "response.reasoning_summary_part.added": partial(acc._on_part, summary=True, done=False),
+        "response.reasoning_summary_part.done": partial(acc._on_part, summary=True, done=True),
+        "response.output_text.annotation.added": acc._on_annotation,
+        "error": acc._on_error,
+    }
+    table.update(dict.fromkeys(_SNAPSHOT_TYPES, acc._on_snapshot))
+    table.update(dict.fromkeys(_TERMINAL_TYPES, acc._on_terminal))
+
+    # Text inside a part: (event stem, item type, in summary?, part type, part key, done key)
+    for stem, item_type, summary, part_type, key, done_src in (
+        ("output_text", "message", False, "output_text", "text", "text"),
+        ("refusal", "message", False, "refusal", "refusal", "refusal"),
+        ("reasoning_text", "reasoning", False, "reasoning_text", "text", "text"),
+        ("reasoning_summary_text", "reasoning", True, "summary_text", "text", "text"),
+    ):
+        for suffix, src in (("delta", "delta"), ("done", done_src)):
+            table[f"response.{stem}.{suffix}"] = partial(
+                acc._on_text, item_type=item_type, summary=summary, part_type=part_type,
+                key=key, src=src, done=suffix == "done")
+
+    # A string field of the item itself: (event stem, item type, item key)
+    for stem, item_type, key in (
+        ("function_call_arguments", "function_call", "arguments"),
+        ("custom_tool_call_input", "custom_tool_call", "input"),
+        ("mcp_call_arguments", "mcp_call", "arguments"),
+        ("code_interpreter_call_code", "code_interpreter_call", "code"),
+    ):
+        for suffix, src in (("delta", "delta"), ("done", key)):
+            table[f"response.{stem}.{suffix}"] = partial(
+                acc._on_field, item_type=item_type, key=key, src=src, done=suffix == "done")
+    return table
+
+
+_HANDLERS = _handlers()

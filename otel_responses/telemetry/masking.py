@@ -1,0 +1,174 @@
+"""OpenInference masking (``OPENINFERENCE_HIDE_*``) of finished attributes, without its leaks.
+
+The reference TraceConfig hides message text but leaves it in ``input.value``/``output.value``,
+tool-call arguments and reasoning blobs; here hiding text hides it everywhere it appears.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from otel_responses.protocol.attributes import Attributes
+
+log = logging.getLogger("otel_responses.telemetry")
+
+REDACTED = "__REDACTED__"
+DEFAULT_BASE64_IMAGE_MAX_LENGTH = 32_000
+
+_TEXT_LEAVES = (".message.content", ".message_content.text", ".tool_call.function.arguments",
+                ".message_content.encrypted_content")
+_IMAGE_LEAF = ".message_content.image.image.url"
+_DATA_IMAGE = re.compile(r"^data:image/[^;,]*;base64,")
+
+
+@dataclass(frozen=True, slots=True)
+class MaskingConfig:
+    """One flag per ``OPENINFERENCE_HIDE_<NAME>`` variable, same defaults as the reference."""
+
+    hide_llm_invocation_parameters: bool = False
+    hide_llm_tools: bool = False
+    hide_inputs: bool = False
+    hide_outputs: bool = False
+    hide_input_messages: bool = False
+    hide_output_messages: bool = False
+    hide_input_images: bool = False
+    hide_input_text: bool = False
+    hide_output_text: bool = False
+    # Completions, embeddings and retrieval attributes are never emitted for Responses calls;
+    # the variables are accepted so one environment can configure every OpenInference tracer.
+    hide_prompts: bool = False
+    hide_choices: bool = False
+    hide_embeddings_vectors: bool = False
+    hide_embeddings_text: bool = False
+    hide_retrieval_documents: bool = False
+    base64_image_max_length: int = DEFAULT_BASE64_IMAGE_MAX_LENGTH
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> MaskingConfig:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name == "base64_image_max_length":
+                raw = env.get("OPENINFERENCE_BASE64_IMAGE_MAX_LENGTH")
+                values[f.name] = _parse_int(raw, f.name) if raw else f.default
+                continue
+            name = "OPENINFERENCE_" + f.name.upper()
+            raw = env.get(name)
+            if raw is None and f.name == "hide_embeddings_vectors":
+                raw = env.get("OPENINFERENCE_HIDE_EMBEDDING_VECTORS")  # the older spelling
+            values[f.name] = _parse_bool(raw, name, f.default)
+        return cls(**values)
+
+    @property
+    def redacts_input_value(self) -> bool:
+        return self.hide_inputs or self.hide_input_text
+
+    @property
+    def redacts_output_value(self) -> bool:
+        return self.hide_outputs or self.hide_output_text
+
+
+def _parse_bool(raw: str | None, name: str, default: bool) -> bool:
+    if raw is None:
+        return default
+    if raw.strip().lower() in ("true", "false"):
+        return raw.strip().lower() == "true"
+    log.warning("ignoring %s=%r: expected true or false", name, raw)
+    return default
+
+
+def _parse_int(raw: str, name: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        log.warning("ignoring OPENINFERENCE_%s=%r: expected an integer", name.upper(), raw)
+        return DEFAULT_BASE64_IMAGE_MAX_LENGTH
+
+
+def _drop(key: str, cfg: MaskingConfig) -> bool:
+    if key.startswith("llm.invocation_parameters"):
+        return cfg.hide_llm_invocation_parameters
+    if key.startswith("llm.tools."):
+        return cfg.hide_llm_tools or cfg.hide_inputs
+    if key == "input.mime_type":
+        return cfg.hide_inputs
+    if key == "output.mime_type":
+        return cfg.hide_outputs
+    if key.startswith("llm.input_messages."):
+        return (cfg.hide_inputs or cfg.hide_input_messages
+                or (cfg.hide_input_images and _IMAGE_LEAF in key))
+    if key.startswith("llm.output_messages."):
+        return cfg.hide_outputs or cfg.hide_output_messages
+    if key.startswith("input.images."):
+        return cfg.hide_inputs or cfg.hide_input_images
+    if key.startswith("output.images."):
+        return cfg.hide_outputs
+    if key == "gen_ai.tool.definitions":
+        return cfg.hide_llm_tools or cfg.hide_inputs
+    if key in ("gen_ai.input.messages", "gen_ai.system_instructions"):
+        return cfg.hide_inputs or cfg.hide_input_messages
+    if key == "gen_ai.output.messages":
+        return cfg.hide_outputs or cfg.hide_output_messages
+    return False
+
+
+def _redact(key: str, value: Any, cfg: MaskingConfig) -> bool:
+    if key == "input.value":
+        return cfg.redacts_input_value
+    if key == "output.value":
+        return cfg.redacts_output_value
+    if key in ("gen_ai.input.messages", "gen_ai.system_instructions"):
+        return cfg.hide_input_text
+    if key == "gen_ai.output.messages":
+        return cfg.hide_output_text
+    if key.endswith(_TEXT_LEAVES):
+        if key.startswith("llm.input_messages."):
+            return cfg.hide_input_text
+        if key.startswith("llm.output_messages."):
+            return cfg.hide_output_text
+    if key.endswith((_IMAGE_LEAF, ".image.url")) and isinstance(value, str):
+        return _oversized_image(value, cfg)
+    return False
+
+
+def _oversized_image(url: str, cfg: MaskingConfig) -> bool:
+    return len(url) > cfg.base64_image_max_length and bool(_DATA_IMAGE.match(url))
+
+
+def mask(attributes: Attributes, cfg: MaskingConfig) -> Attributes:
+    """A copy of ``attributes`` with hidden keys dropped and hidden values replaced."""
+    out: Attributes = {}
+    for key, value in attributes.items():
+        if _drop(key, cfg):
+            continue
+        out[key] = REDACTED if _redact(key, value, cfg) else value
+    return out
+
+
+def mask_images_in_request(body: Any, cfg: MaskingConfig) -> Any | None:
+    """The request with hidden or oversized images replaced, or None when nothing changes.
+
+    ``input.value`` is the raw request; when images must go, it is re-serialised from this.
+    """
+    changed = False
+
+    def walk(node: Any) -> Any:
+        nonlocal changed
+        if isinstance(node, dict):
+            if node.get("type") == "input_image" and isinstance(node.get("image_url"), str):
+                url = node["image_url"]
+                if cfg.hide_input_images or _oversized_image(url, cfg):
+                    changed = True
+                    return {**node, "image_url": REDACTED}
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    masked = walk(body)
+    return masked if changed else None

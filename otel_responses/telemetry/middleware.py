@@ -1,0 +1,103 @@
+"""ResponsesTelemetryMiddleware: a pure ASGI tee that records one LLM span per Responses call."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from opentelemetry import trace
+from opentelemetry.trace import Span, TracerProvider
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from otel_responses import __version__
+from otel_responses.telemetry.options import TelemetryOptions
+from otel_responses.telemetry.recorder import CallRecord, CallRecorder
+from otel_responses.telemetry.spans import SpanWriter
+
+log = logging.getLogger("otel_responses.telemetry")
+
+CallSink = Callable[[CallRecord], None]
+
+
+def is_responses_create(scope: Scope) -> bool:
+    """``POST …/responses``: also under a mount or prefix (``/openai/v1/responses``)."""
+    return (scope["type"] == "http" and scope["method"] == "POST"
+            and scope["path"].rstrip("/").endswith("/responses"))
+
+
+class ResponsesTelemetryMiddleware:
+    """Wrap any ASGI app that serves ``POST /v1/responses``; other requests pass untouched.
+
+    Every chunk is passed on first and observed after, so recording never holds or delays a
+    byte; the span is built once the last byte has gone. A telemetry failure is logged and
+    counted in ``telemetry_errors``, never raised into the request.
+    """
+
+    def __init__(self, app: ASGIApp, *, tracer_provider: TracerProvider | None = None,
+                 options: TelemetryOptions | None = None,
+                 sinks: tuple[CallSink, ...] = ()) -> None:
+        self.app = app
+        self.options = options or TelemetryOptions()
+        provider = tracer_provider or trace.get_tracer_provider()
+        self.spans = SpanWriter(provider.get_tracer("otel_responses", __version__), self.options)
+        self.sinks = sinks
+        self.telemetry_errors = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not is_responses_create(scope):
+            await self.app(scope, receive, send)
+            return
+        call = CallRecorder(time.time_ns())
+        span: Span | None = None
+        try:
+            span, headers = self.spans.start(scope["headers"], call.start_ns)
+            scope = {**scope, "headers": headers}
+        except Exception:
+            self._failed("starting the span")
+
+        async def tee_receive() -> Message:
+            message = await receive()
+            try:
+                if message["type"] == "http.request":
+                    call.request_chunk(message.get("body", b""))
+                elif message["type"] == "http.disconnect":
+                    call.client_disconnected()
+            except Exception:
+                self._failed("reading the request")
+            return message
+
+        async def tee_send(message: Message) -> None:
+            await send(message)
+            try:
+                if message["type"] == "http.response.body":
+                    call.response_chunk(message.get("body", b""), message.get("more_body", False))
+                elif message["type"] == "http.response.start":
+                    call.response_start(message["status"], message.get("headers", []))
+            except Exception:
+                self._failed("reading the response")
+
+        try:
+            await self.app(scope, tee_receive, tee_send)
+        except BaseException as exc:
+            call.app_failed(exc)
+            raise
+        finally:
+            self._finish(call, span, scope["headers"])
+
+    def _finish(self, call: CallRecorder, span: Span | None,
+                headers: list[tuple[bytes, bytes]]) -> None:
+        try:
+            record = call.finish()
+            if span is not None:
+                self.spans.finish(span, record, headers)
+            for sink in self.sinks:
+                sink(record)
+        except Exception:
+            self._failed("finishing the span")
+            if span is not None and span.is_recording():
+                span.end()
+
+    def _failed(self, what: str) -> None:
+        self.telemetry_errors += 1
+        log.exception("telemetry error while %s (the request is unaffected)", what)

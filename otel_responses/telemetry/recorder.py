@@ -1,0 +1,178 @@
+"""One call's observations, gathered chunk by chunk after each is sent, then a CallRecord."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from otel_responses.protocol.stream import ResponseStream
+
+# How a call ended. Streams: the terminal event, else how the bytes stopped.
+COMPLETED = "completed"
+INCOMPLETE = "incomplete"
+FAILED = "failed"
+CANCELLED = "cancelled"
+ERROR_EVENT = "error_event"
+UPSTREAM_CUT = "upstream_cut"
+CLIENT_DISCONNECT = "client_disconnect"
+HTTP_ERROR = "http_error"
+APP_ERROR = "app_error"
+QUEUED = "queued"  # background mode: the answer comes later, through GET /v1/responses/{id}
+
+_STREAM_OUTCOMES = {"completed": COMPLETED, "incomplete": INCOMPLETE, "failed": FAILED,
+                    "cancelled": CANCELLED, "error": ERROR_EVENT, "queued": QUEUED,
+                    "in_progress": QUEUED}
+# Non-stream bodies past this are not kept for parsing (the bytes still flow to the client).
+MAX_KEPT_BODY = 64 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """Everything telemetry needs about one finished Responses call."""
+
+    request_raw: bytes
+    request: dict[str, Any] | None
+    status: int
+    stream: bool
+    response: dict[str, Any] | None
+    error: dict[str, Any] | None
+    outcome: str
+    start_ns: int
+    end_ns: int
+    first_token_ns: int | None = None
+    terminal_event: str | None = None
+    terminal_ns: int | None = None
+    events: int = 0
+    malformed_events: int = 0
+
+    @property
+    def is_error(self) -> bool:
+        return self.outcome in (FAILED, CANCELLED, ERROR_EVENT, UPSTREAM_CUT, CLIENT_DISCONNECT,
+                                HTTP_ERROR, APP_ERROR)
+
+    @property
+    def duration_s(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e9
+
+    @property
+    def ttft_s(self) -> float | None:
+        if self.first_token_ns is None:
+            return None
+        return (self.first_token_ns - self.start_ns) / 1e9
+
+
+class CallRecorder:
+    """Fed by the middleware's receive/send wrappers; per-chunk work is O(chunk)."""
+
+    def __init__(self, start_ns: int) -> None:
+        self.start_ns = start_ns
+        self._request: list[bytes] = []
+        self._request_size = 0
+        self._status = 0
+        self._stream: ResponseStream | None = None
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._first_token_ns: int | None = None
+        self._terminal_ns: int | None = None
+        self._end_ns: int | None = None
+        self._disconnected = False
+        self._app_error: BaseException | None = None
+
+    def request_chunk(self, chunk: bytes) -> None:
+        if self._request_size + len(chunk) <= MAX_KEPT_BODY:
+            self._request.append(chunk)
+        self._request_size += len(chunk)
+
+    def client_disconnected(self) -> None:
+        if self._end_ns is None:
+            self._disconnected = True
+
+    def app_failed(self, exc: BaseException) -> None:
+        self._app_error = exc
+
+    def response_start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self._status = status
+        for name, value in headers:
+            if name.lower() == b"content-type" and value.startswith(b"text/event-stream"):
+                self._stream = ResponseStream()
+
+    def response_chunk(self, chunk: bytes, more_body: bool) -> None:
+        stream = self._stream
+        if stream is not None:
+            if chunk:
+                stream.feed(chunk)
+                if self._first_token_ns is None and stream.delta_count:
+                    self._first_token_ns = time.time_ns()
+                if self._terminal_ns is None and stream.outcome is not None:
+                    self._terminal_ns = time.time_ns()
+        elif self._body_size + len(chunk) <= MAX_KEPT_BODY:
+            self._body.append(chunk)
+            self._body_size += len(chunk)
+        if not more_body:
+            self._end_ns = time.time_ns()
+
+    def finish(self) -> CallRecord:
+        """Called once, after the last byte went out (or the app gave up)."""
+        end_ns = self._end_ns or time.time_ns()
+        raw = b"".join(self._request)
+        record = CallRecord(
+            request_raw=raw, request=_json_object(raw), status=self._status,
+            stream=self._stream is not None, response=None, error=None, outcome=COMPLETED,
+            start_ns=self.start_ns, end_ns=end_ns, first_token_ns=self._first_token_ns,
+            terminal_ns=self._terminal_ns,
+        )
+        if self._stream is not None:
+            self._finish_stream(record, self._stream)
+        else:
+            self._finish_body(record, _json_object(b"".join(self._body)))
+        if self._end_ns is None:
+            # The response never completed: say why, over whatever the bytes suggested.
+            if self._app_error is not None:
+                record.outcome = APP_ERROR
+                record.error = record.error or {"type": type(self._app_error).__name__,
+                                                "message": str(self._app_error)}
+            elif self._disconnected:
+                record.outcome = CLIENT_DISCONNECT
+        return record
+
+    def _finish_stream(self, record: CallRecord, stream: ResponseStream) -> None:
+        stream.close()
+        record.response = stream.result()
+        record.error = stream.error
+        record.events = stream.events
+        record.malformed_events = stream.malformed
+        record.terminal_event = stream.outcome
+        if stream.outcome is not None:
+            record.outcome = _STREAM_OUTCOMES.get(stream.outcome, COMPLETED)
+        elif self._disconnected:
+            record.outcome = CLIENT_DISCONNECT
+        else:
+            record.outcome = UPSTREAM_CUT
+        if record.status >= 400:
+            record.outcome = HTTP_ERROR
+
+    def _finish_body(self, record: CallRecord, body: dict[str, Any] | None) -> None:
+        if record.status >= 400 or self._status == 0:
+            record.outcome = HTTP_ERROR
+            error = body.get("error") if body else None
+            record.error = error if isinstance(error, dict) else {
+                "message": f"HTTP {record.status}", "type": None, "code": None}
+            return
+        record.response = body
+        status = body.get("status") if body else None
+        record.outcome = _STREAM_OUTCOMES.get(status, COMPLETED) if isinstance(status, str) \
+            else COMPLETED
+        if record.outcome == FAILED and body is not None and isinstance(body.get("error"), dict):
+            record.error = body["error"]
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    if not raw.lstrip().startswith(b"{"):
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

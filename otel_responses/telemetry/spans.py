@@ -1,0 +1,200 @@
+"""Turns a CallRecord into one OpenInference LLM span: started on arrival, filled in at the end."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from openinference.semconv.trace import OpenInferenceSpanKindValues, SpanAttributes
+from opentelemetry import propagate
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, set_span_in_context
+
+from otel_responses.protocol.attributes import (
+    Attributes,
+    genai_attributes,
+    request_attributes,
+    response_attributes,
+)
+from otel_responses.telemetry import recorder as outcomes
+from otel_responses.telemetry.masking import mask, mask_images_in_request
+from otel_responses.telemetry.options import TelemetryOptions
+from otel_responses.telemetry.recorder import CallRecord
+from otel_responses.telemetry.sessions import ChainLink, SessionIndex
+
+FIRST_TOKEN_EVENT = "First Token Stream Event"  # the OpenInference name, fired at the first delta
+_TRUNCATED = "…[truncated]"
+_TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
+# When the span attribute count limit bites, the SDK drops the attributes set last: set the
+# small identifying ones first and the oldest input messages last.
+_LATE_PREFIXES = ("input.value", "output.value", "llm.tools.", "llm.output_messages.")
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    return next((v.decode("latin-1") for k, v in headers if k == name), None)
+
+
+class SpanWriter:
+    def __init__(self, tracer: Tracer, options: TelemetryOptions) -> None:
+        self.tracer = tracer
+        self.options = options
+        self.sessions = SessionIndex(options.session_cache_size)
+        self._session_header = options.session_header.lower().encode()
+        self._user_header = options.user_header.lower().encode()
+        start: Attributes = {
+            SpanAttributes.OPENINFERENCE_SPAN_KIND: OpenInferenceSpanKindValues.LLM.value,
+            SpanAttributes.LLM_SYSTEM: "openai",
+        }
+        if options.llm_provider:
+            start[SpanAttributes.LLM_PROVIDER] = options.llm_provider
+        self._start_attributes = start
+
+    def start(self, headers: list[tuple[bytes, bytes]],
+              start_ns: int) -> tuple[Span, list[tuple[bytes, bytes]]]:
+        """Start the span; return it with the request headers carrying its own trace context."""
+        parent: Context | None = None
+        if not self.options.trace_root:
+            carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers}
+            parent = propagate.extract(carrier)
+        span = self.tracer.start_span("chat", context=parent, kind=SpanKind.CLIENT,
+                                      start_time=start_ns, attributes=self._start_attributes)
+        injected: dict[str, str] = {}
+        propagate.inject(injected, context=set_span_in_context(span))
+        names = {k.lower().encode() for k in injected} | _TRACE_HEADERS
+        forwarded = [(k, v) for k, v in headers if k not in names]
+        forwarded.extend((k.lower().encode(), v.encode("latin-1")) for k, v in injected.items())
+        return span, forwarded
+
+    def finish(self, span: Span, record: CallRecord, headers: list[tuple[bytes, bytes]]) -> None:
+        attrs = self._attributes(record, headers, span)
+        span.set_attributes(_ordered(_capped(mask(attrs, self.options.masking),
+                                             self.options.max_attribute_length)))
+        model = record.request.get("model") if record.request else None
+        if isinstance(model, str):
+            span.update_name(f"chat {model}")
+        if record.first_token_ns is not None:
+            span.add_event(FIRST_TOKEN_EVENT, timestamp=record.first_token_ns)
+        if record.terminal_event is not None:
+            span.add_event(_terminal_event_name(record.terminal_event),
+                           timestamp=record.terminal_ns or record.end_ns)
+        if record.is_error:
+            span.set_status(Status(StatusCode.ERROR, _describe_error(record)))
+        else:
+            span.set_status(Status(StatusCode.OK))
+        span.end(end_time=record.end_ns)
+
+    def _attributes(self, record: CallRecord, headers: list[tuple[bytes, bytes]],
+                    span: Span) -> Attributes:
+        request, response = record.request, record.response
+        attrs: Attributes = dict(self._start_attributes)
+        if request is not None:
+            attrs.update(request_attributes(request, self._input_value(record, request)))
+        elif record.request_raw:
+            attrs[SpanAttributes.INPUT_VALUE] = record.request_raw.decode("utf-8", "replace")
+            attrs[SpanAttributes.INPUT_MIME_TYPE] = "text/plain"
+        if response is not None:
+            attrs.update(response_attributes(response))
+        if self.options.genai_semconv:
+            attrs.update(genai_attributes(request, response))
+            if self.options.upstream_host:
+                attrs["server.address"] = self.options.upstream_host
+                if self.options.upstream_port:
+                    attrs["server.port"] = self.options.upstream_port
+            if record.ttft_s is not None:
+                attrs["gen_ai.response.time_to_first_chunk"] = record.ttft_s
+        if record.is_error:
+            attrs["error.type"] = _error_type(record)
+        attrs.update(self._context(record, headers, span))
+        return attrs
+
+    def _input_value(self, record: CallRecord, request: dict[str, Any]) -> str:
+        masked = mask_images_in_request(request, self.options.masking)
+        if masked is not None:
+            return json.dumps(masked, separators=(",", ":"), ensure_ascii=False)
+        return record.request_raw.decode("utf-8", "replace")
+
+    def _context(self, record: CallRecord, headers: list[tuple[bytes, bytes]],
+                 span: Span) -> Attributes:
+        """session.id, user.id and metadata; remembers this response for later chain links."""
+        request = record.request or {}
+        out: Attributes = {}
+        previous = request.get("previous_response_id")
+        link = self.sessions.get(previous) if isinstance(previous, str) else None
+        if link is not None:
+            span.add_link(link.span_context, {"openai.previous_response_id": previous})
+        response_id = (record.response or {}).get("id")
+        session = (_header(headers, self._session_header) or _conversation_id(request)
+                   or (link.session_id if link else None)
+                   or (previous if isinstance(previous, str) else None)
+                   or (response_id if isinstance(response_id, str) else None))
+        if session:
+            out[SpanAttributes.SESSION_ID] = session
+            if isinstance(response_id, str):
+                self.sessions.remember(response_id, ChainLink(session, span.get_span_context()))
+        user = (_header(headers, self._user_header) or _str(request.get("user"))
+                or _str(request.get("safety_identifier")))
+        if user:
+            out[SpanAttributes.USER_ID] = user
+        metadata = request.get("metadata")
+        if isinstance(metadata, dict) and metadata:
+            out[SpanAttributes.METADATA] = json.dumps(metadata, ensure_ascii=False)
+        return out
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _conversation_id(request: dict[str, Any]) -> str | None:
+    conversation = request.get("conversation")
+    if isinstance(conversation, dict):
+        conversation = conversation.get("id")
+    return _str(conversation)
+
+
+def _terminal_event_name(outcome: str) -> str:
+    return "error" if outcome == "error" else f"response.{outcome}"
+
+
+def _error_type(record: CallRecord) -> str:
+    error = record.error or {}
+    if record.outcome == outcomes.HTTP_ERROR:
+        return str(record.status)
+    code = error.get("code") or error.get("type")
+    return str(code) if code else record.outcome
+
+
+def _describe_error(record: CallRecord) -> str:
+    error = record.error or {}
+    detail = ": ".join(str(x) for x in (error.get("code") or error.get("type"),
+                                        error.get("message")) if x)
+    prefix = {
+        outcomes.HTTP_ERROR: f"HTTP {record.status}",
+        outcomes.FAILED: "response.failed",
+        outcomes.CANCELLED: "response cancelled",
+        outcomes.ERROR_EVENT: "error event",
+        outcomes.UPSTREAM_CUT: "stream ended without a terminal event",
+        outcomes.CLIENT_DISCONNECT: "client disconnected",
+        outcomes.APP_ERROR: "application error",
+    }.get(record.outcome, record.outcome)
+    return f"{prefix}: {detail}" if detail else prefix
+
+
+def _capped(attrs: Attributes, limit: int) -> Attributes:
+    return {k: (v[:limit - len(_TRUNCATED)] + _TRUNCATED
+                if isinstance(v, str) and len(v) > limit else v) for k, v in attrs.items()}
+
+
+def _rank(key: str) -> tuple[int, int]:
+    if key.startswith("llm.input_messages."):
+        # Newest messages first, so a count limit drops the oldest.
+        index = key.split(".", 3)[2]
+        return (len(_LATE_PREFIXES) + 1, -int(index) if index.isdigit() else 0)
+    for rank, prefix in enumerate(_LATE_PREFIXES, start=1):
+        if key.startswith(prefix):
+            return (rank, 0)
+    return (0, 0)
+
+
+def _ordered(attrs: Attributes) -> Attributes:
+    return dict(sorted(attrs.items(), key=lambda kv: _rank(kv[0])))

@@ -1,0 +1,90 @@
+"""Test helpers: a proxy traced into memory, and plain readers of flattened span attributes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from otel_responses.app import create_app
+from otel_responses.config import Settings
+from tests.servers import serve_asgi
+
+
+class SpanSink:
+    def __init__(self) -> None:
+        self.exporter = InMemorySpanExporter()
+        self.provider = TracerProvider(span_limits=SpanLimits(max_span_attributes=100_000))
+        self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+
+    def spans(self) -> list[ReadableSpan]:
+        return list(self.exporter.get_finished_spans())
+
+    def wait(self, count: int = 1, timeout: float = 5.0) -> list[ReadableSpan]:
+        deadline = time.monotonic() + timeout
+        while len(self.spans()) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        spans = self.spans()
+        assert len(spans) >= count, f"{len(spans)} spans finished, wanted {count}"
+        return spans
+
+    def one(self) -> ReadableSpan:
+        spans = self.wait(1)
+        assert len(spans) == 1, [s.name for s in spans]
+        return spans[0]
+
+    def clear(self) -> None:
+        self.exporter.clear()
+
+
+@contextlib.contextmanager
+def traced_proxy(upstream_url: str, **settings: Any) -> Iterator[tuple[str, SpanSink]]:
+    sink = SpanSink()
+    app = create_app(Settings(upstream=upstream_url, **settings), tracer_provider=sink.provider)
+    with serve_asgi(app) as base:
+        yield base, sink
+
+
+def indexed(attrs: Mapping[str, Any], prefix: str) -> list[dict[str, Any]]:
+    """``prefix.{i}.rest = v`` → ``[{rest: v}, ...]`` in index order (asserting no gaps)."""
+    found: dict[int, dict[str, Any]] = {}
+    for key, value in attrs.items():
+        if key.startswith(prefix + "."):
+            index, _, rest = key[len(prefix) + 1:].partition(".")
+            found.setdefault(int(index), {})[rest] = value
+    assert sorted(found) == list(range(len(found))), f"gaps in {prefix}: {sorted(found)}"
+    return [found[i] for i in range(len(found))]
+
+
+def message_text(message: Mapping[str, Any]) -> str:
+    """Text of one flattened message: its content, or its text/refusal content parts in order."""
+    if "message.content" in message:
+        return str(message["message.content"])
+    parts = indexed({k: v for k, v in message.items() if k.startswith("message.contents.")},
+                    "message.contents")
+    return "".join(p.get("message_content.text", "") for p in parts
+                   if p.get("message_content.type") == "text")
+
+
+def tool_calls(message: Mapping[str, Any]) -> list[tuple[str, str]]:
+    calls = indexed({k: v for k, v in message.items() if k.startswith("message.tool_calls.")},
+                    "message.tool_calls")
+    return [(c.get("tool_call.function.name", ""), c.get("tool_call.function.arguments", ""))
+            for c in calls]
+
+
+def sse_payloads(body: str) -> list[dict[str, Any]]:
+    """A plain reference parse of a recorded stream: every JSON ``data:`` payload in order."""
+    out = []
+    for block in body.replace("\r\n", "\n").split("\n\n"):
+        data = "\n".join(line[5:].removeprefix(" ") for line in block.split("\n")
+                         if line.startswith("data:"))
+        if data and data != "[DONE]":
+            out.append(json.loads(data))
+    return out

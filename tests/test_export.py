@@ -1,0 +1,215 @@
+"""Export through the CLI-built provider to real OTLP receivers, and the middleware on its own."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+from otel_responses.demo.app import create_demo_app
+from otel_responses.telemetry.export import (
+    SHUTDOWN_FLUSH_SECONDS,
+    build_tracer_provider,
+    exporter_names,
+)
+from otel_responses.telemetry.middleware import ResponsesTelemetryMiddleware
+from tests.otlp import black_hole, otlp_grpc_receiver, otlp_http_receiver
+from tests.servers import run_cli, serve_asgi
+from tests.spans import SpanSink, indexed, message_text
+
+SECRET = "sk-live-very-secret-1234"
+COOKIE = "session=cookie-secret-5678"
+
+
+@pytest.fixture(scope="module")
+def demo() -> Iterator[str]:
+    with serve_asgi(create_demo_app()) as base:
+        yield base
+
+
+def _call(base: str, stream: bool) -> httpx.Response:
+    return httpx.post(base + "/v1/responses",
+                      json={"model": "demo", "input": "export me", "stream": stream},
+                      headers={"authorization": f"Bearer {SECRET}", "cookie": COOKIE,
+                               "api-key": SECRET}, timeout=10)
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_cli_exports_spans_over_otlp(protocol: str, demo: str) -> None:
+    receiver_cm = otlp_http_receiver() if protocol == "http/protobuf" else otlp_grpc_receiver()
+    with receiver_cm as receiver:
+        env = {"OTEL_TRACES_EXPORTER": "otlp",
+               "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint,
+               "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+               "OTEL_BSP_SCHEDULE_DELAY": "100",
+               "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=test"}
+        with run_cli("--upstream", demo + "/v1", "--upstream-api-key", SECRET,
+                     env=env) as (base, proc):
+            assert _call(base, stream=False).status_code == 200
+            assert _call(base, stream=True).status_code == 200
+            spans = receiver.wait_for(2)
+            proc.terminate()
+            out, _ = proc.communicate(timeout=15)
+    assert {s.name for s in spans} == {"chat demo"}
+    assert all(s.kind == PbSpan.SPAN_KIND_CLIENT for s in spans)
+    assert spans[0].resource["service.name"] == "otel-responses"
+    assert spans[0].resource["deployment.environment"] == "test"
+    for span in spans:
+        assert span.attributes["openinference.span.kind"] == "LLM"
+        assert span.attributes["llm.token_count.total"] > 0
+        outputs = indexed(span.attributes, "llm.output_messages")
+        assert message_text(outputs[0])
+    exported = b"".join(receiver.raw)
+    for secret in (SECRET.encode(), b"cookie-secret", b"Bearer"):
+        assert secret not in exported
+        assert secret.decode() not in out
+
+
+def test_flush_on_shutdown_exports_queued_spans(demo: str) -> None:
+    with otlp_http_receiver() as receiver:
+        # A schedule delay far longer than the test: only the shutdown flush can deliver it.
+        env = {"OTEL_TRACES_EXPORTER": "otlp",
+               "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint,
+               "OTEL_BSP_SCHEDULE_DELAY": "600000"}
+        with run_cli("--upstream", demo + "/v1", env=env) as (base, proc):
+            assert _call(base, stream=False).status_code == 200
+            time.sleep(0.3)
+            assert receiver.spans == []
+            proc.terminate()
+            proc.wait(15)
+        assert len(receiver.spans) == 1
+
+
+def _median_latency(base: str, n: int = 30) -> float:
+    times = []
+    with httpx.Client(timeout=10) as client:
+        for _ in range(n):
+            started = time.perf_counter()
+            client.post(base + "/v1/responses", json={"model": "demo", "input": "x"})
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def test_collector_down_or_black_holed_does_not_slow_requests(demo: str) -> None:
+    """Median latency with a dead or hung collector, as a ratio of the same with a live one."""
+    with otlp_http_receiver() as receiver, black_hole() as hole:
+        closed = "http://127.0.0.1:9"  # nothing listens on the discard port on loopback
+        latencies = {}
+        for name, endpoint in (("up", receiver.endpoint), ("down", closed),
+                               ("black_hole", hole)):
+            env = {"OTEL_TRACES_EXPORTER": "otlp",
+                   "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": endpoint + "/v1/traces"
+                   if name != "up" else endpoint,
+                   "OTEL_BSP_SCHEDULE_DELAY": "50", "OTEL_EXPORTER_OTLP_TIMEOUT": "5"}
+            with run_cli("--upstream", demo + "/v1", "--log-level", "critical",
+                         env=env) as (base, _):
+                _median_latency(base, 5)  # warm up
+                latencies[name] = _median_latency(base)
+        assert len(receiver.spans) >= 30
+    for name in ("down", "black_hole"):
+        ratio = latencies[name] / latencies["up"]
+        assert ratio < 1.5, f"collector {name}: {ratio:.2f}x slower ({latencies})"
+
+
+def test_a_dead_collector_does_not_hold_shutdown(demo: str) -> None:
+    env = {"OTEL_TRACES_EXPORTER": "otlp",
+           "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:9/v1/traces"}
+    with run_cli("--upstream", demo + "/v1", env=env) as (base, proc):
+        assert _call(base, stream=False).status_code == 200
+        started = time.monotonic()
+        proc.terminate()
+        proc.wait(30)
+    assert time.monotonic() - started < SHUTDOWN_FLUSH_SECONDS + 3
+
+
+def test_exporter_selection_follows_otel_traces_exporter() -> None:
+    assert exporter_names({}, demo=False) == ["otlp"]
+    assert exporter_names({}, demo=True) == ["log"]
+    assert exporter_names({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}, demo=True) == ["otlp"]
+    assert exporter_names({"OTEL_TRACES_EXPORTER": "console,otlp"}, demo=False) == \
+        ["console", "otlp"]
+    assert exporter_names({"OTEL_TRACES_EXPORTER": "none"}, demo=False) == []
+    with pytest.raises(ValueError, match="zipkin"):
+        build_tracer_provider({"OTEL_TRACES_EXPORTER": "zipkin"})
+
+
+def test_demo_mode_logs_a_summary_line_per_call() -> None:
+    with run_cli(env={"OTEL_TRACES_EXPORTER": ""}) as (base, proc):
+        resp = httpx.post(base + "/v1/responses",
+                          json={"model": "demo", "input": "hi", "stream": True}, timeout=10)
+        assert resp.status_code == 200
+        time.sleep(0.3)
+        proc.terminate()
+        out, _ = proc.communicate(timeout=15)
+    lines = out.splitlines()
+    assert "demo upstream" in lines[0]
+    summary = [line for line in lines if "chat demo: model=demo" in line]
+    assert len(summary) == 1
+    assert "ttft=" in summary[0] and "trace_id=" in summary[0] and "tokens=" in summary[0]
+
+
+# -- the middleware on an app that answers /v1/responses itself ---------------------------
+
+FINAL = {"id": "resp_own", "object": "response", "model": "own-model", "status": "completed",
+         "output": [{"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+                     "content": [{"type": "output_text", "text": "Hello there",
+                                  "annotations": []}]}],
+         "usage": {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5}}
+
+
+def _events() -> list[dict]:
+    base = {**FINAL, "status": "in_progress", "output": [], "usage": None}
+    return [
+        {"type": "response.created", "sequence_number": 0, "response": base},
+        {"type": "response.output_item.added", "sequence_number": 1, "output_index": 0,
+         "item": {**FINAL["output"][0], "status": "in_progress", "content": []}},
+        {"type": "response.content_part.added", "sequence_number": 2, "output_index": 0,
+         "item_id": "msg_1", "content_index": 0,
+         "part": {"type": "output_text", "text": "", "annotations": []}},
+        {"type": "response.output_text.delta", "sequence_number": 3, "output_index": 0,
+         "item_id": "msg_1", "content_index": 0, "delta": "Hello"},
+        {"type": "response.output_text.delta", "sequence_number": 4, "output_index": 0,
+         "item_id": "msg_1", "content_index": 0, "delta": " there"},
+        {"type": "response.completed", "sequence_number": 5, "response": FINAL},
+    ]
+
+
+async def own_responses(request: Request) -> JSONResponse | StreamingResponse:
+    body = await request.json()
+    if not body.get("stream"):
+        return JSONResponse(FINAL)
+
+    async def sse() -> Iterator[bytes]:
+        for event in _events():
+            yield f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+
+    return StreamingResponse(sse(), media_type="text/event-stream")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_middleware_on_a_plain_starlette_app(stream: bool) -> None:
+    sink = SpanSink()
+    app = ResponsesTelemetryMiddleware(
+        Starlette(routes=[Route("/v1/responses", own_responses, methods=["POST"])]),
+        tracer_provider=sink.provider)
+    with serve_asgi(app) as base:
+        resp = httpx.post(base + "/v1/responses",
+                          json={"model": "own-model", "input": "hi", "stream": stream})
+        assert resp.status_code == 200
+        span = sink.one()
+    attrs = span.attributes
+    assert span.name == "chat own-model"
+    assert attrs["llm.response.model_name"] == "own-model"
+    assert attrs["llm.token_count.total"] == 5
+    assert message_text(indexed(attrs, "llm.output_messages")[0]) == "Hello there"
+    assert [m["message.role"] for m in indexed(attrs, "llm.input_messages")] == ["user"]
+    assert json.loads(attrs["output.value"]) == FINAL

@@ -1,0 +1,324 @@
+"""SSEParser: WHATWG event-stream rules, and chunking never changes the events."""
+
+from __future__ import annotations
+
+import re
+from itertools import pairwise
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from otel_responses.protocol.sse import ServerSentEvent, SSEParser
+from tests.recordings import Recording, load_recordings, need
+
+SSE_RECORDINGS = [r for r in load_recordings() if r.is_sse]
+
+
+def sse_params() -> list[object]:
+    if SSE_RECORDINGS:
+        return [pytest.param(r, id=r.name) for r in SSE_RECORDINGS]
+    return [pytest.param(None, id="no-shared-fixtures")]
+
+
+def parse(*chunks: bytes) -> list[ServerSentEvent]:
+    parser = SSEParser()
+    events = [e for chunk in chunks for e in parser.feed(chunk)]
+    return events + parser.close()
+
+
+def ev(data: str, event: str | None = None, id: str | None = None,
+       retry: int | None = None) -> ServerSentEvent:
+    return ServerSentEvent(event=event, data=data, id=id, retry=retry)
+
+
+def reference_parse(body: str) -> list[ServerSentEvent]:
+    """The spec's algorithm written plainly over a whole decoded body (no chunking)."""
+    body = body.removeprefix("\ufeff")
+    lines = re.split(r"\r\n|\r|\n", body)
+    lines.pop()  # text after the last line ending is an unfinished line
+    out: list[ServerSentEvent] = []
+    data: str = ""
+    event = ""
+    last_id: str | None = None
+    retry: int | None = None
+    for line in lines:
+        if line == "":
+            if data != "":
+                out.append(ServerSentEvent(event or None, data.removesuffix("\n"), last_id, retry))
+            data, event, retry = "", "", None
+            continue
+        if line.startswith(":"):
+            continue
+        if ":" in line:
+            name, value = line.split(":", 1)
+            value = value.removeprefix(" ")
+        else:
+            name, value = line, ""
+        if name == "data":
+            data += value + "\n"
+        elif name == "event":
+            event = value
+        elif name == "id" and "\0" not in value:
+            last_id = value
+        elif name == "retry" and re.fullmatch(r"[0-9]+", value):
+            retry = int(value)
+    return out
+
+
+def split_at(body: bytes, cuts: list[int]) -> list[bytes]:
+    points = [0, *sorted(cuts), len(body)]
+    return [body[a:b] for a, b in pairwise(points)]
+
+
+# --- line endings ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("eol", ["\n", "\r\n", "\r"])
+def test_line_endings(eol: str) -> None:
+    body = f"event: a{eol}data: 1{eol}{eol}data: 2{eol}{eol}".encode()
+    assert parse(body) == [ev("1", "a"), ev("2")]
+
+
+def test_mixed_line_endings() -> None:
+    assert parse(b"data: 1\rdata: 2\r\ndata: 3\n\r\n") == [ev("1\n2\n3")]
+
+
+def test_cr_then_lf_across_chunks_is_one_line_ending() -> None:
+    # Were the LF a second line ending, it would be a blank line dispatching "a" alone.
+    assert parse(b"data: a\r", b"\ndata: b\r", b"\n\r", b"\n") == [ev("a\nb")]
+
+
+def test_cr_then_empty_chunk_then_lf() -> None:
+    assert parse(b"data: a\r", b"", b"\ndata: b\n\n") == [ev("a\nb")]
+
+
+def test_cr_at_chunk_end_then_other_text() -> None:
+    assert parse(b"data: a\r", b"data: b\r", b"\r") == [ev("a\nb")]
+
+
+def test_lone_cr_dispatches_without_waiting_for_more() -> None:
+    parser = SSEParser()
+    assert parser.feed(b"data: x\r\r") == [ev("x")]
+
+
+def test_other_unicode_line_breaks_are_not_line_endings() -> None:
+    text = "a\u2028b\x0bc\x0cd\x1ce\x85f"
+    assert parse(f"data: {text}\n\n".encode()) == [ev(text)]
+
+
+# --- encoding ------------------------------------------------------------------------------
+
+
+def test_utf8_split_at_every_byte() -> None:
+    body = "data: héllo 🌍 ✓\n\n".encode()
+    assert parse(*(body[i:i + 1] for i in range(len(body)))) == [ev("héllo 🌍 ✓")]
+
+
+def test_bom_at_start_is_dropped_even_when_split() -> None:
+    body = b"\xef\xbb\xbfdata: x\n\n"
+    assert parse(body) == [ev("x")]
+    assert parse(body[:1], body[1:2], body[2:]) == [ev("x")]
+
+
+def test_only_one_bom_is_dropped() -> None:
+    # The second BOM becomes part of the field name "\ufeffdata", an unknown field.
+    assert parse(b"\xef\xbb\xbf\xef\xbb\xbfdata: x\n\n") == []
+
+
+def test_bom_later_in_stream_is_kept() -> None:
+    assert parse("data: 1\n\ndata: \ufeff2\n\n".encode()) == [ev("1"), ev("\ufeff2")]
+
+
+def test_invalid_utf8_becomes_replacement_character() -> None:
+    assert parse(b"data: a\xffb\n\n") == [ev("a\ufffdb")]
+
+
+# --- fields --------------------------------------------------------------------------------
+
+
+def test_multiline_data_joined_with_lf() -> None:
+    assert parse(b"data: a\ndata: b\ndata:\ndata: c\n\n") == [ev("a\nb\n\nc")]
+
+
+def test_only_one_space_after_colon_is_removed() -> None:
+    assert parse(b"data:x\n\ndata:  y\n\nevent:  e\ndata: z \n\n") == [
+        ev("x"), ev(" y"), ev("z ", " e")]
+
+
+def test_value_keeps_later_colons() -> None:
+    assert parse(b'data: {"a": "b:c"}\n\n') == [ev('{"a": "b:c"}')]
+
+
+def test_comments_ignored() -> None:
+    assert parse(b": keep-alive\n\n:x\ndata: 1\n: more\n\n") == [ev("1")]
+
+
+def test_field_without_colon_has_empty_value() -> None:
+    assert parse(b"data\ndata\n\n") == [ev("\n")]
+    assert parse(b"event\ndata: x\n\n") == [ev("x")]
+
+
+def test_unknown_fields_ignored() -> None:
+    assert parse(b"foo: bar\nDATA: no\ndata: yes\n\n") == [ev("yes")]
+
+
+def test_block_without_data_is_not_dispatched_and_resets_event() -> None:
+    assert parse(b"event: a\n\ndata: x\n\n") == [ev("x")]
+    assert parse(b"id: 1\nretry: 5\n\n") == []
+
+
+def test_empty_data_field_is_dispatched() -> None:
+    # Spec: "data:" appends an LF to the buffer, so the buffer is non-empty; the event is
+    # dispatched with empty data. Only a block with no data field at all is dropped.
+    assert parse(b"data:\n\n") == [ev("")]
+
+
+def test_empty_event_field_means_default_type() -> None:
+    assert parse(b"event:\ndata: x\n\n") == [ev("x")]
+
+
+def test_last_event_id_persists_and_nul_is_ignored() -> None:
+    body = b"id: 1\ndata: a\n\ndata: b\n\nid: x\x00y\ndata: c\n\nid\ndata: d\n\n"
+    assert parse(body) == [ev("a", id="1"), ev("b", id="1"), ev("c", id="1"), ev("d", id="")]
+
+
+def test_retry_needs_ascii_digits_and_applies_to_its_block() -> None:
+    body = "retry: 10\ndata: a\n\ndata: b\n\nretry: 1x\ndata: c\n\nretry: \uff13\ndata: d\n\n"
+    assert parse(body.encode()) == [ev("a", retry=10), ev("b"), ev("c"), ev("d")]
+
+
+# --- dispatch and end of input -------------------------------------------------------------
+
+
+def test_event_dispatched_only_on_blank_line() -> None:
+    parser = SSEParser()
+    assert parser.feed(b"data: x\n") == []
+    assert parser.pending
+    assert parser.feed(b"\n") == [ev("x")]
+    assert not parser.pending
+
+
+def test_unterminated_event_discarded_at_close() -> None:
+    parser = SSEParser()
+    assert parser.feed(b"data: 1\n\ndata: 2\n") == [ev("1")]
+    assert parser.close() == []
+    assert parser.pending
+
+
+def test_unfinished_line_discarded_at_close() -> None:
+    parser = SSEParser()
+    assert parser.feed(b"data: 1\n\ndata: 2") == [ev("1")]
+    assert parser.pending
+    assert parser.close() == []
+    assert parser.pending
+
+
+def test_partial_utf8_byte_is_pending() -> None:
+    parser = SSEParser()
+    parser.feed(b"data: 1\n\n\xc3")
+    assert parser.pending
+
+
+@pytest.mark.parametrize("body", [b"", b"data: 1\n\n", b": comment\n", b"data: 1\r\r"])
+def test_not_pending_at_event_boundary(body: bytes) -> None:
+    parser = SSEParser()
+    parser.feed(body)
+    parser.close()
+    assert not parser.pending
+
+
+def test_events_split_across_many_chunks() -> None:
+    parser = SSEParser()
+    out: list[ServerSentEvent] = []
+    for chunk in (b"ev", b"ent: a\nda", b"ta: hel", b"lo\n", b"\nda", b"ta: 2\n\n"):
+        out += parser.feed(chunk)
+    assert out == [ev("hello", "a"), ev("2")]
+
+
+def test_long_line_in_tiny_chunks() -> None:
+    payload = "x" * 200_000
+    body = f"data: {payload}\n\n".encode()
+    assert parse(*(body[i:i + 64] for i in range(0, len(body), 64))) == [ev(payload)]
+
+
+# --- recordings ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rec", sse_params())
+def test_recording_matches_reference_parse(rec: Recording | None) -> None:
+    rec = need(rec)
+    events = parse(rec.body_bytes)
+    assert events == reference_parse(rec.body)
+    assert len(events) == rec.body.count("\n\n")  # one event per blank-line-terminated block
+
+
+@pytest.mark.parametrize("rec", sse_params())
+def test_recording_byte_by_byte(rec: Recording | None) -> None:
+    rec = need(rec)
+    body = rec.body_bytes
+    assert parse(*(body[i:i + 1] for i in range(len(body)))) == parse(body)
+
+
+@pytest.mark.parametrize("eol", ["\r\n", "\r"])
+@pytest.mark.parametrize("rec", sse_params())
+def test_recording_with_other_line_endings(rec: Recording | None, eol: str) -> None:
+    rec = need(rec)
+    assert parse(rec.body.replace("\n", eol).encode()) == parse(rec.body_bytes)
+
+
+def test_recording_any_split() -> None:
+    recordings = SSE_RECORDINGS or [need(None)]
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(data=st.data(), eol=st.sampled_from(["\n", "\r\n", "\r"]))
+    def check(data: st.DataObject, eol: str) -> None:
+        rec = data.draw(st.sampled_from(recordings), label="recording")
+        body = rec.body.replace("\n", eol).encode()
+        cuts = data.draw(st.lists(st.integers(0, len(body)), max_size=60), label="cuts")
+        assert parse(*split_at(body, cuts)) == reference_parse(rec.body)
+
+    check()
+
+
+# --- generated streams ---------------------------------------------------------------------
+
+def _chars(exclude: str) -> st.SearchStrategy[str]:
+    return st.characters(codec="utf-8", exclude_characters=exclude)  # utf-8: no surrogates
+
+
+_NO_EOL = _chars("\r\n")
+_GEN = st.fixed_dictionaries({
+    "event": st.none() | st.text(_NO_EOL, max_size=12),
+    "data": st.text(_chars("\r"), max_size=40),
+    "id": st.none() | st.text(_chars("\r\n\0"), max_size=8),
+    "retry": st.none() | st.integers(0, 10**6),
+    "comment": st.none() | st.text(_NO_EOL, max_size=10),
+})
+
+
+@settings(max_examples=150, deadline=None)
+@given(gen=st.lists(_GEN, max_size=8), eol=st.sampled_from(["\n", "\r\n", "\r"]),
+       bom=st.booleans(), data=st.data())
+def test_generated_events_round_trip(gen: list[dict], eol: str, bom: bool,
+                                     data: st.DataObject) -> None:
+    lines: list[str] = []
+    expected: list[ServerSentEvent] = []
+    last_id: str | None = None
+    for g in gen:
+        if g["comment"] is not None:
+            lines.append(":" + g["comment"])
+        if g["event"] is not None:
+            lines.append("event: " + g["event"])
+        if g["id"] is not None:
+            lines.append("id: " + g["id"])
+            last_id = g["id"]
+        if g["retry"] is not None:
+            lines.append(f"retry: {g['retry']}")
+        lines += ["data: " + part for part in g["data"].split("\n")]
+        lines.append("")
+        expected.append(ev(g["data"], g["event"] or None, last_id, g["retry"]))
+    body = ("\ufeff" if bom else "") + "".join(line + eol for line in lines)
+    raw = body.encode()
+    cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=20), label="cuts")
+    assert parse(*split_at(raw, cuts)) == expected

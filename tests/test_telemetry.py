@@ -1,0 +1,493 @@
+"""Spans recorded through the proxy: every recording, stream endings, context, masking, export."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from opentelemetry.trace import SpanKind, StatusCode
+
+from otel_responses.telemetry.masking import REDACTED
+from tests.recordings import Recording, load_recordings, need, recordings_params
+from tests.spans import SpanSink, indexed, message_text, sse_payloads, tool_calls, traced_proxy
+from tests.upstreams import RawUpstream
+
+TERMINAL = ("response.completed", "response.incomplete", "response.failed")
+# Expected input roles, written out plainly from the Responses API's item types.
+ITEM_ROLES = {"function_call": "assistant", "function_call_output": "tool",
+              "reasoning": "assistant", "custom_tool_call": "assistant",
+              "custom_tool_call_output": "tool"}
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[RawUpstream]:
+    raw = RawUpstream(recordings={r.name: r for r in load_recordings()}, seed=11)
+    with raw.running():
+        yield raw
+
+
+@pytest.fixture(scope="module")
+def traced(upstream: RawUpstream) -> Iterator[tuple[str, SpanSink]]:
+    with traced_proxy(upstream.url + "/v1") as pair:
+        yield pair
+
+
+@pytest.fixture
+def proxy(traced: tuple[str, SpanSink]) -> Iterator[tuple[str, SpanSink]]:
+    traced[1].clear()
+    yield traced
+
+
+def _send(base: str, rec: Recording, **headers: str) -> httpx.Response:
+    body = json.dumps(rec.request_body).encode() if rec.request_body is not None else b"{}"
+    with httpx.Client(timeout=10) as client:
+        return client.post(base + "/v1/responses", content=body, headers={
+            "x-scenario": f"replay:{rec.name}", "content-type": "application/json", **headers})
+
+
+def _final_response(rec: Recording) -> dict[str, Any] | None:
+    if rec.status >= 400:
+        return None
+    if rec.is_sse:
+        terminal = [e for e in sse_payloads(rec.body) if e.get("type") in TERMINAL]
+        return terminal[-1]["response"] if terminal else None
+    return json.loads(rec.body)
+
+
+def _expected_text(rec: Recording, final: dict[str, Any]) -> str:
+    if rec.is_sse:
+        return "".join(e["delta"] for e in sse_payloads(rec.body)
+                       if e.get("type") == "response.output_text.delta")
+    return "".join(part["text"] for item in final["output"] if item["type"] == "message"
+                   for part in item["content"] if part["type"] == "output_text")
+
+
+def _expected_input_roles(body: dict[str, Any]) -> list[str]:
+    roles = ["system"] if body.get("instructions") else []
+    items = body.get("input")
+    if isinstance(items, str):
+        return [*roles, "user"]
+    for item in items or []:
+        roles.append(item["role"] if item.get("type", "message") == "message"
+                     else ITEM_ROLES[item["type"]])
+    return roles
+
+
+@pytest.mark.parametrize("rec", recordings_params())
+def test_span_matches_what_the_recording_implies(rec: Recording | None,
+                                                 proxy: tuple[str, SpanSink]) -> None:
+    rec = need(rec)
+    base, sink = proxy
+    assert _send(base, rec).status_code == rec.status
+    span = sink.one()
+    attrs = dict(span.attributes or {})
+    assert span.kind is SpanKind.CLIENT
+    assert attrs["openinference.span.kind"] == "LLM"
+    assert attrs["llm.system"] == "openai"
+    request = rec.request_body if isinstance(rec.request_body, dict) else None
+    if request is not None:
+        assert span.name == f"chat {request['model']}"
+        assert attrs["llm.request.model_name"] == request["model"]
+        inputs = indexed(attrs, "llm.input_messages")
+        assert [m["message.role"] for m in inputs] == _expected_input_roles(request)
+        tools = indexed(attrs, "llm.tools")
+        assert [json.loads(t["tool.json_schema"]) for t in tools] == request.get("tools", [])
+        assert json.loads(attrs["input.value"]) == request
+    final = _final_response(rec)
+    if final is None:
+        assert span.status.status_code is StatusCode.ERROR
+        assert str(rec.status) in (span.status.description or "")
+        assert attrs["error.type"] == str(rec.status)
+        return
+    assert span.status.status_code is StatusCode.OK
+    assert attrs["llm.model_name"] == final["model"]
+    assert attrs["llm.response.model_name"] == final["model"]
+    assert json.loads(attrs["output.value"]) == final
+    usage = final.get("usage")
+    if usage:
+        assert attrs["llm.token_count.prompt"] == usage["input_tokens"]
+        assert attrs["llm.token_count.completion"] == usage["output_tokens"]
+        assert attrs["llm.token_count.total"] == usage["total_tokens"]
+        cached = (usage.get("input_tokens_details") or {}).get("cached_tokens")
+        if cached is not None:
+            assert attrs["llm.token_count.prompt_details.cache_read"] == cached
+        reasoning = (usage.get("output_tokens_details") or {}).get("reasoning_tokens")
+        if reasoning is not None:
+            assert attrs["llm.token_count.completion_details.reasoning"] == reasoning
+    outputs = indexed(attrs, "llm.output_messages")
+    assert len(outputs) >= len(final["output"])  # a built-in call may add its results
+    spoken = [m for m in outputs if m["message.role"] == "assistant"]  # not tool results
+    assert "".join(message_text(m) for m in spoken) == _expected_text(rec, final)
+    expected_calls = [(i["name"], i["arguments"]) for i in final["output"]
+                      if i["type"] == "function_call"]
+    got_calls = [c for m in outputs for c in tool_calls(m)
+                 if c[0] in {name for name, _ in expected_calls}]
+    assert got_calls == expected_calls
+    client_calls = [i for i in final["output"]
+                    if i["type"] in ("function_call", "custom_tool_call")]
+    expected_finish = {"completed": "tool_call" if client_calls else "stop",
+                       "incomplete": "length"}.get(final["status"])
+    if expected_finish:
+        assert attrs["llm.finish_reason"] == expected_finish
+    if rec.is_sse:
+        events = [e.name for e in span.events]
+        assert events[-1] in TERMINAL
+        if any(e.get("type", "").endswith(".delta") for e in sse_payloads(rec.body)):
+            assert events[0] == "First Token Stream Event"
+
+
+def test_first_token_event_is_at_the_first_delta_not_created(
+        proxy: tuple[str, SpanSink]) -> None:
+    recs = [r for r in load_recordings() if r.name == "dd-trace-py__stream_text"]
+    rec = need(recs[0] if recs else None)
+    base, sink = proxy
+    _send(base, rec)
+    span = sink.one()
+    first = next(e for e in span.events if e.name == "First Token Stream Event")
+    terminal = next(e for e in span.events if e.name == "response.completed")
+    assert span.start_time < first.timestamp <= terminal.timestamp <= span.end_time
+
+
+# -- stream endings ------------------------------------------------------------------------
+
+def test_upstream_cut_gives_error_span_with_partial_output(
+        proxy: tuple[str, SpanSink]) -> None:
+    base, sink = proxy
+    httpx.post(base + "/v1/responses", content=b'{"model":"m","input":"x","stream":true}',
+               headers={"x-scenario": "cut"})
+    span = sink.one()
+    assert span.status.status_code is StatusCode.ERROR
+    assert "without a terminal event" in (span.status.description or "")
+    assert span.attributes["error.type"] == "upstream_cut"
+
+
+def test_client_disconnect_gives_error_span(proxy: tuple[str, SpanSink]) -> None:
+    base, sink = proxy
+    with httpx.stream("POST", base + "/v1/responses", content=b'{"model":"m","input":"x"}',
+                      headers={"x-scenario": "drip"}) as resp:
+        next(resp.iter_raw())
+    span = sink.one()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == "client disconnected"
+
+
+def test_upstream_unreachable_gives_error_span() -> None:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        with traced_proxy(f"http://127.0.0.1:{sock.getsockname()[1]}/v1") as (base, sink):
+            httpx.post(base + "/v1/responses", content=b'{"model":"m","input":"x"}')
+            span = sink.one()
+    assert span.status.status_code is StatusCode.ERROR
+    assert "upstream_unreachable" in (span.status.description or "")
+    assert span.attributes["error.type"] == "502"
+
+
+def test_other_routes_record_no_span(proxy: tuple[str, SpanSink]) -> None:
+    base, sink = proxy
+    httpx.get(base + "/v1/models", headers={"x-scenario": "echo"})
+    httpx.get(base + "/v1/responses/resp_1", headers={"x-scenario": "echo"})
+    time.sleep(0.2)
+    assert sink.spans() == []
+
+
+# -- context: sessions, users, metadata, links, trace propagation -------------------------
+
+def _echo_call(base: str, body: dict[str, Any], **headers: str) -> dict[str, Any]:
+    resp = httpx.post(base + "/v1/responses", json=body, headers={"x-scenario": "echo", **headers})
+    return resp.json()
+
+
+def test_session_user_and_metadata(proxy: tuple[str, SpanSink]) -> None:
+    base, sink = proxy
+    _echo_call(base, {"model": "m", "input": "x", "metadata": {"team": "a"}, "user": "u-body"},
+               **{"x-session-id": "sess-h", "x-user-id": "u-head"})
+    attrs = sink.one().attributes
+    assert attrs["session.id"] == "sess-h"
+    assert attrs["user.id"] == "u-head"
+    assert json.loads(attrs["metadata"]) == {"team": "a"}
+    sink.clear()
+    _echo_call(base, {"model": "m", "input": "x", "conversation": {"id": "conv_1"},
+                      "safety_identifier": "safe-1"})
+    attrs = sink.one().attributes
+    assert attrs["session.id"] == "conv_1"
+    assert attrs["user.id"] == "safe-1"
+
+
+def test_previous_response_id_chain_shares_a_session_and_links_spans(
+        proxy: tuple[str, SpanSink]) -> None:
+    recs = {r.name: r for r in load_recordings()}
+    if "ruby-openai__simple_text" not in recs:
+        need(None)
+    base, sink = proxy
+    first = recs["ruby-openai__simple_text"]
+    _send(base, first)
+    first_span = sink.one()
+    first_id = json.loads(first.body)["id"]
+    assert first_span.attributes["session.id"] == first_id
+    sink.clear()
+    body = {"model": "m", "input": "more", "previous_response_id": first_id}
+    httpx.post(base + "/v1/responses", json=body, headers={"x-scenario": "echo"})
+    second = sink.one()
+    assert second.attributes["session.id"] == first_id
+    assert [link.context.span_id for link in second.links] == [first_span.context.span_id]
+
+
+def test_trace_context_is_continued_and_injected_upstream(proxy: tuple[str, SpanSink]) -> None:
+    base, sink = proxy
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    inbound = f"00-{trace_id}-b7ad6b7169203331-01"
+    echo = _echo_call(base, {"model": "m", "input": "x"}, traceparent=inbound,
+                      baggage="k=v")
+    span = sink.one()
+    assert format(span.context.trace_id, "032x") == trace_id
+    assert format(span.parent.span_id, "016x") == "b7ad6b7169203331"
+    sent = {k.lower(): v for k, v in echo["headers"]}
+    assert sent["traceparent"] == f"00-{trace_id}-{span.context.span_id:016x}-01"
+    assert sent["baggage"] == "k=v"
+
+
+def test_trace_root_ignores_inbound_context(upstream: RawUpstream) -> None:
+    with traced_proxy(upstream.url + "/v1", trace_root=True) as (base, sink):
+        inbound = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        echo = _echo_call(base, {"model": "m", "input": "x"}, traceparent=inbound)
+        span = sink.one()
+    assert span.parent is None
+    assert format(span.context.trace_id, "032x") != "0af7651916cd43dd8448eb211c80319c"
+    sent = {k.lower(): v for k, v in echo["headers"]}
+    assert sent["traceparent"].split("-")[2] == format(span.context.span_id, "016x")
+
+
+def test_genai_semconv_on_request(upstream: RawUpstream) -> None:
+    recs = {r.name: r for r in load_recordings()}
+    rec = need(recs.get("dd-trace-py__cached_tokens"))
+    with traced_proxy(upstream.url + "/v1", genai_semconv=True) as (base, sink):
+        _send(base, rec)
+        attrs = sink.one().attributes
+    final = json.loads(rec.body)
+    assert attrs["gen_ai.operation.name"] == "chat"
+    assert attrs["gen_ai.provider.name"] == "openai"
+    assert attrs["gen_ai.request.model"] == rec.request_body["model"]
+    assert attrs["gen_ai.response.model"] == final["model"]
+    assert attrs["gen_ai.response.id"] == final["id"]
+    assert attrs["gen_ai.usage.input_tokens"] == final["usage"]["input_tokens"]
+    assert attrs["gen_ai.usage.output_tokens"] == final["usage"]["output_tokens"]
+    assert attrs["gen_ai.usage.cache_read.input_tokens"] == \
+        final["usage"]["input_tokens_details"]["cached_tokens"]
+    assert attrs["server.address"] == "127.0.0.1"
+    assert attrs["openai.api.type"] == "responses"
+
+
+def test_genai_semconv_off_by_default(proxy: tuple[str, SpanSink]) -> None:
+    base, sink = proxy
+    _echo_call(base, {"model": "m", "input": "x"})
+    assert not any(k.startswith("gen_ai.") for k in sink.one().attributes)
+
+
+# -- telemetry never breaks a request -----------------------------------------------------
+
+def test_a_telemetry_bug_is_counted_and_the_response_is_unaffected(
+        upstream: RawUpstream, proxy: tuple[str, SpanSink]) -> None:
+    from otel_responses.app import create_app
+    from otel_responses.config import Settings
+    from tests.servers import serve_asgi
+
+    def broken_sink(record: object) -> None:
+        raise RuntimeError("boom")
+
+    app = create_app(Settings(upstream=upstream.url + "/v1"), tracer_provider=proxy[1].provider)
+    app.sinks = (broken_sink,)
+    with serve_asgi(app) as base:
+        resp = httpx.post(base + "/v1/responses", json={"model": "m", "input": "x"},
+                          headers={"x-scenario": "echo"})
+        assert resp.status_code == 200
+        deadline = time.monotonic() + 2
+        while app.telemetry_errors == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert app.telemetry_errors == 1
+
+
+# -- masking ------------------------------------------------------------------------------
+
+def _masked_span(upstream: RawUpstream, monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
+                 body: dict[str, Any], scenario: str = "echo") -> dict[str, Any]:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with traced_proxy(upstream.url + "/v1") as (base, sink):
+        httpx.post(base + "/v1/responses", json=body, headers={"x-scenario": scenario})
+        return dict(sink.one().attributes)
+
+
+def _rich_request() -> dict[str, Any]:
+    image = "data:image/png;base64," + "A" * 40_000
+    return {
+        "model": "m", "instructions": "be secret", "temperature": 0.5,
+        "tools": [{"type": "function", "name": "f", "parameters": {}}],
+        "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "hidden words"},
+                                         {"type": "input_image", "image_url": image}]},
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": '{"a":"arg"}'},
+            {"type": "function_call_output", "call_id": "c1", "output": "tool says hi"},
+        ],
+    }
+
+
+def _keys(attrs: dict[str, Any], part: str) -> list[str]:
+    return [k for k in attrs if part in k]
+
+
+def test_mask_nothing_by_default_but_oversized_images(upstream: RawUpstream,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    attrs = _masked_span(upstream, monkeypatch, {}, _rich_request())
+    assert "hidden words" in attrs["input.value"] or "hidden words" in json.dumps(attrs)
+    images = [attrs[k] for k in _keys(attrs, "image.image.url")]
+    assert images == [REDACTED]  # 40,000 > OPENINFERENCE_BASE64_IMAGE_MAX_LENGTH default
+    assert "AAAA" not in attrs["input.value"]
+
+
+def test_base64_image_max_length(upstream: RawUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    attrs = _masked_span(upstream, monkeypatch,
+                         {"OPENINFERENCE_BASE64_IMAGE_MAX_LENGTH": "100000"}, _rich_request())
+    images = [attrs[k] for k in _keys(attrs, "image.image.url")]
+    assert len(images) == 1 and images[0].startswith("data:image/png;base64,AAAA")
+
+
+def test_hide_inputs(upstream: RawUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    attrs = _masked_span(upstream, monkeypatch, {"OPENINFERENCE_HIDE_INPUTS": "true"},
+                         _rich_request())
+    assert attrs["input.value"] == REDACTED
+    assert "input.mime_type" not in attrs
+    assert not _keys(attrs, "llm.input_messages") and not _keys(attrs, "llm.tools")
+    assert "output.value" in attrs
+
+
+def test_hide_outputs(upstream: RawUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    recs = {r.name: r for r in load_recordings()}
+    rec = need(recs.get("ruby-openai__simple_text"))
+    attrs = _masked_span(upstream, monkeypatch, {"OPENINFERENCE_HIDE_OUTPUTS": "true"},
+                         rec.request_body, f"replay:{rec.name}")
+    assert attrs["output.value"] == REDACTED
+    assert "output.mime_type" not in attrs
+    assert not _keys(attrs, "llm.output_messages")
+    assert attrs["llm.token_count.total"] > 0
+
+
+def test_hide_input_messages(upstream: RawUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    attrs = _masked_span(upstream, monkeypatch, {"OPENINFERENCE_HIDE_INPUT_MESSAGES": "true"},
+                         _rich_request())
+    assert not _keys(attrs, "llm.input_messages")
+    assert _keys(attrs, "llm.tools")
+
+
+def test_hide_output_messages(upstream: RawUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    recs = {r.name: r for r in load_recordings()}
+    rec = need(recs.get("ruby-openai__simple_text"))
+    attrs = _masked_span(upstream, monkeypatch, {"OPENINFERENCE_HIDE_OUTPUT_MESSAGES": "true"},
+                         rec.request_body, f"replay:{rec.name}")
+    assert not _keys(attrs, "llm.output_messages")
+    assert json.loads(attrs["output.value"])["id"] == json.loads(rec.body)["id"]
+
+
+def test_hide_input_images(upstream: RawUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    body = _rich_request()
+    body["input"][0]["content"][1]["image_url"] = "https://example.com/cat.png"
+    attrs = _masked_span(upstream, monkeypatch, {"OPENINFERENCE_HIDE_INPUT_IMAGES": "true"}, body)
+    assert not _keys(attrs, "image")
+    assert "cat.png" not in attrs["input.value"]
+    assert "hidden words" in attrs["input.value"]
+
+
+def test_hide_input_text_hides_it_everywhere(upstream: RawUpstream,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    attrs = _masked_span(upstream, monkeypatch, {"OPENINFERENCE_HIDE_INPUT_TEXT": "true"},
+                         _rich_request())
+    dumped = json.dumps(attrs)
+    for secret in ("hidden words", "be secret", "tool says hi", '\\"arg\\"'):
+        assert secret not in dumped, secret
+    assert attrs["input.value"] == REDACTED
+    assert _keys(attrs, "llm.input_messages")  # the messages stay, their text does not
+
+
+def test_hide_output_text_hides_it_everywhere(upstream: RawUpstream,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    recs = {r.name: r for r in load_recordings()}
+    rec = need(recs.get("dd-trace-py__function_call"))
+    final = json.loads(rec.body)
+    attrs = _masked_span(upstream, monkeypatch, {"OPENINFERENCE_HIDE_OUTPUT_TEXT": "true"},
+                         rec.request_body, f"replay:{rec.name}")
+    call = next(i for i in final["output"] if i["type"] == "function_call")
+    assert call["arguments"] not in json.dumps(attrs)
+    assert attrs["output.value"] == REDACTED
+    assert _keys(attrs, "llm.output_messages")
+
+
+def test_hide_llm_tools(upstream: RawUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    attrs = _masked_span(upstream, monkeypatch, {"OPENINFERENCE_HIDE_LLM_TOOLS": "true"},
+                         _rich_request())
+    assert not _keys(attrs, "llm.tools")
+    assert _keys(attrs, "llm.input_messages")
+
+
+def test_hide_llm_invocation_parameters(upstream: RawUpstream,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    attrs = _masked_span(upstream, monkeypatch,
+                         {"OPENINFERENCE_HIDE_LLM_INVOCATION_PARAMETERS": "true"},
+                         _rich_request())
+    assert "llm.invocation_parameters" not in attrs
+    shown = _masked_span(upstream, monkeypatch,
+                         {"OPENINFERENCE_HIDE_LLM_INVOCATION_PARAMETERS": "false"},
+                         _rich_request())
+    assert json.loads(shown["llm.invocation_parameters"])["temperature"] == 0.5
+
+
+@pytest.mark.parametrize("name", ["OPENINFERENCE_HIDE_PROMPTS", "OPENINFERENCE_HIDE_CHOICES",
+                                  "OPENINFERENCE_HIDE_EMBEDDINGS_VECTORS",
+                                  "OPENINFERENCE_HIDE_EMBEDDINGS_TEXT",
+                                  "OPENINFERENCE_HIDE_RETRIEVAL_DOCUMENTS"])
+def test_completions_only_variables_change_nothing_on_responses_spans(
+        name: str, upstream: RawUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = _masked_span(upstream, monkeypatch, {name: "false"}, _rich_request())
+    hidden = _masked_span(upstream, monkeypatch, {name: "true"}, _rich_request())
+    assert set(plain) == set(hidden)
+    assert not any(k.startswith(("llm.prompts", "llm.choices", "embedding")) for k in hidden)
+
+
+def test_invalid_masking_value_keeps_the_default(upstream: RawUpstream,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    attrs = _masked_span(upstream, monkeypatch, {"OPENINFERENCE_HIDE_INPUTS": "yes please"},
+                         _rich_request())
+    assert attrs["input.value"] != REDACTED
+
+
+def test_attribute_values_are_capped(upstream: RawUpstream) -> None:
+    with traced_proxy(upstream.url + "/v1", max_attribute_length=500) as (base, sink):
+        _echo_call(base, {"model": "m", "input": "w" * 5000})
+        attrs = sink.one().attributes
+    assert len(attrs["input.value"]) == 500
+    assert attrs["input.value"].endswith("[truncated]")
+
+
+# -- the openai SDK as client, against the demo upstream ----------------------------------
+
+def test_openai_sdk_stream_through_traced_proxy_to_demo(proxy: tuple[str, SpanSink]) -> None:
+    from otel_responses.demo.app import create_demo_app
+    from tests.servers import serve_asgi
+
+    with serve_asgi(create_demo_app()) as demo, traced_proxy(demo + "/v1") as (base, sink):
+        client = openai.OpenAI(base_url=base + "/v1", api_key="sk-secret-key", max_retries=0)
+        with client.responses.stream(model="demo", input="hello telemetry") as stream:
+            text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+            final = stream.get_final_response()
+        span = sink.one()
+    attrs = span.attributes
+    assert text == final.output_text
+    outputs = indexed(attrs, "llm.output_messages")
+    assert message_text(outputs[0]) == text
+    assert attrs["llm.token_count.completion"] == final.usage.output_tokens
+    assert attrs["llm.token_count.prompt"] == final.usage.input_tokens
+    assert "sk-secret-key" not in json.dumps(dict(attrs))
