@@ -32,6 +32,7 @@ class Settings:
     genai_semconv: bool = False
     trace_root: bool = False
     max_attribute_length: int = 128 * 1024
+    overhead_header: bool = False
 
     def __post_init__(self) -> None:
         if self.log_format not in LOG_FORMATS:
@@ -105,6 +106,8 @@ SERVE_OPTIONS: tuple[Option, ...] = (
            parse_bool),
     Option("max_attribute_length", "longest span attribute value kept, in characters "
            "(longer: truncated)", int),
+    Option("overhead_header", "add x-otel-responses-overhead-ms to responses (for benchmarks; "
+           "the only header the proxy ever adds)", parse_bool),
 )
 
 

@@ -66,9 +66,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, ready_path: str = "/h
     """Run ``otel-responses ARGS --port P`` as a subprocess; yield (base URL, process)."""
     port = port or free_port()
     cmd = [sys.executable, "-m", "otel_responses", *args, "--port", str(port)]
-    # No span export unless a test asks for it: a default OTLP exporter with no collector
-    # would only add retry noise.
-    full_env = {**os.environ, "OTEL_TRACES_EXPORTER": "none", **(env or {})}
+    full_env = {**os.environ, **(env or {})}
     proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     base = f"http://127.0.0.1:{port}"

@@ -393,3 +393,12 @@ def test_one_access_log_line_per_request(proxy_url: str, caplog: pytest.LogCaptu
     assert fields["bytes_out"] > 30
     assert fields["stream"] is False
     assert fields["duration_ms"] > 0
+
+
+def test_overhead_header_is_opt_in(upstream: RawUpstream, proxy_url: str) -> None:
+    plain = httpx.post(proxy_url + "/v1/responses", content=b"{}", headers={"x-scenario": "echo"})
+    assert "x-otel-responses-overhead-ms" not in plain.headers
+    with proxy(upstream.url + "/v1", overhead_header=True) as base:
+        resp = httpx.post(base + "/v1/responses", content=b"{}", headers={"x-scenario": "echo"})
+    overhead_ms = float(resp.headers["x-otel-responses-overhead-ms"])
+    assert 0 < overhead_ms < 1000

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -32,7 +33,12 @@ class UpstreamCut(Exception):
 
 @dataclass(slots=True)
 class Exchange:
-    """What one forwarded request did, for the access log."""
+    """What one forwarded request did: for the access log and for exchange observers.
+
+    ``overhead`` is the time the proxy itself spent: from the request reaching the endpoint to
+    the upstream request being sent, plus, for every chunk, from the upstream handing it over
+    to the client's send returning.
+    """
 
     method: str
     path: str
@@ -44,6 +50,12 @@ class Exchange:
     stream: bool = False
     outcome: str = "ok"
     body: bytes = b""
+    overhead: float = 0.0
+    finished: float = 0.0
+
+    @property
+    def duration(self) -> float:
+        return (self.finished or time.perf_counter()) - self.started
 
     def log(self) -> None:
         if not access_log.isEnabledFor(logging.INFO):
@@ -51,7 +63,7 @@ class Exchange:
         fields = {
             "method": self.method, "path": self.path, "route": self.route,
             "status": self.status,
-            "duration_ms": round((time.perf_counter() - self.started) * 1000, 2),
+            "duration_ms": round(self.duration * 1000, 2),
             "bytes_in": self.bytes_in, "bytes_out": self.bytes_out, "stream": self.stream,
             "model": _model_of(self.body), "outcome": self.outcome,
         }
@@ -69,14 +81,24 @@ def _model_of(body: bytes) -> str | None:
     return model if isinstance(model, str) else None
 
 
-class Proxy:
-    """Owns the pooled upstream client; each route gets an ASGI endpoint from :meth:`endpoint`."""
+ExchangeObserver = Callable[[Exchange], None]
+OVERHEAD_HEADER = b"x-otel-responses-overhead-ms"
 
-    def __init__(self, settings: Settings) -> None:
+
+class Proxy:
+    """Owns the pooled upstream client; each route gets an ASGI endpoint from :meth:`endpoint`.
+
+    ``observers`` are called with every finished Exchange (metrics hang off this); an
+    observer that raises is logged and never affects the request.
+    """
+
+    def __init__(self, settings: Settings, observers: Sequence[ExchangeObserver] = ()) -> None:
         if settings.upstream is None:
             raise ValueError("Proxy needs an upstream URL")
         self.settings = settings
         self.target = UpstreamTarget.parse(settings.upstream)
+        self.observers = tuple(observers)
+        self.in_flight = 0
         self._client: httpx.AsyncClient | None = None
 
     @property
@@ -104,10 +126,18 @@ class Proxy:
 
     async def forward(self, scope: Scope, receive: Receive, send: Send, route: str) -> None:
         ex = Exchange(scope["method"], scope["path"], route)
+        self.in_flight += 1
         try:
             await self._forward(scope, receive, send, ex)
         finally:
+            self.in_flight -= 1
+            ex.finished = time.perf_counter()
             ex.log()
+            for observe in self.observers:
+                try:
+                    observe(ex)
+                except Exception:
+                    log.exception("exchange observer failed (the request is unaffected)")
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, ex: Exchange) -> None:
         try:
@@ -128,6 +158,7 @@ class Proxy:
             headers=upstream_request_headers(scope["headers"], self.settings.upstream_api_key),
             content=body if body or scope["method"] not in _NO_BODY_METHODS else None,
         )
+        ex.overhead = time.perf_counter() - ex.started
         exchange = asyncio.ensure_future(self._exchange(request, send, ex))
         disconnect = asyncio.ensure_future(_wait_for_disconnect(receive))
         await asyncio.wait((exchange, disconnect), return_when=asyncio.FIRST_COMPLETED)
@@ -179,15 +210,21 @@ class Proxy:
     async def _relay(self, response: httpx.Response, send: Send, ex: Exchange) -> None:
         ex.status = response.status_code
         ex.stream = response.headers.get("content-type", "").startswith("text/event-stream")
-        await send({
-            "type": "http.response.start",
-            "status": response.status_code,
-            "headers": client_response_headers(response.headers.raw),
-        })
+        headers = client_response_headers(response.headers.raw)
+        if self.settings.overhead_header:
+            # Opt-in, for benchmarks: the request-side overhead, known before the body flows.
+            headers.append((OVERHEAD_HEADER, f"{ex.overhead * 1000:.3f}".encode()))
+        handed = time.perf_counter()
+        await send({"type": "http.response.start", "status": response.status_code,
+                    "headers": headers})
+        ex.overhead += time.perf_counter() - handed
         try:
-            async for chunk in response.aiter_raw():
+            chunks = response.aiter_raw()
+            async for chunk in chunks:
+                handed = time.perf_counter()
                 ex.bytes_out += len(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                ex.overhead += time.perf_counter() - handed
         except httpx.HTTPError as exc:
             ex.outcome = "upstream_cut"
             log.warning("upstream ended %s %s early after %d bytes: %s", ex.method, ex.path,
