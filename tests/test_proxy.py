@@ -402,3 +402,64 @@ def test_overhead_header_is_opt_in(upstream: RawUpstream, proxy_url: str) -> Non
         resp = httpx.post(base + "/v1/responses", content=b"{}", headers={"x-scenario": "echo"})
     overhead_ms = float(resp.headers["x-otel-responses-overhead-ms"])
     assert 0 < overhead_ms < 1000
+
+
+# -- the openai SDK through the proxy to the demo upstream ---------------------------------
+
+@pytest.fixture(scope="module")
+def demo_client() -> Iterator[openai.OpenAI]:
+    from otel_responses.demo.app import create_demo_app
+
+    with serve_asgi(create_demo_app()) as demo, proxy(demo + "/v1") as base:
+        yield openai.OpenAI(base_url=base + "/v1", api_key="sk-test", max_retries=0)
+
+
+WEATHER = {"type": "function", "name": "get_weather", "description": "Weather in a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                          "required": ["city"]}}
+
+
+def test_sdk_create_stream_and_helper_against_demo(demo_client: openai.OpenAI) -> None:
+    plain = demo_client.responses.create(model="demo", input="Hello proxy")
+    assert "Hello proxy" in plain.output_text
+    assert plain.usage.output_tokens > 0
+    events = list(demo_client.responses.create(model="demo", input="Hello proxy", stream=True))
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert events[-1].type == "response.completed"
+    assert deltas == events[-1].response.output_text == plain.output_text
+    with demo_client.responses.stream(model="demo", input="Hello proxy") as stream:
+        for _ in stream:
+            pass
+        final = stream.get_final_response()
+    assert final.output_text == plain.output_text
+
+
+def test_sdk_tool_round_trip_against_demo(demo_client: openai.OpenAI) -> None:
+    first = demo_client.responses.create(model="demo", input="Weather in Paris?",
+                                         tools=[WEATHER])
+    (call,) = [i for i in first.output if i.type == "function_call"]
+    assert call.name == "get_weather"
+    assert "city" in json.loads(call.arguments)
+    second = demo_client.responses.create(
+        model="demo", tools=[WEATHER],
+        input=[{"role": "user", "content": "Weather in Paris?"},
+               {"type": "function_call", "call_id": call.call_id, "name": call.name,
+                "arguments": call.arguments},
+               {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}])
+    assert "sunny" in second.output_text
+
+
+def test_sdk_stored_response_routes_against_demo(demo_client: openai.OpenAI) -> None:
+    created = demo_client.responses.create(model="demo", input="keep me", stream=True)
+    events = list(created)
+    response_id = events[-1].response.id
+    assert demo_client.responses.retrieve(response_id).output_text == \
+        events[-1].response.output_text
+    resumed = list(demo_client.responses.retrieve(response_id, stream=True, starting_after=3))
+    assert [e.sequence_number for e in resumed] == [e.sequence_number for e in events[4:]]
+    items = demo_client.responses.input_items.list(response_id)
+    assert items.data
+    assert demo_client.responses.delete(response_id) is None
+    with pytest.raises(openai.NotFoundError):
+        demo_client.responses.retrieve(response_id)

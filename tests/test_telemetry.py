@@ -491,3 +491,102 @@ def test_openai_sdk_stream_through_traced_proxy_to_demo(proxy: tuple[str, SpanSi
     assert attrs["llm.token_count.completion"] == final.usage.output_tokens
     assert attrs["llm.token_count.prompt"] == final.usage.input_tokens
     assert "sk-secret-key" not in json.dumps(dict(attrs))
+
+
+# -- stream endings the recordings lack: failed, error event, cut after deltas --------------
+
+def _sse(*events: dict[str, Any]) -> str:
+    return "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events)
+
+
+def _text_events(text: str, seq: int = 0) -> list[dict[str, Any]]:
+    snapshot = {"id": "resp_syn", "object": "response", "model": "syn-model",
+                "status": "in_progress", "output": [], "usage": None}
+    item = {"id": "msg_syn", "type": "message", "role": "assistant", "status": "in_progress",
+            "content": []}
+    part = {"type": "output_text", "text": "", "annotations": []}
+    return [
+        {"type": "response.created", "sequence_number": seq, "response": snapshot},
+        {"type": "response.output_item.added", "sequence_number": seq + 1, "output_index": 0,
+         "item": item},
+        {"type": "response.content_part.added", "sequence_number": seq + 2, "output_index": 0,
+         "item_id": "msg_syn", "content_index": 0, "part": part},
+        *({"type": "response.output_text.delta", "sequence_number": seq + 3 + i,
+           "output_index": 0, "item_id": "msg_syn", "content_index": 0, "delta": word}
+          for i, word in enumerate(text.split("|"))),
+    ]
+
+
+def _synthetic(upstream: RawUpstream, name: str, body: str) -> Recording:
+    rec = Recording(name=name, request_method="POST", request_path="/v1/responses",
+                    request_headers={}, request_body={"model": "syn", "input": "hi",
+                                                      "stream": True},
+                    status=200, headers={"Content-Type": "text/event-stream"}, body=body)
+    upstream.recordings[name] = rec
+    return rec
+
+
+def test_failed_stream_records_error_and_usage(upstream: RawUpstream,
+                                               proxy: tuple[str, SpanSink]) -> None:
+    failed = {"id": "resp_syn", "object": "response", "model": "syn-model", "status": "failed",
+              "output": [], "error": {"code": "server_error", "message": "model crashed"},
+              "usage": {"input_tokens": 7, "output_tokens": 2, "total_tokens": 9}}
+    events = _text_events("Hel|lo")
+    body = _sse(*events, {"type": "response.failed", "sequence_number": len(events),
+                          "response": failed})
+    base, sink = proxy
+    _send(base, _synthetic(upstream, "syn_failed", body))
+    span = sink.one()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == "response.failed: server_error: model crashed"
+    assert span.attributes["error.type"] == "server_error"
+    assert span.attributes["llm.token_count.total"] == 9
+    assert span.attributes["llm.finish_reason"] == "error"
+    assert [e.name for e in span.events] == ["First Token Stream Event", "response.failed"]
+
+
+def test_error_event_keeps_the_partial_output(upstream: RawUpstream,
+                                              proxy: tuple[str, SpanSink]) -> None:
+    events = _text_events("Partial| answer")
+    body = _sse(*events, {"type": "error", "sequence_number": len(events),
+                          "code": "rate_limit_exceeded", "message": "slow down", "param": None})
+    base, sink = proxy
+    _send(base, _synthetic(upstream, "syn_error_event", body))
+    span = sink.one()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == "error event: rate_limit_exceeded: slow down"
+    outputs = indexed(span.attributes, "llm.output_messages")
+    assert message_text(outputs[0]) == "Partial answer"
+
+
+@pytest.mark.parametrize("cut_after", [1, 3, 4])
+def test_cut_stream_records_the_deltas_received(upstream: RawUpstream,
+                                                proxy: tuple[str, SpanSink],
+                                                cut_after: int) -> None:
+    words = ["One", " two", " three", " four"]
+    events = _text_events("|".join(words))
+    body = _sse(*events[:3 + cut_after])
+    # A clean end of bytes with no terminal event: the upstream stopped mid-response.
+    base, sink = proxy
+    _send(base, _synthetic(upstream, f"syn_cut_{cut_after}", body))
+    span = sink.one()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes["error.type"] == "upstream_cut"
+    outputs = indexed(span.attributes, "llm.output_messages")
+    assert message_text(outputs[0]) == "".join(words[:cut_after])
+
+
+# -- provider ------------------------------------------------------------------------------
+
+def test_provider_is_inferred_from_the_host_or_set_by_flag(upstream: RawUpstream) -> None:
+    from otel_responses.telemetry.options import infer_provider
+
+    assert infer_provider("api.openai.com") == "openai"
+    assert infer_provider("my-res.openai.azure.com") == "azure"
+    assert infer_provider("127.0.0.1") is None
+    with traced_proxy(upstream.url + "/v1") as (base, sink):
+        _echo_call(base, {"model": "m", "input": "x"})
+        assert "llm.provider" not in sink.one().attributes
+    with traced_proxy(upstream.url + "/v1", provider="ollama") as (base, sink):
+        _echo_call(base, {"model": "m", "input": "x"})
+        assert sink.one().attributes["llm.provider"] == "ollama"

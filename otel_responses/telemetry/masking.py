@@ -20,8 +20,9 @@ log = logging.getLogger("otel_responses.telemetry")
 REDACTED = "__REDACTED__"
 DEFAULT_BASE64_IMAGE_MAX_LENGTH = 32_000
 
+# Every leaf that can carry what the user or model wrote, not only the OpenInference text keys.
 _TEXT_LEAVES = (".message.content", ".message_content.text", ".tool_call.function.arguments",
-                ".message_content.encrypted_content")
+                ".message_content.encrypted_content", ".document.document.content")
 _IMAGE_LEAF = ".message_content.image.image.url"
 _DATA_IMAGE = re.compile(r"^data:image/[^;,]*;base64,")
 
