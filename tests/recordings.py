@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,9 +70,10 @@ def load_recordings() -> list[Recording]:
     return out
 
 
-def recordings_params() -> list[Any]:
-    """Parametrize over recordings; a single skipping/failing param when the folder is absent."""
-    recs = load_recordings()
+def recordings_params(where: Callable[[Recording], bool] | None = None) -> list[Any]:
+    """Parametrize over recordings (those ``where`` accepts); a single skipping/failing param
+    when the folder is absent."""
+    recs = [r for r in load_recordings() if where is None or where(r)]
     if recs:
         return [pytest.param(r, id=r.name) for r in recs]
     return [pytest.param(None, id="no-shared-fixtures")]
