@@ -16,10 +16,16 @@ from starlette.types import ASGIApp
 
 from otel_responses.config import Settings
 from otel_responses.proxy.forward import Proxy
+from otel_responses.proxy.target import UpstreamTarget
 from otel_responses.telemetry.export import build_tracer_provider, shutdown_provider
 from otel_responses.telemetry.masking import MaskingConfig
+from otel_responses.telemetry.metrics import ProxyMetrics
 from otel_responses.telemetry.middleware import ResponsesTelemetryMiddleware
-from otel_responses.telemetry.options import TelemetryOptions, genai_opted_in
+from otel_responses.telemetry.options import (
+    TelemetryOptions,
+    genai_opted_in,
+    genai_provider_name,
+)
 
 _ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -40,18 +46,29 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     """Build the proxy app for ``settings`` (``settings.upstream`` must be set).
 
     Spans go to ``tracer_provider``; without one, a provider is built from the standard
-    ``OTEL_*`` variables and flushed at shutdown. ``OTEL_SDK_DISABLED=true`` turns tracing off.
+    ``OTEL_*`` variables and flushed at shutdown. ``OTEL_SDK_DISABLED=true`` turns tracing off
+    (metrics stay on). Metrics are served at ``/metrics``, or on ``settings.metrics_port``.
     """
-    proxy = Proxy(settings)
+    if settings.upstream is None:
+        raise ValueError("create_app needs an upstream URL")
+    target = UpstreamTarget.parse(settings.upstream)
+    options = telemetry_options(settings, target.host, target.port)
+    metrics = ProxyMetrics(provider=genai_provider_name(options.llm_provider),
+                           models=settings.metrics_models, max_models=settings.metrics_max_models)
+    proxy = Proxy(settings, observers=(metrics.observe_exchange,))
     tracing = os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() != "true"
     owned = build_tracer_provider(demo=demo) if tracing and tracer_provider is None else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await proxy.start()
+        stop_metrics = (metrics.serve(settings.host, settings.metrics_port)
+                        if settings.metrics_port is not None else None)
         try:
             yield
         finally:
+            if stop_metrics is not None:
+                await asyncio.to_thread(stop_metrics)
             await proxy.aclose()
             if owned is not None:
                 # Flushes spans still queued for export, off the event loop.
@@ -69,6 +86,8 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        *([Route("/metrics", metrics.endpoint, methods=["GET"])]
+          if settings.metrics_port is None else []),
         Route("/v1/responses", proxy.endpoint("responses.create"), methods=["POST"]),
         Route("/v1/responses/input_tokens", proxy.endpoint("responses.input_tokens"),
               methods=["POST"]),
@@ -83,11 +102,11 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
               methods=["GET"]),
         Route("/{path:path}", proxy.endpoint("passthrough"), methods=_ANY_METHOD),
     ]
-    app: ASGIApp = Starlette(routes=routes, lifespan=lifespan)
     provider = tracer_provider or owned
-    if provider is not None:
-        target = proxy.target
-        app = ResponsesTelemetryMiddleware(
-            app, tracer_provider=provider,
-            options=telemetry_options(settings, target.host, target.port))
+    app = ResponsesTelemetryMiddleware(
+        metrics.track_streams(Starlette(routes=routes, lifespan=lifespan)),
+        tracer_provider=provider, tracing=provider is not None, options=options,
+        sinks=(metrics.observe_call,))
+    metrics.watch(in_flight=lambda: proxy.in_flight,
+                  telemetry_errors=lambda: app.telemetry_errors)
     return app

@@ -33,6 +33,9 @@ class Settings:
     trace_root: bool = False
     max_attribute_length: int = 128 * 1024
     overhead_header: bool = False
+    metrics_port: int | None = None
+    metrics_models: tuple[str, ...] | None = None
+    metrics_max_models: int = 50
 
     def __post_init__(self) -> None:
         if self.log_format not in LOG_FORMATS:
@@ -42,11 +45,13 @@ class Settings:
         for name in ("connect_timeout", "read_timeout", "shutdown_grace"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
-        for name in ("max_body_bytes", "max_attribute_length"):
+        for name in ("max_body_bytes", "max_attribute_length", "metrics_max_models"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
         if self.upstream is not None and not self.upstream.startswith(("http://", "https://")):
             raise ValueError(f"upstream must be an http:// or https:// URL, not {self.upstream!r}")
+        if self.metrics_port is not None and self.metrics_port == self.port:
+            raise ValueError("metrics_port must differ from port")
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -59,6 +64,11 @@ def parse_bool(raw: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"expected true or false, not {raw!r}")
+
+
+def parse_list(raw: str) -> tuple[str, ...]:
+    """A comma-separated list; blanks around and between the commas are dropped."""
+    return tuple(item for item in (part.strip() for part in raw.split(",")) if item)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +118,13 @@ SERVE_OPTIONS: tuple[Option, ...] = (
            "(longer: truncated)", int),
     Option("overhead_header", "add x-otel-responses-overhead-ms to responses (for benchmarks; "
            "the only header the proxy ever adds)", parse_bool),
+    Option("metrics_port", "serve Prometheus metrics on this port instead of at /metrics on "
+           "the main port", int, metavar="PORT"),
+    Option("metrics_models", "comma-separated model names kept as metric labels; any other "
+           "model is labelled 'other' (unset: the first --metrics-max-models seen)", parse_list,
+           metavar="MODELS"),
+    Option("metrics_max_models", "distinct model label values kept when --metrics-models is "
+           "unset; later ones are labelled 'other'", int, metavar="N"),
 )
 
 

@@ -6,8 +6,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from opentelemetry import trace
-from opentelemetry.trace import Span, TracerProvider
+from opentelemetry import context, trace
+from opentelemetry.trace import Span, TracerProvider, set_span_in_context
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from otel_responses import __version__
@@ -30,17 +30,20 @@ class ResponsesTelemetryMiddleware:
     """Wrap any ASGI app that serves ``POST /v1/responses``; other requests pass untouched.
 
     Every chunk is passed on first and observed after, so recording never holds or delays a
-    byte; the span is built once the last byte has gone. A telemetry failure is logged and
-    counted in ``telemetry_errors``, never raised into the request.
+    byte; the span is built once the last byte has gone. The span is current while the app
+    runs and while the ``sinks`` get the finished call (metrics take exemplars from it). With
+    ``tracing=False`` no span is made and only the sinks record. A telemetry failure is logged
+    and counted in ``telemetry_errors``, never raised into the request.
     """
 
     def __init__(self, app: ASGIApp, *, tracer_provider: TracerProvider | None = None,
                  options: TelemetryOptions | None = None,
-                 sinks: tuple[CallSink, ...] = ()) -> None:
+                 sinks: tuple[CallSink, ...] = (), tracing: bool = True) -> None:
         self.app = app
         self.options = options or TelemetryOptions()
         provider = tracer_provider or trace.get_tracer_provider()
-        self.spans = SpanWriter(provider.get_tracer("otel_responses", __version__), self.options)
+        self.spans = SpanWriter(provider.get_tracer("otel_responses", __version__),
+                                self.options) if tracing else None
         self.sinks = sinks
         self.telemetry_errors = 0
 
@@ -50,9 +53,12 @@ class ResponsesTelemetryMiddleware:
             return
         call = CallRecorder(time.time_ns())
         span: Span | None = None
+        token = None
         try:
-            span, headers = self.spans.start(scope["headers"], call.start_ns)
-            scope = {**scope, "headers": headers}
+            if self.spans is not None:
+                span, headers = self.spans.start(scope["headers"], call.start_ns)
+                scope = {**scope, "headers": headers}
+                token = context.attach(set_span_in_context(span))
         except Exception:
             self._failed("starting the span")
 
@@ -84,12 +90,14 @@ class ResponsesTelemetryMiddleware:
             raise
         finally:
             self._finish(call, span, scope["headers"])
+            if token is not None:
+                context.detach(token)
 
     def _finish(self, call: CallRecorder, span: Span | None,
                 headers: list[tuple[bytes, bytes]]) -> None:
         try:
             record = call.finish()
-            if span is not None:
+            if span is not None and self.spans is not None:
                 self.spans.finish(span, record, headers)
             for sink in self.sinks:
                 sink(record)

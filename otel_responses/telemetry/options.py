@@ -28,6 +28,16 @@ def infer_provider(host: str | None) -> str | None:
     return next((name for suffix, name in _PROVIDER_HOSTS if suffix in host), None)
 
 
+# OpenInference provider names → OTel GenAI gen_ai.provider.name where the two differ.
+_GENAI_PROVIDERS = {"azure": "azure.ai.openai", "aws": "aws.bedrock", "xai": "x_ai",
+                    "mistralai": "mistral_ai"}
+
+
+def genai_provider_name(llm_provider: str | None) -> str:
+    """``openai`` (the API every upstream speaks here) unless the upstream is known otherwise."""
+    return _GENAI_PROVIDERS.get(llm_provider, llm_provider) if llm_provider else "openai"
+
+
 def genai_opted_in(env: Mapping[str, str] | None = None) -> bool:
     env = os.environ if env is None else env
     opt_in = env.get("OTEL_SEMCONV_STABILITY_OPT_IN", "")

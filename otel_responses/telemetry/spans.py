@@ -18,7 +18,7 @@ from otel_responses.protocol.attributes import (
 )
 from otel_responses.telemetry import recorder as outcomes
 from otel_responses.telemetry.masking import mask, mask_images_in_request
-from otel_responses.telemetry.options import TelemetryOptions
+from otel_responses.telemetry.options import TelemetryOptions, genai_provider_name
 from otel_responses.telemetry.recorder import CallRecord
 from otel_responses.telemetry.sessions import ChainLink, SessionIndex
 
@@ -96,6 +96,7 @@ class SpanWriter:
             attrs.update(response_attributes(response))
         if self.options.genai_semconv:
             attrs.update(genai_attributes(request, response))
+            attrs["gen_ai.provider.name"] = genai_provider_name(self.options.llm_provider)
             if self.options.upstream_host:
                 attrs["server.address"] = self.options.upstream_host
                 if self.options.upstream_port:
@@ -103,7 +104,7 @@ class SpanWriter:
             if record.ttft_s is not None:
                 attrs["gen_ai.response.time_to_first_chunk"] = record.ttft_s
         if record.is_error:
-            attrs["error.type"] = _error_type(record)
+            attrs["error.type"] = error_type(record)
         attrs.update(self._context(record, headers, span))
         return attrs
 
@@ -156,7 +157,8 @@ def _terminal_event_name(outcome: str) -> str:
     return "error" if outcome == "error" else f"response.{outcome}"
 
 
-def _error_type(record: CallRecord) -> str:
+def error_type(record: CallRecord) -> str:
+    """``error.type`` of a failed call: the HTTP status, else the error code, else the outcome."""
     error = record.error or {}
     if record.outcome == outcomes.HTTP_ERROR:
         return str(record.status)

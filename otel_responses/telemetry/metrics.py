@@ -1,0 +1,276 @@
+"""Prometheus metrics: the OTel GenAI client histograms and the proxy's own health, one registry
+per app, recorded after each response and served with trace exemplars."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from otel_responses.telemetry import recorder as outcomes
+from otel_responses.telemetry.recorder import CallRecord
+from otel_responses.telemetry.spans import error_type
+
+if TYPE_CHECKING:  # telemetry stays importable without the proxy
+    from otel_responses.proxy.forward import Exchange
+
+# Explicit bucket boundaries from the GenAI semantic conventions (model/gen-ai/metrics.yaml).
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
+                    40.96, 81.92)
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
+                 16777216, 67108864)
+TIME_PER_TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
+                          2.5)
+# The proxy's own time is sub-millisecond when healthy, below the first semconv bucket.
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                    0.25, 0.5, 1.0)
+
+GENAI_LABELS = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model",
+                "gen_ai_response_model", "error_type", "stream")
+OTHER = "other"
+# Longer "model names" are junk, not models: they would bloat every scrape.
+MAX_LABEL_LENGTH = 256
+# error_type comes from the upstream's error codes: a known, short list unless it misbehaves.
+MAX_ERROR_TYPES = 50
+
+# gen_ai_token_type → where the Responses API reports it. cached_input and
+# cache_creation_input are already inside input, reasoning inside output: each is its own
+# series and is never added on top of the totals.
+TOKEN_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("input", ("input_tokens",)),
+    ("output", ("output_tokens",)),
+    ("cached_input", ("input_tokens_details", "cached_tokens")),
+    ("cache_creation_input", ("input_tokens_details", "cache_write_tokens")),
+    ("reasoning", ("output_tokens_details", "reasoning_tokens")),
+)
+# Exchange outcomes that are the upstream's fault; an upstream status >= 500 is "5xx".
+FAULT_KINDS = {"upstream_unreachable": "connect", "upstream_timeout": "timeout",
+               "upstream_cut": "reset"}
+STREAM_OUTCOMES = (outcomes.COMPLETED, outcomes.INCOMPLETE, outcomes.FAILED,
+                   outcomes.CANCELLED, outcomes.ERROR_EVENT, outcomes.UPSTREAM_CUT,
+                   outcomes.CLIENT_DISCONNECT)
+
+
+class LabelGuard:
+    """Bounds one label's values: an allow-list, else the first ``limit`` distinct values seen;
+    everything else becomes ``overflow``. An absent value stays empty."""
+
+    def __init__(self, limit: int, allowed: Iterable[str] | None = None,
+                 overflow: str = OTHER) -> None:
+        self.limit = limit
+        self.allowed = frozenset(allowed) if allowed is not None else None
+        self.overflow = overflow
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if not value:
+            return ""
+        if self.allowed is not None:
+            return value if value in self.allowed else self.overflow
+        if value in self._seen:
+            return value
+        if len(self._seen) < self.limit and len(value) <= MAX_LABEL_LENGTH:
+            self._seen.add(value)
+            return value
+        return self.overflow
+
+
+def reported_tokens(usage: Any) -> Iterator[tuple[str, int]]:
+    """(gen_ai_token_type, count) for each count the usage object actually carries."""
+    if not isinstance(usage, Mapping):
+        return
+    for token_type, path in TOKEN_FIELDS:
+        value: Any = usage
+        for key in path:
+            value = value.get(key) if isinstance(value, Mapping) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            yield token_type, value
+
+
+def current_exemplar() -> dict[str, str] | None:
+    """The current span as an exemplar; none when no span is current or it was not sampled
+    (an exemplar must lead to a trace that was exported)."""
+    context = trace.get_current_span().get_span_context()
+    if not (context.is_valid and context.trace_flags.sampled):
+        return None
+    return {"trace_id": format(context.trace_id, "032x"),
+            "span_id": format(context.span_id, "016x")}
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _status_class(status: int) -> str:
+    return f"{status // 100}xx" if status else "none"  # 0: the client left before a response
+
+
+class _AppValues:
+    """Values the app keeps itself (in-flight count, telemetry errors), read at scrape time."""
+
+    def __init__(self) -> None:
+        self.in_flight: Callable[[], int] = lambda: 0
+        self.telemetry_errors: Callable[[], int] = lambda: 0
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("otel_responses_in_flight_requests",
+                                "Requests being forwarded right now.", value=self.in_flight())
+        yield CounterMetricFamily(
+            "otel_responses_telemetry_errors",
+            "Failures while recording telemetry (the requests were unaffected).",
+            value=self.telemetry_errors())
+
+
+class ProxyMetrics:
+    """One app's metrics, in a registry of its own (several apps may share a process).
+
+    Fed after the fact, never on the byte path: :meth:`observe_exchange` by the proxy for every
+    forwarded request, :meth:`observe_call` by the telemetry middleware for every Responses
+    call; :meth:`track_streams` wraps the app to count open event streams. Histogram
+    observations carry the current span as an exemplar.
+    """
+
+    def __init__(self, *, provider: str = "openai", models: Iterable[str] | None = None,
+                 max_models: int = 50) -> None:
+        self.registry = CollectorRegistry()
+        self.provider = provider
+        self._model = LabelGuard(max_models, models)
+        self._error_type = LabelGuard(MAX_ERROR_TYPES, overflow="_OTHER")
+        self._app_values = _AppValues()
+        registry = self.registry
+        registry.register(self._app_values)
+
+        def genai_histogram(name: str, doc: str, buckets: tuple[float, ...], unit: str = "",
+                            extra: tuple[str, ...] = ()) -> Histogram:
+            return Histogram(name, doc, (*GENAI_LABELS, *extra), unit=unit, buckets=buckets,
+                             registry=registry)
+
+        self.duration = genai_histogram(
+            "gen_ai_client_operation_duration",
+            "Responses calls: request received to last byte sent.", DURATION_BUCKETS, "seconds")
+        self.token_usage = genai_histogram(
+            "gen_ai_client_token_usage", "Tokens per call, by type, as the upstream reported them.",
+            TOKEN_BUCKETS, extra=("gen_ai_token_type",))
+        self.time_to_first_chunk = genai_histogram(
+            "gen_ai_client_operation_time_to_first_chunk",
+            "Streams: request received to the first content delta sent.", DURATION_BUCKETS,
+            "seconds")
+        self.time_per_output_token = genai_histogram(
+            "gen_ai_server_time_per_output_token",
+            "Successful streams: (duration - time to first chunk) / (output tokens - 1).",
+            TIME_PER_TOKEN_BUCKETS, "seconds")
+        self.requests = Counter(
+            "otel_responses_requests", "Forwarded requests.", ("route", "method", "status_class"),
+            registry=registry)
+        self.open_streams = Gauge(
+            "otel_responses_open_streams", "Event-stream responses flowing right now.",
+            registry=registry)
+        self.stream_endings = Counter(
+            "otel_responses_stream_endings", "Responses streams, by how they ended.",
+            ("outcome",), registry=registry)
+        self.upstream_faults = Counter(
+            "otel_responses_upstream_faults", "Upstream failures, by kind.", ("kind",),
+            registry=registry)
+        self.overhead = Histogram(
+            "otel_responses_proxy_overhead", "Time the proxy itself added to a request.",
+            ("route",), unit="seconds", buckets=OVERHEAD_BUCKETS, registry=registry)
+        # Known label values start at zero, so rate() sees their first increment.
+        for kind in (*FAULT_KINDS.values(), "5xx"):
+            self.upstream_faults.labels(kind)
+        for outcome in STREAM_OUTCOMES:
+            self.stream_endings.labels(outcome)
+
+    def watch(self, *, in_flight: Callable[[], int],
+              telemetry_errors: Callable[[], int]) -> None:
+        """Where the app keeps the counts that are read at scrape time."""
+        self._app_values.in_flight = in_flight
+        self._app_values.telemetry_errors = telemetry_errors
+
+    def observe_exchange(self, ex: Exchange) -> None:
+        self.requests.labels(ex.route, ex.method, _status_class(ex.status)).inc()
+        kind = FAULT_KINDS.get(ex.outcome) or ("5xx" if ex.status >= 500 else None)
+        if kind is not None:
+            self.upstream_faults.labels(kind).inc()
+        if ex.overhead > 0:  # zero: nothing was forwarded (rejected, or the client left early)
+            self.overhead.labels(ex.route).observe(ex.overhead, current_exemplar())
+
+    def observe_call(self, record: CallRecord) -> None:
+        request, response = record.request or {}, record.response or {}
+        labels = (
+            "chat", self.provider,
+            self._model(_text(request.get("model"))), self._model(_text(response.get("model"))),
+            self._error_type(error_type(record)) if record.is_error else "",
+            "true" if record.stream or request.get("stream") is True else "false",
+        )
+        exemplar = current_exemplar()
+        self.duration.labels(*labels).observe(record.duration_s, exemplar)
+        tokens = dict(reported_tokens(response.get("usage")))
+        for token_type, count in tokens.items():
+            self.token_usage.labels(*labels, token_type).observe(count, exemplar)
+        ttft = record.ttft_s
+        if ttft is not None:
+            self.time_to_first_chunk.labels(*labels).observe(ttft, exemplar)
+            output = tokens.get("output", 0)
+            if output > 1 and not record.is_error:
+                self.time_per_output_token.labels(*labels).observe(
+                    (record.duration_s - ttft) / (output - 1), exemplar)
+        if record.stream:
+            self.stream_endings.labels(record.outcome).inc()
+
+    def track_streams(self, app: ASGIApp) -> ASGIApp:
+        return _StreamTracker(app, self.open_streams)
+
+    async def endpoint(self, request: Request) -> Response:
+        """``GET /metrics``: OpenMetrics (with exemplars) when the Accept header asks for it,
+        else the classic text format."""
+        encode, content_type = choose_encoder(request.headers.get("accept", ""))
+        # Rendering every series is CPU work: keep it off the loop that relays streams.
+        body = await asyncio.to_thread(encode, self.registry)
+        return Response(body, headers={"content-type": content_type})
+
+    def serve(self, host: str, port: int) -> Callable[[], None]:
+        """Serve the metrics on their own port (any path), in a thread; return the stop."""
+        server, thread = start_http_server(port, host, registry=self.registry)
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+            thread.join()
+        return stop
+
+
+class _StreamTracker:
+    """ASGI wrapper: counts event-stream responses, on every route, while their bytes flow."""
+
+    def __init__(self, app: ASGIApp, gauge: Gauge) -> None:
+        self.app = app
+        self.gauge = gauge
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        opened = False
+
+        async def watch(message: Message) -> None:
+            nonlocal opened
+            await send(message)
+            if message["type"] == "http.response.start" and any(
+                    name.lower() == b"content-type" and value.startswith(b"text/event-stream")
+                    for name, value in message.get("headers", ())):
+                opened = True
+                self.gauge.inc()
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            if opened:
+                self.gauge.dec()
