@@ -27,7 +27,7 @@ class Settings:
     log_format: str = "text"
     log_level: str = "info"
     provider: str | None = None
-    session_header: str = "x-session-id"
+    session_header: str = "x-session-id,session-id"
     user_header: str = "x-user-id"
     genai_semconv: bool = False
     trace_root: bool = False
@@ -108,7 +108,8 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("log_format", "log line format", choices=LOG_FORMATS),
     Option("log_level", "log level", choices=LOG_LEVELS),
     Option("provider", "llm.provider on spans (unset: inferred from the upstream host)"),
-    Option("session_header", "request header whose value becomes session.id"),
+    Option("session_header", "request headers whose value becomes session.id, "
+           "comma-separated, first present wins"),
     Option("user_header", "request header whose value becomes user.id"),
     Option("genai_semconv", "also record OTel GenAI semconv attributes (also on when "
            "OTEL_SEMCONV_STABILITY_OPT_IN has gen_ai_latest_experimental)", parse_bool),

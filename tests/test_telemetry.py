@@ -590,3 +590,13 @@ def test_provider_is_inferred_from_the_host_or_set_by_flag(upstream: RawUpstream
     with traced_proxy(upstream.url + "/v1", provider="ollama") as (base, sink):
         _echo_call(base, {"model": "m", "input": "x"})
         assert sink.one().attributes["llm.provider"] == "ollama"
+
+
+def test_session_header_list_first_present_wins(proxy: tuple[str, SpanSink]) -> None:
+    base, sink = proxy
+    _echo_call(base, {"model": "m", "input": "x"}, **{"session-id": "codex-thread"})
+    assert sink.one().attributes["session.id"] == "codex-thread"
+    sink.clear()
+    _echo_call(base, {"model": "m", "input": "x"},
+               **{"session-id": "second", "x-session-id": "first"})
+    assert sink.one().attributes["session.id"] == "first"

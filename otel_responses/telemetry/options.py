@@ -51,7 +51,7 @@ class TelemetryOptions:
     provider: str | None = None  # llm.provider; None: inferred from upstream_host
     upstream_host: str | None = None
     upstream_port: int | None = None
-    session_header: str = "x-session-id"
+    session_header: str = "x-session-id,session-id"  # comma-separated, first present wins
     user_header: str = "x-user-id"
     genai_semconv: bool = field(default_factory=genai_opted_in)
     trace_root: bool = False  # ignore inbound traceparent: every call starts a trace

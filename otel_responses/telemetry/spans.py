@@ -39,7 +39,9 @@ class SpanWriter:
         self.tracer = tracer
         self.options = options
         self.sessions = SessionIndex(options.session_cache_size)
-        self._session_header = options.session_header.lower().encode()
+        # Several may be named, first present wins: Codex, for one, sends `session-id`.
+        self._session_headers = tuple(h.strip().lower().encode()
+                                      for h in options.session_header.split(",") if h.strip())
         self._user_header = options.user_header.lower().encode()
         start: Attributes = {
             SpanAttributes.OPENINFERENCE_SPAN_KIND: OpenInferenceSpanKindValues.LLM.value,
@@ -124,7 +126,8 @@ class SpanWriter:
         if link is not None:
             span.add_link(link.span_context, {"openai.previous_response_id": previous})
         response_id = (record.response or {}).get("id")
-        session = (_header(headers, self._session_header) or _conversation_id(request)
+        session = (next(filter(None, (_header(headers, h) for h in self._session_headers)), None)
+                   or _conversation_id(request)
                    or (link.session_id if link else None)
                    or (previous if isinstance(previous, str) else None)
                    or (response_id if isinstance(response_id, str) else None))

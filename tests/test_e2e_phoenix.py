@@ -1,0 +1,187 @@
+"""Arize Phoenix as the trace backend: the proxy exports over OTLP (HTTP and gRPC), Phoenix reads.
+
+One ``phoenix serve`` (``OTEL_RESPONSES_PHOENIX_BIN``) runs for the module on free loopback
+ports. Each test starts two real proxy processes exporting to it under their own Phoenix project:
+one in front of the replaying upstream (every recorded exchange in ../shared/fixtures), one in
+front of the demo upstream (a ``previous_response_id`` chain and an unrelated call). The spans
+are then read back through Phoenix's REST API and GraphQL, and checked against the recordings
+and the responses the client received -- not against the proxy's own view.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from otel_responses.demo.app import DemoSettings, create_demo_app
+from tests.e2e import Phoenix, phoenix_server
+from tests.recordings import Recording, load_recordings, need
+from tests.servers import run_cli, serve_asgi
+from tests.spans import indexed, message_text, sse_payloads, tool_calls
+from tests.upstreams import RawUpstream
+
+TERMINAL = ("response.completed", "response.incomplete", "response.failed")
+WEATHER_TOOL = {"type": "function", "name": "get_weather", "description": "Weather in a city.",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                               "required": ["city"]}}
+SPAN_QUERY = """query ($id: String!) { getSpanByOtelId(spanId: $id) {
+  spanKind statusCode tokenCountPrompt tokenCountCompletion tokenCountTotal
+  input { mimeType } output { mimeType }
+  trace { traceId session { sessionId numTraces } } project { name } } }"""
+
+
+@pytest.fixture(scope="module")
+def phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Phoenix]:
+    with phoenix_server(tmp_path_factory.mktemp("phoenix")) as server:
+        yield server
+
+
+def _final_response(rec: Recording) -> dict[str, Any] | None:
+    """The recording's final Response object, or None for an error or an unfinished stream."""
+    if rec.status >= 400:
+        return None
+    if rec.is_sse:
+        terminal = [e for e in sse_payloads(rec.body) if e.get("type") in TERMINAL]
+        return terminal[-1]["response"] if terminal else None
+    return json.loads(rec.body)
+
+
+def _post(base: str, body: dict[str, Any], **headers: str) -> httpx.Response:
+    return httpx.post(base + "/v1/responses", content=json.dumps(body).encode(), timeout=15,
+                      headers={"content-type": "application/json", **headers})
+
+
+def _demo_chain(base: str) -> list[dict[str, Any]]:
+    """A tool call, its output, a follow-up (a previous_response_id chain), then a new call."""
+    first = sse_payloads(_post(base, {
+        "model": "demo", "instructions": "You are a weather bot.", "stream": True,
+        "input": "Call get_weather for Oslo", "tools": [WEATHER_TOOL]}).text)[-1]["response"]
+    (call,) = first["output"]
+    second = _post(base, {"model": "demo", "previous_response_id": first["id"],
+                          "tools": [WEATHER_TOOL], "input": [{
+                              "type": "function_call_output", "call_id": call["call_id"],
+                              "output": "Sunny, 21 C"}]}).json()
+    third = _post(base, {"model": "demo", "previous_response_id": second["id"],
+                         "input": "Thanks!"}).json()
+    other = _post(base, {"model": "demo", "input": "An unrelated question"}).json()
+    return [first, second, third, other]
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_phoenix_parses_llm_spans_and_groups_sessions(phoenix: Phoenix, protocol: str,
+                                                      tmp_path: Path) -> None:
+    recordings = load_recordings()
+    if not recordings:
+        need(None)  # skips (or fails under CI) with the reason
+    project = "otel-responses-e2e-" + protocol.split("/")[0]
+    env = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": protocol,
+           "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": (phoenix.otlp_grpc if protocol == "grpc"
+                                                  else phoenix.otlp_http),
+           "OTEL_RESOURCE_ATTRIBUTES": f"openinference.project.name={project}"}
+    raw = RawUpstream(recordings={r.name: r for r in recordings}, seed=3)
+    # Phoenix session ids are global: a seed per project keeps the demo's ids apart.
+    demo = create_demo_app(DemoSettings(seed=project))
+    with raw.running(), serve_asgi(demo) as demo_url:
+        with run_cli("--upstream", raw.url + "/v1", env=env) as (replay_base, _):
+            for rec in recordings:
+                body = rec.request_body if isinstance(rec.request_body, dict) else {}
+                sent = _post(replay_base, body, **{"x-scenario": f"replay:{rec.name}",
+                                                   "x-session-id": f"{project}:{rec.name}"})
+                assert sent.status_code == rec.status, rec.name
+        with run_cli("--upstream", demo_url + "/v1", env=env) as (demo_base, _):
+            chain = _demo_chain(demo_base)
+    # Both proxies have exited: SIGTERM flushed their spans to Phoenix.
+
+    spans = phoenix.spans(project, len(recordings) + len(chain))
+    assert len(spans) == len(recordings) + len(chain)
+    assert {s["span_kind"] for s in spans} == {"LLM"}
+    by_session: dict[str, list[dict[str, Any]]] = {}
+    for span in spans:
+        by_session.setdefault(span["attributes"]["session.id"], []).append(span)
+
+    for rec in recordings:
+        (span,) = by_session.pop(f"{project}:{rec.name}")
+        _check_recorded(rec, span)
+    _check_chain(phoenix, project, chain, by_session)
+
+
+def _check_recorded(rec: Recording, span: dict[str, Any]) -> None:
+    """Phoenix holds the recording as an LLM span with its model, tokens, messages and tools."""
+    attrs, request = span["attributes"], rec.request_body
+    if isinstance(request, dict) and isinstance(request.get("model"), str):
+        assert span["name"] == f"chat {request['model']}", rec.name
+        tools = [json.loads(t["tool.json_schema"]) for t in indexed(attrs, "llm.tools")]
+        assert tools == request.get("tools", []), rec.name
+        if request.get("input") or request.get("instructions"):
+            assert indexed(attrs, "llm.input_messages"), rec.name
+    final = _final_response(rec)
+    if final is None:
+        assert span["status_code"] == "ERROR", rec.name
+        return
+    assert span["status_code"] == "OK", rec.name
+    assert attrs["llm.model_name"] == final["model"], rec.name
+    usage = final.get("usage")
+    if usage:
+        assert (attrs["llm.token_count.prompt"], attrs["llm.token_count.completion"],
+                attrs["llm.token_count.total"]) == (
+            usage["input_tokens"], usage["output_tokens"], usage["total_tokens"]), rec.name
+    if final["output"]:
+        assert indexed(attrs, "llm.output_messages"), rec.name
+
+
+def _check_chain(phoenix: Phoenix, project: str, chain: list[dict[str, Any]],
+                 by_session: dict[str, list[dict[str, Any]]]) -> None:
+    first, second, third, other = chain
+    # The chain is one Phoenix session named after its root response; the other call its own.
+    assert set(by_session) == {first["id"], other["id"]}
+    chain_spans = {s["attributes"]["gen_ai.response.id"]: s for s in by_session[first["id"]]}
+    assert set(chain_spans) == {first["id"], second["id"], third["id"]}
+    sessions = {s["session_id"]: s for s in phoenix.sessions(project)
+                if s["session_id"] in by_session}
+    chain_session = sessions[first["id"]]
+    assert {t["trace_id"] for t in chain_session["traces"]} == {
+        s["context"]["trace_id"] for s in chain_spans.values()}
+    assert len(chain_session["traces"]) == 3
+    assert chain_session["token_count_prompt"] == sum(
+        r["usage"]["input_tokens"] for r in (first, second, third))
+    assert chain_session["token_count_completion"] == sum(
+        r["usage"]["output_tokens"] for r in (first, second, third))
+    assert len(sessions[other["id"]]["traces"]) == 1
+
+    # The tool call: instructions and prompt in, the call out, the tool's definition.
+    call_span = chain_spans[first["id"]]
+    attrs = call_span["attributes"]
+    assert [(m["message.role"], message_text(m)) for m in indexed(
+        attrs, "llm.input_messages")] == [("system", "You are a weather bot."),
+                                          ("user", "Call get_weather for Oslo")]
+    (call,) = first["output"]
+    (out,) = indexed(attrs, "llm.output_messages")
+    assert tool_calls(out) == [("get_weather", call["arguments"])]
+    (tool,) = indexed(attrs, "llm.tools")
+    assert json.loads(tool["tool.json_schema"]) == WEATHER_TOOL
+    # The tool output, linked to the call by call_id; the answer quoting it.
+    attrs = chain_spans[second["id"]]["attributes"]
+    (tool_message,) = indexed(attrs, "llm.input_messages")
+    assert tool_message["message.role"] == "tool"
+    assert tool_message["message.tool_call_id"] == call["call_id"]
+    assert tool_message["message.content"] == "Sunny, 21 C"
+    (answer,) = indexed(attrs, "llm.output_messages")
+    assert message_text(answer) == second["output"][0]["content"][0]["text"]
+
+    # Phoenix's own parsed view (GraphQL): kind, token columns, session membership.
+    reply = httpx.post(phoenix.base + "/graphql", timeout=10, json={
+        "query": SPAN_QUERY, "variables": {"id": call_span["context"]["span_id"]}})
+    parsed = reply.json()["data"]["getSpanByOtelId"]
+    usage = first["usage"]
+    assert parsed["spanKind"] == "llm" and parsed["statusCode"] == "OK"
+    assert (parsed["tokenCountPrompt"], parsed["tokenCountCompletion"],
+            parsed["tokenCountTotal"]) == (usage["input_tokens"], usage["output_tokens"],
+                                           usage["total_tokens"])
+    assert parsed["input"]["mimeType"] == parsed["output"]["mimeType"] == "json"
+    assert parsed["trace"]["session"] == {"sessionId": first["id"], "numTraces": 3}
+    assert parsed["project"]["name"] == project
