@@ -76,7 +76,7 @@ def _model_of(body: bytes) -> str | None:
         return None
     try:
         model = json.loads(body).get("model")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         return None
     return model if isinstance(model, str) else None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from otel_responses.telemetry.spans import SpanWriter
 log = logging.getLogger("otel_responses.telemetry")
 
 CallSink = Callable[[CallRecord], None]
+# Calls whose request and response together exceed this are finished off the event loop.
+OFFLOAD_BYTES = 256 * 1024
 
 
 def is_responses_create(scope: Scope) -> bool:
@@ -87,9 +90,16 @@ class ResponsesTelemetryMiddleware:
             await self.app(scope, tee_receive, tee_send)
         except BaseException as exc:
             call.app_failed(exc)
-            raise
-        finally:
             self._finish(call, span, scope["headers"])
+            raise
+        else:
+            if call.bytes_seen > OFFLOAD_BYTES:
+                # Mapping a huge call takes long enough to stall every other stream on the
+                # loop; a worker thread lets the GIL switch back to the loop meanwhile.
+                await asyncio.to_thread(self._finish, call, span, scope["headers"])
+            else:
+                self._finish(call, span, scope["headers"])
+        finally:
             if token is not None:
                 context.detach(token)
 

@@ -74,6 +74,7 @@ class CallRecorder:
         self._stream: ResponseStream | None = None
         self._body: list[bytes] = []
         self._body_size = 0
+        self._response_size = 0
         self._first_token_ns: int | None = None
         self._terminal_ns: int | None = None
         self._end_ns: int | None = None
@@ -98,7 +99,12 @@ class CallRecorder:
             if name.lower() == b"content-type" and value.startswith(b"text/event-stream"):
                 self._stream = ResponseStream()
 
+    @property
+    def bytes_seen(self) -> int:
+        return self._request_size + self._response_size
+
     def response_chunk(self, chunk: bytes, more_body: bool) -> None:
+        self._response_size += len(chunk)
         stream = self._stream
         if stream is not None:
             if chunk:
@@ -173,6 +179,6 @@ def _json_object(raw: bytes) -> dict[str, Any] | None:
         return None
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         return None
     return value if isinstance(value, dict) else None

@@ -25,8 +25,9 @@ from otel_responses.telemetry.sessions import ChainLink, SessionIndex
 FIRST_TOKEN_EVENT = "First Token Stream Event"  # the OpenInference name, fired at the first delta
 _TRUNCATED = "…[truncated]"
 _TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
-# When the span attribute count limit bites, the SDK drops the attributes set last: set the
-# small identifying ones first and the oldest input messages last.
+# When the span attribute count limit bites, the SDK evicts the attributes set FIRST (and a key
+# set again moves to the end): set the oldest input messages first and the small identifying
+# ones last, so a long conversation loses its oldest turns, never who/what/how much.
 _LATE_PREFIXES = ("input.value", "output.value", "llm.tools.", "llm.output_messages.")
 
 
@@ -192,7 +193,7 @@ def _capped(attrs: Attributes, limit: int) -> Attributes:
 
 def _rank(key: str) -> tuple[int, int]:
     if key.startswith("llm.input_messages."):
-        # Newest messages first, so a count limit drops the oldest.
+        # A newer message is more important than an older one.
         index = key.split(".", 3)[2]
         return (len(_LATE_PREFIXES) + 1, -int(index) if index.isdigit() else 0)
     for rank, prefix in enumerate(_LATE_PREFIXES, start=1):
@@ -202,4 +203,5 @@ def _rank(key: str) -> tuple[int, int]:
 
 
 def _ordered(attrs: Attributes) -> Attributes:
-    return dict(sorted(attrs.items(), key=lambda kv: _rank(kv[0])))
+    """Most expendable first: ``_rank`` sorts most important first, so this is its reverse."""
+    return dict(sorted(attrs.items(), key=lambda kv: _rank(kv[0]), reverse=True))
