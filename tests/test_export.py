@@ -117,7 +117,8 @@ def test_collector_down_or_black_holed_does_not_slow_requests(demo: str) -> None
         assert len(receiver.spans) >= 30
     for name in ("down", "black_hole"):
         ratio = latencies[name] / latencies["up"]
-        assert ratio < 1.5, f"collector {name}: {ratio:.2f}x slower ({latencies})"
+        # A request waiting on the collector would take seconds; 2x absorbs a busy machine.
+        assert ratio < 2.0, f"collector {name}: {ratio:.2f}x slower ({latencies})"
 
 
 def test_a_dead_collector_does_not_hold_shutdown(demo: str) -> None:
