@@ -36,8 +36,8 @@ import pytest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tests.otlp import ExportedSpan
+from tests.recordings import sse_payloads
 from tests.servers import free_port
-from tests.spans import sse_payloads
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("OTEL_RESPONSES_E2E_CACHE")

@@ -26,18 +26,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from otel_responses.app import create_app
 from otel_responses.config import Settings
 from otel_responses.proxy.forward import Proxy
 from otel_responses.telemetry.middleware import ResponsesTelemetryMiddleware
-from tests.otlp import Receiver
-from tests.servers import serve_asgi
+from tests.servers import serve_asgi, serve_tcp
 from tests.spans import SpanSink
 
 # -- deterministic bodies ------------------------------------------------------------------
@@ -208,33 +203,12 @@ class FaultUpstream:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[FaultUpstream]:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        started = threading.Event()
-        stop = asyncio.Event()
-
-        async def main() -> None:
+        def setup() -> None:
             self._gate = asyncio.Event()
             self._gate.set()
-            server = await asyncio.start_server(self._connection, "127.0.0.1", 0, backlog=512)
-            self.port = server.sockets[0].getsockname()[1]
-            started.set()
-            await stop.wait()
-            server.close()
-            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in others:
-                task.cancel()
-            await asyncio.gather(*others, return_exceptions=True)
 
-        thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-        thread.start()
-        assert started.wait(5), "fault upstream did not start"
-        try:
+        with serve_tcp(self._connection, setup) as (self.port, self._loop):
             yield self
-        finally:
-            loop.call_soon_threadsafe(stop.set)
-            thread.join(10)
-            loop.close()
 
     def hold(self, held: bool) -> None:
         """``held`` streams wait after their first event until ``hold(False)``."""
@@ -703,26 +677,6 @@ def hard_close(sock: socket.socket) -> None:
     """Close with a TCP RST."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
-
-
-@contextlib.contextmanager
-def slow_otlp_receiver(delay: float) -> Iterator[Receiver]:
-    """An OTLP/HTTP receiver that answers each export only after ``delay`` seconds."""
-    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
-
-    receiver = Receiver()
-
-    async def traces(request: Request) -> Response:
-        payload = await request.body()
-        await asyncio.sleep(delay)
-        receiver.ingest(payload)
-        body = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
-        return Response(body, media_type="application/x-protobuf")
-
-    app = Starlette(routes=[Route("/v1/traces", traces, methods=["POST"])])
-    with serve_asgi(app) as base:
-        receiver.endpoint = base + "/v1/traces"
-        yield receiver
 
 
 def sha(data: bytes) -> str:

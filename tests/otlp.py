@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
@@ -79,11 +80,15 @@ class Receiver:
 
 
 @contextlib.contextmanager
-def otlp_http_receiver() -> Iterator[Receiver]:
+def otlp_http_receiver(delay: float = 0.0) -> Iterator[Receiver]:
+    """``delay``: seconds before each export is answered (a slow collector)."""
     receiver = Receiver()
 
     async def traces(request: Request) -> Response:
-        receiver.ingest(await request.body())
+        payload = await request.body()
+        if delay:
+            await asyncio.sleep(delay)
+        receiver.ingest(payload)
         body = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
         return Response(body, media_type="application/x-protobuf")
 

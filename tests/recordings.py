@@ -88,3 +88,27 @@ def need(recording: Recording | None) -> Recording:
 
 def codex_request() -> dict[str, Any]:
     return json.loads((_require(CODEX_DIR) / "exec_turn1_request.json").read_text())
+
+
+TERMINAL = ("response.completed", "response.incomplete", "response.failed")
+
+
+def sse_payloads(body: str) -> list[dict[str, Any]]:
+    """A plain reference parse of a recorded stream: every JSON ``data:`` payload in order."""
+    out = []
+    for block in body.replace("\r\n", "\n").split("\n\n"):
+        data = "\n".join(line[5:].removeprefix(" ") for line in block.split("\n")
+                         if line.startswith("data:"))
+        if data and data != "[DONE]":
+            out.append(json.loads(data))
+    return out
+
+
+def final_response(rec: Recording) -> dict[str, Any] | None:
+    """The recording's final Response object, or None for an error or an unfinished stream."""
+    if rec.status >= 400:
+        return None
+    if rec.is_sse:
+        terminal = [e for e in sse_payloads(rec.body) if e.get("type") in TERMINAL]
+        return terminal[-1]["response"] if terminal else None
+    return json.loads(rec.body)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -46,6 +47,45 @@ def serve_asgi(app: Any, **config: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+@contextlib.contextmanager
+def serve_tcp(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+              setup: Callable[[], None] | None = None,
+              backlog: int = 512) -> Iterator[tuple[int, asyncio.AbstractEventLoop]]:
+    """Run an asyncio TCP server on a loopback port in a thread; yield (port, its loop).
+
+    ``setup`` runs inside the loop first (to create loop-bound objects). On exit every task of
+    the loop is cancelled and awaited, so no handler is left half-run.
+    """
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    stop = asyncio.Event()
+    ports: list[int] = []
+
+    async def main() -> None:
+        if setup is not None:
+            setup()
+        server = await asyncio.start_server(handler, "127.0.0.1", 0, backlog=backlog)
+        ports.append(server.sockets[0].getsockname()[1])
+        started.set()
+        await stop.wait()
+        server.close()
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    if not started.wait(5):
+        raise RuntimeError("TCP server did not start")
+    try:
+        yield ports[0], loop
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        loop.close()
 
 
 def wait_http_ok(url: str, timeout: float = 15.0, proc: subprocess.Popen | None = None) -> None:

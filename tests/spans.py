@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -77,14 +76,3 @@ def tool_calls(message: Mapping[str, Any]) -> list[tuple[str, str]]:
                     "message.tool_calls")
     return [(c.get("tool_call.function.name", ""), c.get("tool_call.function.arguments", ""))
             for c in calls]
-
-
-def sse_payloads(body: str) -> list[dict[str, Any]]:
-    """A plain reference parse of a recorded stream: every JSON ``data:`` payload in order."""
-    out = []
-    for block in body.replace("\r\n", "\n").split("\n\n"):
-        data = "\n".join(line[5:].removeprefix(" ") for line in block.split("\n")
-                         if line.startswith("data:"))
-        if data and data != "[DONE]":
-            out.append(json.loads(data))
-    return out

@@ -20,12 +20,11 @@ import pytest
 
 from otel_responses.demo.app import DemoSettings, create_demo_app
 from tests.e2e import Phoenix, phoenix_server
-from tests.recordings import Recording, load_recordings, need
+from tests.recordings import Recording, final_response, load_recordings, need, sse_payloads
 from tests.servers import run_cli, serve_asgi
-from tests.spans import indexed, message_text, sse_payloads, tool_calls
+from tests.spans import indexed, message_text, tool_calls
 from tests.upstreams import RawUpstream
 
-TERMINAL = ("response.completed", "response.incomplete", "response.failed")
 WEATHER_TOOL = {"type": "function", "name": "get_weather", "description": "Weather in a city.",
                 "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                                "required": ["city"]}}
@@ -39,16 +38,6 @@ SPAN_QUERY = """query ($id: String!) { getSpanByOtelId(spanId: $id) {
 def phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Phoenix]:
     with phoenix_server(tmp_path_factory.mktemp("phoenix")) as server:
         yield server
-
-
-def _final_response(rec: Recording) -> dict[str, Any] | None:
-    """The recording's final Response object, or None for an error or an unfinished stream."""
-    if rec.status >= 400:
-        return None
-    if rec.is_sse:
-        terminal = [e for e in sse_payloads(rec.body) if e.get("type") in TERMINAL]
-        return terminal[-1]["response"] if terminal else None
-    return json.loads(rec.body)
 
 
 def _post(base: str, body: dict[str, Any], **headers: str) -> httpx.Response:
@@ -119,7 +108,7 @@ def _check_recorded(rec: Recording, span: dict[str, Any]) -> None:
         assert tools == request.get("tools", []), rec.name
         if request.get("input") or request.get("instructions"):
             assert indexed(attrs, "llm.input_messages"), rec.name
-    final = _final_response(rec)
+    final = final_response(rec)
     if final is None:
         assert span["status_code"] == "ERROR", rec.name
         return

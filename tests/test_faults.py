@@ -63,7 +63,6 @@ from tests.faults import (
     read_until_closed,
     settle,
     sha,
-    slow_otlp_receiver,
 )
 from tests.otlp import black_hole, otlp_http_receiver
 from tests.spans import SpanSink, indexed, message_text
@@ -720,7 +719,7 @@ def test_collector_down_black_holed_or_slow(
     background export work and machine noise weigh on every collector alike.
     """
     rounds, per_round = 4, 12
-    with otlp_http_receiver() as up, slow_otlp_receiver(0.5) as slow, black_hole() as hole, \
+    with otlp_http_receiver() as up, otlp_http_receiver(delay=0.5) as slow, black_hole() as hole, \
             caplog.at_level(logging.WARNING, "opentelemetry"), contextlib.ExitStack() as stack:
         endpoints = {"up": up.endpoint, "slow": slow.endpoint,
                      "black_hole": hole + "/v1/traces", "down": "http://127.0.0.1:9/v1/traces"}

@@ -20,9 +20,9 @@ from otel_responses.app import create_app
 from otel_responses.config import Settings
 from otel_responses.telemetry.metrics import ProxyMetrics
 from otel_responses.telemetry.recorder import CallRecord
-from tests.recordings import Recording, load_recordings, need
+from tests.recordings import Recording, load_recordings, need, sse_payloads
 from tests.servers import free_port, run_cli, serve_asgi
-from tests.spans import SpanSink, sse_payloads
+from tests.spans import SpanSink
 from tests.upstreams import RawUpstream
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"

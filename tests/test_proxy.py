@@ -17,9 +17,8 @@ import pytest
 
 from otel_responses.app import create_app
 from otel_responses.config import Settings
-from tests.recordings import Recording, load_recordings, need, recordings_params
+from tests.recordings import Recording, load_recordings, need, recordings_params, sse_payloads
 from tests.servers import serve_asgi
-from tests.spans import sse_payloads
 from tests.upstreams import RawUpstream
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}

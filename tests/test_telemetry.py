@@ -13,11 +13,18 @@ import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_responses.telemetry.masking import REDACTED
-from tests.recordings import Recording, load_recordings, need, recordings_params
-from tests.spans import SpanSink, indexed, message_text, sse_payloads, tool_calls, traced_proxy
+from tests.recordings import (
+    TERMINAL,
+    Recording,
+    final_response,
+    load_recordings,
+    need,
+    recordings_params,
+    sse_payloads,
+)
+from tests.spans import SpanSink, indexed, message_text, tool_calls, traced_proxy
 from tests.upstreams import RawUpstream
 
-TERMINAL = ("response.completed", "response.incomplete", "response.failed")
 # Expected input roles, written out plainly from the Responses API's item types.
 ITEM_ROLES = {"function_call": "assistant", "function_call_output": "tool",
               "reasoning": "assistant", "custom_tool_call": "assistant",
@@ -48,15 +55,6 @@ def _send(base: str, rec: Recording, **headers: str) -> httpx.Response:
     with httpx.Client(timeout=10) as client:
         return client.post(base + "/v1/responses", content=body, headers={
             "x-scenario": f"replay:{rec.name}", "content-type": "application/json", **headers})
-
-
-def _final_response(rec: Recording) -> dict[str, Any] | None:
-    if rec.status >= 400:
-        return None
-    if rec.is_sse:
-        terminal = [e for e in sse_payloads(rec.body) if e.get("type") in TERMINAL]
-        return terminal[-1]["response"] if terminal else None
-    return json.loads(rec.body)
 
 
 def _expected_text(rec: Recording, final: dict[str, Any]) -> str:
@@ -98,7 +96,7 @@ def test_span_matches_what_the_recording_implies(rec: Recording | None,
         tools = indexed(attrs, "llm.tools")
         assert [json.loads(t["tool.json_schema"]) for t in tools] == request.get("tools", [])
         assert json.loads(attrs["input.value"]) == request
-    final = _final_response(rec)
+    final = final_response(rec)
     if final is None:
         assert span.status.status_code is StatusCode.ERROR
         assert str(rec.status) in (span.status.description or "")

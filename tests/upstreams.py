@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from tests.recordings import Recording
+from tests.servers import serve_tcp
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
 
@@ -50,31 +51,11 @@ class RawUpstream:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[RawUpstream]:
-        loop = asyncio.new_event_loop()
-        started = threading.Event()
-        stop = asyncio.Event()
-
-        async def main() -> None:
-            server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
-            self.port = server.sockets[0].getsockname()[1]
-            started.set()
-            await stop.wait()
-            server.close()
-            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in others:
-                task.cancel()
-            await asyncio.gather(*others, return_exceptions=True)
-
-        thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-        thread.start()
-        started.wait(5)
-        try:
-            yield self
-        finally:
-            self.release.set()
-            loop.call_soon_threadsafe(stop.set)
-            thread.join(5)
-            loop.close()
+        with serve_tcp(self._connection) as (self.port, _):
+            try:
+                yield self
+            finally:
+                self.release.set()  # before the loop stops: held streams end, not hang
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
