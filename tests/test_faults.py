@@ -395,10 +395,6 @@ async def _leave_at_the_end(base: str, fault: Fault) -> None:
     await asyncio.sleep(0)
 
 
-@pytest.mark.xfail(strict=False, reason="known bug, may pass by chance: "
-                   "a client leaving as the upstream body ends cancels "
-                   "the exchange inside httpx's own release (aiter_raw's aclose); httpcore's "
-                   "PoolByteStream.aclose is not shielded from asyncio cancel: connection leaked")
 def test_a_client_leaving_as_the_stream_ends_leaks_nothing(upstream: FaultUpstream,
                                                           rng: random.Random) -> None:
     """80 clients that hang up the moment the last event arrives (about 1 in 10 races)."""
@@ -646,9 +642,6 @@ def test_a_huge_request_does_not_stall_other_streams(upstream: FaultUpstream) ->
     assert max(gaps) < 0.5, f"a healthy stream stalled {max(gaps):.2f}s"
 
 
-@pytest.mark.xfail(strict=False, reason="known bug, may pass by chance: "
-                   "the recorder accumulates the whole streamed text "
-                   "(then joins and serialises it): peak memory ~4x the stream, not bounded")
 def test_recording_a_long_stream_uses_bounded_memory(served: Served) -> None:
     fault = Fault("flood", id="long-stream", size=32 << 20)
     received = 0
@@ -916,10 +909,6 @@ def _sequential_latency(base: str, n: int = 30) -> float:
     return statistics.median(latencies)
 
 
-@pytest.mark.xfail(strict=False, reason="known bug, may pass by chance: "
-                   "Proxy.start pools up to 256 idle upstream "
-                   "connections; httpcore 1.0.9 polls every idle socket and rescans the pool "
-                   "on each request start and end, on the event loop")
 def test_after_a_burst_every_request_pays_for_the_idle_pool(upstream: FaultUpstream) -> None:
     """200 concurrent streams leave 200 idle upstream connections; a call must not cost more.
 

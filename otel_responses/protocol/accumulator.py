@@ -24,6 +24,9 @@ DELTA_TYPES = frozenset({
 })
 """Event types carrying generated content; the first one marks time to first token."""
 
+MAX_TEXT = 1 << 20
+"""Characters kept per streamed text field (span attributes are capped far below this)."""
+
 _SNAPSHOT_TYPES = frozenset({"response.created", "response.in_progress", "response.queued"})
 _TERMINAL_TYPES = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
@@ -34,15 +37,18 @@ class _Text:
 
     chunks: list[str] = field(default_factory=list)
     final: bool = False
+    size: int = 0
 
     def delta(self, text: str) -> bool:
         if self.final:
             return False
-        self.chunks.append(text)
+        if self.size < MAX_TEXT:  # past it, spans would truncate anyway: keep memory bounded
+            self.chunks.append(text[:MAX_TEXT - self.size])
+            self.size += len(text)
         return True
 
     def done(self, text: str) -> None:
-        self.chunks = [text]
+        self.chunks = [text[:MAX_TEXT]]
         self.final = True
 
 

@@ -52,6 +52,7 @@ class Exchange:
     body: bytes = b""
     overhead: float = 0.0
     finished: float = 0.0
+    responded: bool = False  # the client has the whole response
 
     @property
     def duration(self) -> float:
@@ -110,7 +111,9 @@ class Proxy:
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(s.read_timeout, connect=s.connect_timeout),
             # Streams are held open for minutes; a pool cap would queue healthy requests.
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+            # Few idle ones: httpcore 1.0.9 rescans and polls every idle connection, on the
+            # event loop, at each request start and end (256 idle froze it for seconds).
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
             follow_redirects=False,
         )
         # httpx adds Accept-Encoding and User-Agent of its own; the client's must win untouched.
@@ -162,9 +165,11 @@ class Proxy:
         exchange = asyncio.ensure_future(self._exchange(request, send, ex))
         disconnect = asyncio.ensure_future(_wait_for_disconnect(receive))
         await asyncio.wait((exchange, disconnect), return_when=asyncio.FIRST_COMPLETED)
-        if exchange.done():
+        if exchange.done() or ex.responded:
+            # Done, or only releasing the upstream connection: a client leaving now changes
+            # nothing, and a cancel must not interrupt the release.
             disconnect.cancel()
-            exchange.result()
+            await exchange
             return
         # The client left: cancelling the exchange closes the upstream request at once.
         ex.outcome = "client_disconnect"
@@ -205,7 +210,9 @@ class Proxy:
         try:
             await self._relay(response, send, ex)
         finally:
-            await response.aclose()
+            # Shielded: a cancel (the client left) landing inside httpcore's release leaves
+            # the connection checked out and its socket open for good.
+            await asyncio.shield(response.aclose())
 
     async def _relay(self, response: httpx.Response, send: Send, ex: Exchange) -> None:
         ex.status = response.status_code
@@ -219,8 +226,9 @@ class Proxy:
                     "headers": headers})
         ex.overhead += time.perf_counter() - handed
         try:
-            chunks = response.aiter_raw()
-            async for chunk in chunks:
+            # Not aiter_raw(): it releases the connection itself at the end of the body, where
+            # the shield in _exchange cannot cover it.
+            async for chunk in response.stream:  # type: ignore[union-attr]
                 handed = time.perf_counter()
                 ex.bytes_out += len(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -232,6 +240,7 @@ class Proxy:
             if "content-length" in response.headers:
                 raise UpstreamCut(_describe(exc)) from exc
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        ex.responded = True
 
     async def _fail(self, send: Send, ex: Exchange, err: errors.ProxyError, outcome: str) -> None:
         ex.status, ex.outcome = err.status, outcome
