@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,3 +112,22 @@ def final_response(rec: Recording) -> dict[str, Any] | None:
         terminal = [e for e in sse_payloads(rec.body) if e.get("type") in TERMINAL]
         return terminal[-1]["response"] if terminal else None
     return json.loads(rec.body)
+
+
+# Input roles each item type should produce, written down plainly from the Responses API
+# rather than read from the code under test.
+ITEM_TYPE_ROLES = {"function_call": "assistant", "custom_tool_call": "assistant",
+                   "reasoning": "assistant", "function_call_output": "tool",
+                   "custom_tool_call_output": "tool"}
+
+
+def expected_input_roles(body: Mapping[str, Any]) -> list[str]:
+    """The roles of a request's input messages, in order: instructions, then each item."""
+    roles = ["system"] if body.get("instructions") else []
+    items = body.get("input")
+    if isinstance(items, str):
+        return [*roles, "user"]
+    for item in items or []:
+        roles.append(item["role"] if item.get("type", "message") == "message"
+                     else ITEM_TYPE_ROLES[item["type"]])
+    return roles

@@ -15,7 +15,13 @@ from otel_responses.protocol.attributes import (
     request_attributes,
     response_attributes,
 )
-from tests.recordings import Recording, codex_request, need, recordings_params
+from tests.recordings import (
+    Recording,
+    codex_request,
+    expected_input_roles,
+    need,
+    recordings_params,
+)
 from tests.spans import indexed
 
 IN, OUT = "llm.input_messages", "llm.output_messages"
@@ -72,26 +78,6 @@ def input_messages(*items: Any, **extra: Any) -> list[dict[str, Any]]:
     return messages(request_attributes(request_of(*items, **extra)), IN)
 
 
-# Roles each item type should produce, written down here rather than read from the code.
-ROLES = {
-    "function_call": ["assistant"], "custom_tool_call": ["assistant"], "reasoning": ["assistant"],
-    "function_call_output": ["tool"], "custom_tool_call_output": ["tool"],
-}
-
-
-def expected_roles(body: Mapping[str, Any]) -> list[str]:
-    roles = ["system"] if body.get("instructions") else []
-    items = body.get("input")
-    if isinstance(items, str):
-        return [*roles, "user"]
-    for item in items or []:
-        if item.get("type", "message") == "message":
-            roles.append(item["role"])
-        else:
-            roles += ROLES[item["type"]]
-    return roles
-
-
 def output_text(response: Mapping[str, Any]) -> str:
     return "".join(part["text"] for item in response.get("output") or []
                    if item.get("type") == "message"
@@ -124,7 +110,7 @@ def test_request_attributes_of_recording(rec: Recording | None) -> None:
     assert tools == body.get("tools", [])
 
     found = messages(attrs, IN)
-    assert [m["message.role"] for m in found] == expected_roles(body)
+    assert [m["message.role"] for m in found] == expected_input_roles(body)
     items = body["input"] if isinstance(body["input"], list) else [body["input"]]
     offset = 1 if body.get("instructions") else 0
     for item, message in zip(items, found[offset:], strict=True):

@@ -16,6 +16,7 @@ from otel_responses.telemetry.masking import REDACTED
 from tests.recordings import (
     TERMINAL,
     Recording,
+    expected_input_roles,
     final_response,
     load_recordings,
     need,
@@ -24,11 +25,6 @@ from tests.recordings import (
 )
 from tests.spans import SpanSink, indexed, message_text, tool_calls, traced_proxy
 from tests.upstreams import RawUpstream
-
-# Expected input roles, written out plainly from the Responses API's item types.
-ITEM_ROLES = {"function_call": "assistant", "function_call_output": "tool",
-              "reasoning": "assistant", "custom_tool_call": "assistant",
-              "custom_tool_call_output": "tool"}
 
 
 @pytest.fixture(scope="module")
@@ -65,17 +61,6 @@ def _expected_text(rec: Recording, final: dict[str, Any]) -> str:
                    for part in item["content"] if part["type"] == "output_text")
 
 
-def _expected_input_roles(body: dict[str, Any]) -> list[str]:
-    roles = ["system"] if body.get("instructions") else []
-    items = body.get("input")
-    if isinstance(items, str):
-        return [*roles, "user"]
-    for item in items or []:
-        roles.append(item["role"] if item.get("type", "message") == "message"
-                     else ITEM_ROLES[item["type"]])
-    return roles
-
-
 @pytest.mark.parametrize("rec", recordings_params())
 def test_span_matches_what_the_recording_implies(rec: Recording | None,
                                                  proxy: tuple[str, SpanSink]) -> None:
@@ -92,7 +77,7 @@ def test_span_matches_what_the_recording_implies(rec: Recording | None,
         assert span.name == f"chat {request['model']}"
         assert attrs["llm.request.model_name"] == request["model"]
         inputs = indexed(attrs, "llm.input_messages")
-        assert [m["message.role"] for m in inputs] == _expected_input_roles(request)
+        assert [m["message.role"] for m in inputs] == expected_input_roles(request)
         tools = indexed(attrs, "llm.tools")
         assert [json.loads(t["tool.json_schema"]) for t in tools] == request.get("tools", [])
         assert json.loads(attrs["input.value"]) == request
