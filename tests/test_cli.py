@@ -126,3 +126,24 @@ def test_sigterm_gives_up_after_the_grace_period(upstream: RawUpstream) -> None:
             assert not reader.is_alive()
     finally:
         upstream.release.set()
+
+
+def test_server_uses_uvloop_and_httptools_when_installed() -> None:
+    import uvloop
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from otel_responses.app import create_app
+    from otel_responses.cli import _uvicorn_config
+    from otel_responses.config import Settings
+
+    settings = Settings(upstream="http://127.0.0.1:9/v1")
+    config = _uvicorn_config(create_app(settings), settings)
+    config.load()
+    assert config.http_protocol_class is HttpToolsProtocol
+    factory = config.get_loop_factory()
+    assert factory is not None
+    loop = factory()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()

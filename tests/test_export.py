@@ -132,6 +132,20 @@ def test_a_dead_collector_does_not_hold_shutdown(demo: str) -> None:
     assert time.monotonic() - started < SHUTDOWN_FLUSH_SECONDS + 3
 
 
+def test_span_attribute_count_limit_is_raised_unless_set() -> None:
+    from otel_responses.telemetry.export import DEFAULT_SPAN_ATTRIBUTE_COUNT_LIMIT
+
+    def limit(env: dict[str, str]) -> int | None:
+        return build_tracer_provider(env)._span_limits.max_span_attributes
+
+    assert limit({"OTEL_TRACES_EXPORTER": "none"}) == DEFAULT_SPAN_ATTRIBUTE_COUNT_LIMIT > 128
+    # The standard variable wins; the SDK reads it when the explicit limit is left unset.
+    os_limit = {"OTEL_TRACES_EXPORTER": "none", "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT": "500"}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "500")
+        assert limit(os_limit) == 500
+
+
 def test_exporter_selection_follows_otel_traces_exporter() -> None:
     assert exporter_names({}, demo=False) == ["otlp"]
     assert exporter_names({}, demo=True) == ["log"]
