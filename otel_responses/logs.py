@@ -55,5 +55,3 @@ def configure_logging(level: str, fmt: str) -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    # httpx logs every upstream request at INFO; the access log already has one line a request.
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))

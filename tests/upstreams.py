@@ -1,7 +1,9 @@
 """A raw-socket test upstream: replays recordings at random byte boundaries, or misbehaves.
 
 The scenario is picked per request by the ``x-scenario`` header (which the proxy forwards):
-``replay:<recording>``, ``echo``, ``stall``, ``cut``, ``gzip``, ``held``, ``drip``.
+``replay:<recording>``, ``echo``, ``stall``, ``cut``, ``gzip``, ``held``, ``drip``,
+``close`` (answer, then close the kept-alive connection), ``early-hints`` (103 before 200),
+``drop-once`` (the first such request: close without an answer; later ones: ``echo``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class RawUpstream:
     closed_at: list[float] = field(default_factory=list)  # monotonic time a held stream ended
     release: threading.Event = field(default_factory=threading.Event)  # lets `held` continue
     port: int = 0
+    connections: int = 0  # TCP connections accepted
+    dropped: int = 0  # requests closed unanswered by ``drop-once``
 
     @property
     def url(self) -> str:
@@ -58,6 +62,7 @@ class RawUpstream:
                 self.release.set()  # before the loop stops: held streams end, not hang
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             while True:
                 request = await _read_request(reader)
@@ -79,7 +84,10 @@ class RawUpstream:
         if scenario.startswith("replay:"):
             await self._replay(self.recordings[scenario[7:]], writer, rng)
             return True
-        if scenario == "echo":
+        if scenario == "drop-once" and not self.dropped:
+            self.dropped += 1
+            return False
+        if scenario in ("echo", "drop-once"):
             body = json.dumps({
                 "method": req.method, "target": req.target, "headers": req.headers,
                 "body_b64": base64.b64encode(req.body).decode(),
@@ -88,6 +96,16 @@ class RawUpstream:
                                              ("X-Upstream", "raw"), ("Keep-Alive", "timeout=5"),
                                              ("Proxy-Agent", "test"),
                                              ("Connection", "keep-alive, X-Hop")], body, rng)
+            return True
+        if scenario == "close":
+            # Keep-alive by the headers, closed anyway: what a server does on its idle timeout.
+            await _write_fixed(writer, 200, [("Content-Type", "application/json")], b"{}", rng)
+            await asyncio.sleep(0.05)
+            return False
+        if scenario == "early-hints":
+            writer.write(_head(103, [("Link", "</style.css>; rel=preload")]))
+            await _write_fixed(writer, 200, [("Content-Type", "application/json")],
+                               b'{"hinted":true}', rng)
             return True
         if scenario == "gzip":
             body = gzip.compress(b'{"object":"response","id":"resp_gz"}' * 50)

@@ -8,14 +8,21 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-import httpx
 from starlette.types import Receive, Scope, Send
 
 from otel_responses.config import Settings
 from otel_responses.proxy import errors
 from otel_responses.proxy.headers import client_response_headers, upstream_request_headers
 from otel_responses.proxy.target import UpstreamTarget
+from otel_responses.proxy.upstream import (
+    Headers,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 
 log = logging.getLogger("otel_responses.proxy")
 access_log = logging.getLogger("otel_responses.access")
@@ -82,6 +89,13 @@ def _model_of(body: bytes) -> str | None:
     return model if isinstance(model, str) else None
 
 
+class UpstreamRequest(NamedTuple):
+    method: str
+    target: str  # path and query, as sent on the request line
+    headers: Headers
+    body: bytes | None
+
+
 ExchangeObserver = Callable[[Exchange], None]
 OVERHEAD_HEADER = b"x-otel-responses-overhead-ms"
 
@@ -100,7 +114,7 @@ class Proxy:
         self.target = UpstreamTarget.parse(settings.upstream)
         self.observers = tuple(observers)
         self.in_flight = 0
-        self._client: httpx.AsyncClient | None = None
+        self._client: UpstreamPool | None = None
 
     @property
     def ready(self) -> bool:
@@ -108,20 +122,12 @@ class Proxy:
 
     async def start(self) -> None:
         s = self.settings
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(s.read_timeout, connect=s.connect_timeout),
-            # Streams are held open for minutes; a pool cap would queue healthy requests.
-            # Few idle ones: httpcore 1.0.9 rescans and polls every idle connection, on the
-            # event loop, at each request start and end (256 idle froze it for seconds).
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
-            follow_redirects=False,
-        )
-        # httpx adds Accept-Encoding and User-Agent of its own; the client's must win untouched.
-        self._client.headers.clear()
+        self._client = UpstreamPool(self.target, connect_timeout=s.connect_timeout,
+                                    read_timeout=s.read_timeout)
 
     async def aclose(self) -> None:
         if self._client is not None:
-            await self._client.aclose()
+            self._client.close()
             self._client = None
 
     def endpoint(self, route: str) -> Endpoint:
@@ -155,12 +161,11 @@ class Proxy:
         ex.body, ex.bytes_in = body, len(body)
         assert self._client is not None, "Proxy.start() was not awaited"
         raw_path = scope.get("raw_path") or scope["path"].encode()
-        url = self.target.url(raw_path.decode("latin-1"), scope["query_string"].decode("latin-1"))
-        request = self._client.build_request(
-            scope["method"], url,
-            headers=upstream_request_headers(scope["headers"], self.settings.upstream_api_key),
-            content=body if body or scope["method"] not in _NO_BODY_METHODS else None,
-        )
+        request = UpstreamRequest(
+            scope["method"],
+            self.target.path(raw_path.decode("latin-1"), scope["query_string"].decode("latin-1")),
+            upstream_request_headers(scope["headers"], self.settings.upstream_api_key),
+            body if body or scope["method"] not in _NO_BODY_METHODS else None)
         ex.overhead = time.perf_counter() - ex.started
         exchange = asyncio.ensure_future(self._exchange(request, send, ex))
         disconnect = asyncio.ensure_future(_wait_for_disconnect(receive))
@@ -196,48 +201,45 @@ class Proxy:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def _exchange(self, request: httpx.Request, send: Send, ex: Exchange) -> None:
+    async def _exchange(self, request: UpstreamRequest, send: Send, ex: Exchange) -> None:
         assert self._client is not None
         try:
-            response = await self._client.send(request, stream=True)
-        except httpx.TimeoutException as exc:
+            response = await self._client.request(*request)
+        except UpstreamTimeout as exc:
             await self._fail(send, ex, errors.upstream_timeout(_describe(exc)), "upstream_timeout")
             return
-        except httpx.HTTPError as exc:
+        except UpstreamError as exc:
             await self._fail(send, ex, errors.upstream_unreachable(_describe(exc)),
                              "upstream_unreachable")
             return
         try:
             await self._relay(response, send, ex)
         finally:
-            # Shielded: a cancel (the client left) landing inside httpcore's release leaves
-            # the connection checked out and its socket open for good.
-            await asyncio.shield(response.aclose())
+            response.close()
 
-    async def _relay(self, response: httpx.Response, send: Send, ex: Exchange) -> None:
-        ex.status = response.status_code
-        ex.stream = response.headers.get("content-type", "").startswith("text/event-stream")
-        headers = client_response_headers(response.headers.raw)
+    async def _relay(self, response: UpstreamResponse, send: Send, ex: Exchange) -> None:
+        ex.status = response.status
+        headers = client_response_headers(response.headers)
+        ex.stream = any(name == b"content-type" and value.startswith(b"text/event-stream")
+                        for name, value in headers)
         if self.settings.overhead_header:
             # Opt-in, for benchmarks: the request-side overhead, known before the body flows.
             headers.append((OVERHEAD_HEADER, f"{ex.overhead * 1000:.3f}".encode()))
         handed = time.perf_counter()
-        await send({"type": "http.response.start", "status": response.status_code,
+        await send({"type": "http.response.start", "status": response.status,
                     "headers": headers})
         ex.overhead += time.perf_counter() - handed
         try:
-            # Not aiter_raw(): it releases the connection itself at the end of the body, where
-            # the shield in _exchange cannot cover it.
-            async for chunk in response.stream:  # type: ignore[union-attr]
+            async for chunk in response.body():
                 handed = time.perf_counter()
                 ex.bytes_out += len(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 ex.overhead += time.perf_counter() - handed
-        except httpx.HTTPError as exc:
+        except UpstreamError as exc:
             ex.outcome = "upstream_cut"
             log.warning("upstream ended %s %s early after %d bytes: %s", ex.method, ex.path,
                         ex.bytes_out, _describe(exc))
-            if "content-length" in response.headers:
+            if any(name == b"content-length" for name, _ in headers):
                 raise UpstreamCut(_describe(exc)) from exc
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         ex.responded = True

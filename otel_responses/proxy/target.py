@@ -34,9 +34,10 @@ class UpstreamTarget:
         parts = urlsplit(self.origin)
         return parts.port or (443 if parts.scheme == "https" else 80)
 
-    def url(self, raw_path: str, query: str = "") -> str:
+    def path(self, raw_path: str, query: str = "") -> str:
+        """The request target upstream (base path, client path, query) for a client's path."""
         path = raw_path
         if self.prefix.endswith("/v1") and (path == "/v1" or path.startswith("/v1/")):
             path = path[3:]
-        url = self.origin + self.prefix + path
-        return f"{url}?{query}" if query else url
+        path = self.prefix + path
+        return f"{path}?{query}" if query else path
