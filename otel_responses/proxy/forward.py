@@ -167,20 +167,20 @@ class Proxy:
             upstream_request_headers(scope["headers"], self.settings.upstream_api_key),
             body if body or scope["method"] not in _NO_BODY_METHODS else None)
         ex.overhead = time.perf_counter() - ex.started
-        exchange = asyncio.ensure_future(self._exchange(request, send, ex))
-        disconnect = asyncio.ensure_future(_wait_for_disconnect(receive))
-        await asyncio.wait((exchange, disconnect), return_when=asyncio.FIRST_COMPLETED)
-        if exchange.done() or ex.responded:
-            # Done, or only releasing the upstream connection: a client leaving now changes
-            # nothing, and a cancel must not interrupt the release.
-            disconnect.cancel()
-            await exchange
-            return
-        # The client left: cancelling the exchange closes the upstream request at once.
-        ex.outcome = "client_disconnect"
-        exchange.cancel()
-        await asyncio.gather(exchange, return_exceptions=True)
-        log.info("client disconnected from %s %s; upstream request closed", ex.method, ex.path)
+        # The exchange runs in this task; a watcher cancels it if the client leaves, which
+        # closes the upstream request at once (one task per request, not two).
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, ex, task))
+        try:
+            await self._exchange(request, send, ex)
+        except asyncio.CancelledError:
+            if ex.outcome != "client_disconnect" or task.uncancel() > 0:
+                raise  # not (only) ours: the server is shutting down
+            log.info("client disconnected from %s %s; upstream request closed", ex.method,
+                     ex.path)
+        finally:
+            watcher.cancel()
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         limit = self.settings.max_body_bytes
@@ -261,9 +261,12 @@ class Endpoint:
         await self.proxy.forward(scope, receive, send, self.route)
 
 
-async def _wait_for_disconnect(receive: Receive) -> None:
+async def _cancel_on_disconnect(receive: Receive, ex: Exchange, task: asyncio.Task[None]) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+    if not ex.responded:  # once the client has it all, leaving changes nothing
+        ex.outcome = "client_disconnect"
+        task.cancel()
 
 
 def _describe(exc: BaseException) -> str:
