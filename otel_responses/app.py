@@ -17,7 +17,11 @@ from starlette.types import ASGIApp
 from otel_responses.config import Settings
 from otel_responses.proxy.forward import Proxy
 from otel_responses.proxy.target import UpstreamTarget
-from otel_responses.telemetry.export import build_tracer_provider, shutdown_provider
+from otel_responses.telemetry.export import (
+    build_tracer_provider,
+    shutdown_provider,
+    span_pipelines,
+)
 from otel_responses.telemetry.masking import MaskingConfig
 from otel_responses.telemetry.metrics import ProxyMetrics
 from otel_responses.telemetry.middleware import ResponsesTelemetryMiddleware
@@ -47,7 +51,8 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
 
     Spans go to ``tracer_provider``; without one, a provider is built from the standard
     ``OTEL_*`` variables and flushed at shutdown. ``OTEL_SDK_DISABLED=true`` turns tracing off
-    (metrics stay on). Metrics are served at ``/metrics``, or on ``settings.metrics_port``.
+    (metrics stay on). Metrics are served at ``/metrics``, or on ``settings.metrics_port``;
+    they include the span export pipelines of a provider made by ``build_tracer_provider``.
     """
     if settings.upstream is None:
         raise ValueError("create_app needs an upstream URL")
@@ -108,5 +113,6 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
         tracer_provider=provider, tracing=provider is not None, options=options,
         sinks=(metrics.observe_call,))
     metrics.watch(in_flight=lambda: proxy.in_flight,
-                  telemetry_errors=lambda: app.telemetry_errors)
+                  telemetry_errors=lambda: app.telemetry_errors,
+                  span_pipelines=span_pipelines(provider))
     return app

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import httpx
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
@@ -18,9 +22,12 @@ from starlette.routing import Route
 from otel_responses.demo.app import create_demo_app
 from otel_responses.telemetry.export import (
     SHUTDOWN_FLUSH_SECONDS,
+    SpanPipeline,
     build_tracer_provider,
     exporter_names,
+    span_pipelines,
 )
+from otel_responses.telemetry.metrics import ProxyMetrics
 from otel_responses.telemetry.middleware import ResponsesTelemetryMiddleware
 from tests.otlp import black_hole, otlp_grpc_receiver, otlp_http_receiver
 from tests.servers import run_cli, serve_asgi
@@ -155,6 +162,107 @@ def test_exporter_selection_follows_otel_traces_exporter() -> None:
     assert exporter_names({"OTEL_TRACES_EXPORTER": "none"}, demo=False) == []
     with pytest.raises(ValueError, match="zipkin"):
         build_tracer_provider({"OTEL_TRACES_EXPORTER": "zipkin"})
+
+
+def test_span_pipelines_of_built_providers() -> None:
+    provider = build_tracer_provider({"OTEL_TRACES_EXPORTER": "console,log,otlp",
+                                      "OTEL_BSP_MAX_QUEUE_SIZE": "1000"})
+    assert [(p.name, p.capacity) for p in span_pipelines(provider)] == \
+        [("console", 1000), ("otlp", 1000)]  # the log processor has no queue
+    assert span_pipelines(TracerProvider()) == ()  # someone else's provider: not ours to count
+    assert span_pipelines(None) == ()
+    with pytest.raises(ValueError, match="OTEL_BSP_MAX_QUEUE_SIZE"):
+        build_tracer_provider({"OTEL_TRACES_EXPORTER": "console",
+                               "OTEL_BSP_MAX_QUEUE_SIZE": "lots"})
+
+
+class _ScriptedExporter(SpanExporter):
+    """Holds its first batch until ``release``, then answers each batch from ``results``
+    (an exception is raised)."""
+
+    def __init__(self, *results: SpanExportResult | Exception) -> None:
+        self.results = list(results)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.entered.set()
+        assert self.release.wait(10)
+        result = self.results.pop(0)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+
+def _pipeline(monkeypatch: pytest.MonkeyPatch, exporter: SpanExporter,
+              capacity: int) -> tuple[SpanPipeline, TracerProvider]:
+    # Batches of 2, sent only when full (or on flush): the test decides when the worker runs.
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")
+    pipeline = SpanPipeline(exporter, "test", capacity)
+    provider = TracerProvider()
+    provider.add_span_processor(pipeline)
+    return pipeline, provider
+
+
+def _end_spans(provider: TracerProvider, n: int) -> None:
+    tracer = provider.get_tracer("test")
+    for _ in range(n):
+        tracer.start_span("s").end()
+
+
+def test_every_span_is_exported_dropped_or_queued(monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    exporter = _ScriptedExporter(SpanExportResult.SUCCESS, SpanExportResult.FAILURE,
+                                 RuntimeError("collector exploded"))
+    pipeline, provider = _pipeline(monkeypatch, exporter, capacity=4)
+    metrics = ProxyMetrics()
+    metrics.watch(in_flight=lambda: 0, telemetry_errors=lambda: 0, span_pipelines=[pipeline])
+
+    def sample(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, {"exporter": "test", **labels})
+
+    _end_spans(provider, 2)  # a full batch: the worker takes it and hangs in the exporter
+    assert exporter.entered.wait(10)
+    _end_spans(provider, 4 + 3)  # the queue fills up; the last three find it full
+    assert (pipeline.queued, pipeline.exported, pipeline.dropped) == \
+        (4, 0, {"queue_full": 3, "export_failed": 0})
+    assert sample("otel_responses_span_queue_size") == 4
+    assert sample("otel_responses_span_queue_capacity") == 4
+    assert sample("otel_responses_spans_dropped_total", reason="queue_full") == 3
+    assert [r.getMessage() for r in caplog.records if "queue full" in r.getMessage()] == [
+        "span export queue full (4 spans, exporter test): dropping spans; "
+        "see otel_responses_spans_dropped_total"]  # once, not per span
+
+    exporter.release.set()  # then: success, failure, an exception
+    assert provider.force_flush()
+    assert (pipeline.queued, pipeline.exported, pipeline.dropped) == \
+        (0, 2, {"queue_full": 3, "export_failed": 4})
+    assert sample("otel_responses_spans_exported_total") == 2
+    assert sample("otel_responses_spans_dropped_total", reason="export_failed") == 4
+    assert sample("otel_responses_span_queue_size") == 0
+    provider.shutdown()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_starts_with_an_empty_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    exporter = _ScriptedExporter(SpanExportResult.SUCCESS, SpanExportResult.SUCCESS)
+    pipeline, provider = _pipeline(monkeypatch, exporter, capacity=4)
+    _end_spans(provider, 2)
+    assert exporter.entered.wait(10)
+    _end_spans(provider, 1)
+    assert pipeline.queued == 1
+    read, write = os.pipe()
+    if (pid := os.fork()) == 0:  # the child: the SDK emptied its copy of the queue
+        os.write(write, str(pipeline.queued).encode())
+        os._exit(0)
+    os.close(write)
+    assert os.read(read, 16) == b"0"
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert pipeline.queued == 1  # the parent's is untouched
+    exporter.release.set()
+    provider.shutdown()
 
 
 def test_demo_mode_logs_a_summary_line_per_call() -> None:

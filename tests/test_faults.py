@@ -31,8 +31,6 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -66,6 +64,7 @@ from tests.faults import (
 )
 from tests.otlp import black_hole, otlp_http_receiver
 from tests.spans import SpanSink, indexed, message_text
+from tests.test_metrics import scrape, value
 
 SEED = int(os.environ.get("FAULTS_SEED", "5"))
 # One client for the module (its TLS context is costly to build); no keep-alive, so no
@@ -661,33 +660,22 @@ def test_recording_a_long_stream_uses_bounded_memory(served: Served) -> None:
     assert peak < 16 << 20, f"peak {peak >> 20} MiB while relaying a 32 MiB stream"
 
 
-def _drops(reader: InMemoryMetricReader) -> int:
-    """Spans the batch processor dropped because its queue was full (SDK internal metric)."""
-    data = reader.get_metrics_data()
-    total = 0
-    for rm in data.resource_metrics if data else ():
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                if metric.name == "otel.sdk.processor.span.processed":
-                    total += sum(p.value for p in metric.data.data_points
-                                 if p.attributes.get("error.type") == "queue_full")
-    return total
+def _span_export(base: str) -> dict[str, float]:
+    """The span export counts the proxy at ``base`` serves on /metrics, scraped over HTTP."""
+    samples = scrape(base)
+    return {"exported": value(samples, "otel_responses_spans_exported_total"),
+            "dropped": value(samples, "otel_responses_spans_dropped_total"),
+            "queued": value(samples, "otel_responses_span_queue_size")}
 
 
-def _otlp_provider(monkeypatch: pytest.MonkeyPatch, endpoint: str,
-                   reader: InMemoryMetricReader) -> TracerProvider:
-    """The product's provider (build_tracer_provider), small queue, SDK drop counter on."""
-    from opentelemetry.sdk.trace import export as sdk_export
-
-    for name, value in {"OTEL_TRACES_EXPORTER": "otlp",
-                        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": endpoint,
-                        "OTEL_BSP_SCHEDULE_DELAY": "50", "OTEL_BSP_MAX_QUEUE_SIZE": "8",
-                        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4",
-                        "OTEL_EXPORTER_OTLP_TIMEOUT": "10",
-                        "OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED": "true"}.items():
-        monkeypatch.setenv(name, value)
-    meters = MeterProvider(metric_readers=[reader])
-    monkeypatch.setattr(sdk_export, "get_meter_provider", lambda: meters)
+def _otlp_provider(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> TracerProvider:
+    """The product's provider (build_tracer_provider), with a small queue and small batches."""
+    for name, setting in {"OTEL_TRACES_EXPORTER": "otlp",
+                          "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": endpoint,
+                          "OTEL_BSP_SCHEDULE_DELAY": "50", "OTEL_BSP_MAX_QUEUE_SIZE": "8",
+                          "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4",
+                          "OTEL_EXPORTER_OTLP_TIMEOUT": "10"}.items():
+        monkeypatch.setenv(name, setting)
     return build_tracer_provider()
 
 
@@ -713,12 +701,11 @@ def test_collector_down_black_holed_or_slow(
     """
     rounds, per_round = 4, 12
     with otlp_http_receiver() as up, otlp_http_receiver(delay=0.5) as slow, black_hole() as hole, \
-            caplog.at_level(logging.WARNING, "opentelemetry"), contextlib.ExitStack() as stack:
+            caplog.at_level(logging.WARNING, "otel_responses.telemetry"), \
+            contextlib.ExitStack() as stack:
         endpoints = {"up": up.endpoint, "slow": slow.endpoint,
                      "black_hole": hole + "/v1/traces", "down": "http://127.0.0.1:9/v1/traces"}
-        readers = {name: InMemoryMetricReader() for name in endpoints}
-        providers = {name: _otlp_provider(monkeypatch, endpoints[name], readers[name])
-                     for name in endpoints}
+        providers = {name: _otlp_provider(monkeypatch, endpoints[name]) for name in endpoints}
         for provider in providers.values():
             stack.callback(lambda p=provider: threading.Thread(target=p.shutdown,
                                                                daemon=True).start())
@@ -737,14 +724,18 @@ def test_collector_down_black_holed_or_slow(
             flush = threading.Thread(target=providers[name].force_flush, daemon=True)
             flush.start()
             flush.join(10)
-            # Every span is either delivered or counted as dropped.
-            assert len(receiver.spans) + _drops(readers[name]) == sent, name
-            assert receiver.spans, name
-        assert _drops(readers["slow"]) > 0
+            # Every span is either delivered or counted as dropped, on the proxy's /metrics.
+            counts = _span_export(bases[name])
+            assert counts["exported"] == len(receiver.spans) > 0, (name, counts)
+            assert counts["exported"] + counts["dropped"] == sent, (name, counts)
+            assert counts["queued"] == 0, (name, counts)
+        assert _span_export(bases["slow"])["dropped"] > 0
         for name, extra in (("black_hole", big_calls), ("down", 0)):
             # Nothing leaves: all but one queue (8) and one batch in flight (4) are dropped.
-            assert _drops(readers[name]) >= sent + extra - 8 - 4, name
-    assert any("Queue full" in r.getMessage() for r in caplog.records)
+            counts = _span_export(bases[name])
+            assert counts["exported"] == 0, (name, counts)
+            assert counts["dropped"] >= sent + extra - 8 - 4, (name, counts)
+    assert any("span export queue full" in r.getMessage() for r in caplog.records)
     medians = {name: statistics.median(values) for name, values in samples.items()}
     print("median latency by collector:", medians)
     for name in ("slow", "black_hole", "down"):

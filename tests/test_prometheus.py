@@ -1,5 +1,6 @@
-"""The dashboard and alert rules against a real Prometheus: it scrapes the proxy while traffic
-flows, every PromQL expression of the dashboard must return data, promtool tests the rules."""
+"""The dashboard and alert rules against a real Prometheus: it scrapes the proxy (exporting its
+spans to a real OTLP receiver) while traffic flows, every PromQL expression of the dashboard
+must return data, promtool tests the rules."""
 
 from __future__ import annotations
 
@@ -20,15 +21,12 @@ import httpx
 import pytest
 import yaml
 
+from otel_responses.app import create_app
+from otel_responses.config import Settings
+from tests.otlp import otlp_http_receiver
 from tests.recordings import load_recordings, need
-from tests.servers import free_port, wait_http_ok
-from tests.test_metrics import (
-    SYNTHETIC,
-    metered_proxy,
-    recording_upstream,
-    send,
-    span_ids,
-)
+from tests.servers import free_port, serve_asgi, wait_http_ok
+from tests.test_metrics import SYNTHETIC, recording_upstream, send
 
 DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
 DASHBOARD = json.loads((DASHBOARDS / "otel-responses.json").read_text())
@@ -38,7 +36,7 @@ REQUIRED_PANELS = (
     "Request rate by status", "Error ratio", "Latency p50 / p95 / p99",
     "Time to first token p50 / p95", "Tokens per second by model and type", "Cache-hit ratio",
     "Reasoning share", "Open streams", "Stream outcomes", "Proxy overhead p99",
-    "Top models by tokens")
+    "Top models by tokens", "Spans exported / dropped", "Span export queue fill")
 STREAM = b'{"model":"gpt-4o","input":"x","stream":true}'
 
 
@@ -196,14 +194,28 @@ def _exemplar_ids(prom: str, metric: str) -> list[tuple[str, str]]:
             for series in body["data"] for e in series["exemplars"]]
 
 
-def test_every_dashboard_query_has_data_in_a_real_prometheus(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _deployed_proxy(upstream_url: str, collector: str,
+                    monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The proxy as deployed: it builds its tracer provider from the OTEL_* variables (so its
+    span export metrics are live), exports to ``collector`` and flushes when it stops."""
+    for name, setting in {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_BSP_SCHEDULE_DELAY": "100",
+                          "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector}.items():
+        monkeypatch.setenv(name, setting)
+    with serve_asgi(create_app(Settings(upstream=upstream_url))) as base:
+        yield base
+
+
+def test_every_dashboard_query_has_data_in_a_real_prometheus(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     binary = _binary("prometheus")
     recs = load_recordings()
     need(recs[0] if recs else None)
     queries = _queries()
     variables = [v for v in _template_variables().values() if v["type"] == "query"]
     raw = recording_upstream(seed=3)
-    with raw.running(), metered_proxy(raw.url + "/v1") as (base, sink, _), \
+    with otlp_http_receiver() as collector, raw.running(), \
+            _deployed_proxy(raw.url + "/v1", collector.endpoint, monkeypatch) as base, \
             _traffic(base, seconds=60) as errors, \
             _prometheus(binary, base.removeprefix("http://"), tmp_path) as prom:
         deadline = time.monotonic() + 40
@@ -229,7 +241,7 @@ def test_every_dashboard_query_has_data_in_a_real_prometheus(tmp_path: Path) -> 
             "gen_ai_client_operation_time_to_first_chunk_seconds_bucket",
             "otel_responses_proxy_overhead_seconds_bucket")}
         rules = httpx.get(prom + "/api/v1/rules", timeout=10).json()["data"]["groups"]
-    exported = span_ids(sink)
+    exported = {(s.trace_id, s.span_id) for s in collector.spans}
     for metric, ids in exemplars.items():
         assert ids, f"Prometheus stored no exemplars for {metric}"
         assert set(ids) <= exported, metric

@@ -1,16 +1,26 @@
-"""The TracerProvider, configured by the standard OTEL_* variables and flushed at shutdown."""
+"""The TracerProvider, configured by the standard OTEL_* variables and flushed at shutdown; its
+export pipelines count every span they are given (exported, dropped or queued) for /metrics."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import threading
-from collections.abc import Mapping
+import time
+import weakref
+from collections.abc import Mapping, Sequence
 
 from openinference.semconv.trace import SpanAttributes
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanLimits, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+    SpanExportResult,
+)
 
 log = logging.getLogger("otel_responses.telemetry")
 
@@ -21,6 +31,13 @@ DEFAULT_SPAN_ATTRIBUTE_COUNT_LIMIT = 65_536
 _ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 # How long shutdown waits for queued spans to reach the collector before the process exits.
 SHUTDOWN_FLUSH_SECONDS = 5.0
+DEFAULT_MAX_QUEUE_SIZE = 2048  # the SDK's default for OTEL_BSP_MAX_QUEUE_SIZE
+QUEUE_FULL = "queue_full"
+EXPORT_FAILED = "export_failed"
+DROP_REASONS = (QUEUE_FULL, EXPORT_FAILED)
+# A dead collector drops spans continuously: say so in the log now and then, the count is
+# otel_responses_spans_dropped_total.
+DROP_WARNING_INTERVAL_S = 60.0
 
 
 def _env(env: Mapping[str, str], *names: str, default: str = "") -> str:
@@ -40,6 +57,121 @@ def _otlp_exporter(env: Mapping[str, str]) -> SpanExporter:
         OTLPSpanExporter as HTTPSpanExporter,
     )
     return HTTPSpanExporter()
+
+
+class SpanPipeline(SpanProcessor):
+    """A BatchSpanProcessor that accounts for every sampled span it is given: exported,
+    dropped (``queue_full``, ``export_failed``) or still queued; read at scrape time.
+
+    Public SDK interfaces only. The SDK counts its own drops only when the process-wide
+    ``OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED`` is set and never exposes its queue length, so
+    the queue bound is enforced here: a span is admitted while fewer than ``capacity`` wait, and
+    they leave the count when the batch processor hands them to the exporter. The SDK's queue
+    (of the same capacity) therefore never overflows on its own.
+    """
+
+    def __init__(self, exporter: SpanExporter, name: str, capacity: int) -> None:
+        self.name = name
+        self.capacity = capacity
+        self.exported = 0
+        self.dropped = dict.fromkeys(DROP_REASONS, 0)
+        self.queued = 0
+        self._lock = threading.Lock()
+        self._next_warning = 0.0
+        self._batch = BatchSpanProcessor(_CountingExporter(exporter, self),
+                                         max_queue_size=capacity)
+        if hasattr(os, "register_at_fork"):
+            # A forked child starts with the batch processor's queue emptied, so is the count.
+            after_fork = weakref.WeakMethod(self._after_fork)
+
+            def in_child() -> None:
+                if (method := after_fork()) is not None:
+                    method()
+            os.register_at_fork(after_in_child=in_child)
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        self._batch.on_start(span, parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if not (span.context and span.context.trace_flags.sampled):
+            return  # the batch processor ignores it too
+        warn = False
+        with self._lock:
+            admitted = self.queued < self.capacity
+            if admitted:
+                self.queued += 1
+            else:
+                self.dropped[QUEUE_FULL] += 1
+                now = time.monotonic()
+                if now >= self._next_warning:
+                    warn, self._next_warning = True, now + DROP_WARNING_INTERVAL_S
+        if admitted:
+            self._batch.on_end(span)
+        elif warn:
+            log.warning("span export queue full (%d spans, exporter %s): dropping spans; "
+                        "see otel_responses_spans_dropped_total", self.capacity, self.name)
+
+    def shutdown(self) -> None:
+        self._batch.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._batch.force_flush(timeout_millis)
+
+    def _handed_over(self, count: int) -> None:
+        with self._lock:
+            self.queued -= count
+
+    def _settled(self, count: int, ok: bool) -> None:
+        with self._lock:
+            if ok:
+                self.exported += count
+            else:
+                self.dropped[EXPORT_FAILED] += count
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self.queued = 0
+
+
+class _CountingExporter(SpanExporter):
+    """Reports each batch to its SpanPipeline: taken off the queue, then exported or failed."""
+
+    def __init__(self, exporter: SpanExporter, pipeline: SpanPipeline) -> None:
+        self._exporter = exporter
+        self._pipeline = pipeline
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self._pipeline._handed_over(len(spans))
+        ok = False
+        try:
+            result = self._exporter.export(spans)
+            ok = result is SpanExportResult.SUCCESS
+            return result
+        finally:  # an exception is a failed export too (the batch processor logs it)
+            self._pipeline._settled(len(spans), ok)
+
+    def shutdown(self, timeout_millis: float = 30_000) -> None:
+        # The batch processor passes what is left of its shutdown time to exporters that take
+        # it (the gRPC one): keep doing so through this wrapper.
+        if "timeout_millis" in inspect.signature(self._exporter.shutdown).parameters:
+            self._exporter.shutdown(timeout_millis=timeout_millis)  # type: ignore[call-arg]
+        else:
+            self._exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._exporter.force_flush(timeout_millis)
+
+
+# The pipelines of each provider build_tracer_provider made, so that an app given such a
+# provider (rather than building its own) still reports them.
+_PIPELINES: weakref.WeakKeyDictionary[TracerProvider, tuple[SpanPipeline, ...]] = \
+    weakref.WeakKeyDictionary()
+
+
+def span_pipelines(provider: TracerProvider | None) -> tuple[SpanPipeline, ...]:
+    """The export pipelines of a provider made by :func:`build_tracer_provider`; none for any
+    other provider (its processors are its owner's)."""
+    return () if provider is None else _PIPELINES.get(provider, ())
 
 
 class SummaryLogProcessor(SpanProcessor):
@@ -76,17 +208,27 @@ def build_tracer_provider(env: Mapping[str, str] | None = None, *,
         DEFAULT_SPAN_ATTRIBUTE_COUNT_LIMIT
     provider = TracerProvider(resource=Resource.create(attributes),
                               span_limits=SpanLimits(max_span_attributes=count_limit))
+    pipelines = []
     for name in exporter_names(env, demo):
-        if name == "otlp":
-            provider.add_span_processor(BatchSpanProcessor(_otlp_exporter(env)))
-        elif name == "console":
-            provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
-        elif name == "log":
+        if name == "log":
             provider.add_span_processor(SummaryLogProcessor())
+        elif name in ("otlp", "console"):
+            exporter = _otlp_exporter(env) if name == "otlp" else ConsoleSpanExporter()
+            pipelines.append(SpanPipeline(exporter, name, _max_queue_size(env)))
+            provider.add_span_processor(pipelines[-1])
         else:
             raise ValueError(f"unsupported OTEL_TRACES_EXPORTER {name!r} "
                              "(otlp, console, log or none)")
+    _PIPELINES[provider] = tuple(pipelines)
     return provider
+
+
+def _max_queue_size(env: Mapping[str, str]) -> int:
+    value = _env(env, "OTEL_BSP_MAX_QUEUE_SIZE")
+    try:
+        return int(value) if value else DEFAULT_MAX_QUEUE_SIZE
+    except ValueError:
+        raise ValueError(f"OTEL_BSP_MAX_QUEUE_SIZE must be an integer, not {value!r}") from None
 
 
 def shutdown_provider(provider: TracerProvider, timeout: float = SHUTDOWN_FLUSH_SECONDS) -> None:

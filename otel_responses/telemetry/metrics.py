@@ -4,8 +4,8 @@ per app, recorded after each response and served with trace exemplars."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -21,6 +21,7 @@ from otel_responses.telemetry.spans import error_type
 
 if TYPE_CHECKING:  # telemetry stays importable without the proxy
     from otel_responses.proxy.forward import Exchange
+    from otel_responses.telemetry.export import SpanPipeline
 
 # Explicit bucket boundaries from the GenAI semantic conventions (model/gen-ai/metrics.yaml).
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
@@ -40,6 +41,9 @@ OTHER = "other"
 MAX_LABEL_LENGTH = 256
 # error_type comes from the upstream's error codes: a known, short list unless it misbehaves.
 MAX_ERROR_TYPES = 50
+# Label sets whose children are cached per metric; the guards above already bound them, this
+# only backs that up (past it, children are still found, just not cached).
+MAX_CACHED_CHILDREN = 4096
 
 # gen_ai_token_type → where the Responses API reports it. cached_input and
 # cache_creation_input are already inside input, reasoning inside output: each is its own
@@ -113,12 +117,34 @@ def _status_class(status: int) -> str:
     return f"{status // 100}xx" if status else "none"  # 0: the client left before a response
 
 
+M = TypeVar("M", Counter, Histogram)
+
+
+class _Children(Generic[M]):
+    """A labelled metric whose child per label set is looked up once, then kept: ``labels()``
+    converts, validates and takes a lock on every call, several times per request."""
+
+    def __init__(self, metric: M) -> None:
+        self.metric = metric
+        self._cache: dict[tuple[str, ...], M] = {}
+
+    def labels(self, *values: str) -> M:
+        child = self._cache.get(values)
+        if child is None:
+            child = self.metric.labels(*values)
+            if len(self._cache) < MAX_CACHED_CHILDREN:
+                self._cache[values] = child
+        return child
+
+
 class _AppValues:
-    """Values the app keeps itself (in-flight count, telemetry errors), read at scrape time."""
+    """Values the app keeps itself (in-flight count, telemetry errors, the span export
+    pipelines' counts), read at scrape time."""
 
     def __init__(self) -> None:
         self.in_flight: Callable[[], int] = lambda: 0
         self.telemetry_errors: Callable[[], int] = lambda: 0
+        self.span_pipelines: Sequence[SpanPipeline] = ()
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("otel_responses_in_flight_requests",
@@ -127,6 +153,27 @@ class _AppValues:
             "otel_responses_telemetry_errors",
             "Failures while recording telemetry (the requests were unaffected).",
             value=self.telemetry_errors())
+        exported = CounterMetricFamily(
+            "otel_responses_spans_exported", "Spans the exporter delivered.", labels=("exporter",))
+        dropped = CounterMetricFamily(
+            "otel_responses_spans_dropped",
+            "Spans that never reached the exporter's destination: queue_full (the export queue "
+            "was full), export_failed (the exporter gave up on their batch).",
+            labels=("exporter", "reason"))
+        queued = GaugeMetricFamily("otel_responses_span_queue_size",
+                                   "Finished spans waiting for export.", labels=("exporter",))
+        capacity = GaugeMetricFamily(
+            "otel_responses_span_queue_capacity",
+            "Spans the export queue holds before dropping (OTEL_BSP_MAX_QUEUE_SIZE).",
+            labels=("exporter",))
+        for pipeline in self.span_pipelines:
+            exporter = (pipeline.name,)
+            exported.add_metric(exporter, pipeline.exported)
+            for reason, count in pipeline.dropped.items():
+                dropped.add_metric((*exporter, reason), count)
+            queued.add_metric(exporter, pipeline.queued)
+            capacity.add_metric(exporter, pipeline.capacity)
+        yield from (exported, dropped, queued, capacity)
 
 
 class ProxyMetrics:
@@ -134,8 +181,8 @@ class ProxyMetrics:
 
     Fed after the fact, never on the byte path: :meth:`observe_exchange` by the proxy for every
     forwarded request, :meth:`observe_call` by the telemetry middleware for every Responses
-    call; :meth:`track_streams` wraps the app to count open event streams. Histogram
-    observations carry the current span as an exemplar.
+    call; :meth:`track_streams` wraps the app to count open event streams; :meth:`watch` names
+    what is read at scrape time. Histogram observations carry the current span as an exemplar.
     """
 
     def __init__(self, *, provider: str = "openai", models: Iterable[str] | None = None,
@@ -149,9 +196,9 @@ class ProxyMetrics:
         registry.register(self._app_values)
 
         def genai_histogram(name: str, doc: str, buckets: tuple[float, ...], unit: str = "",
-                            extra: tuple[str, ...] = ()) -> Histogram:
-            return Histogram(name, doc, (*GENAI_LABELS, *extra), unit=unit, buckets=buckets,
-                             registry=registry)
+                            extra: tuple[str, ...] = ()) -> _Children[Histogram]:
+            return _Children(Histogram(name, doc, (*GENAI_LABELS, *extra), unit=unit,
+                                       buckets=buckets, registry=registry))
 
         self.duration = genai_histogram(
             "gen_ai_client_operation_duration",
@@ -167,32 +214,33 @@ class ProxyMetrics:
             "gen_ai_server_time_per_output_token",
             "Successful streams: (duration - time to first chunk) / (output tokens - 1).",
             TIME_PER_TOKEN_BUCKETS, "seconds")
-        self.requests = Counter(
+        self.requests = _Children(Counter(
             "otel_responses_requests", "Forwarded requests.", ("route", "method", "status_class"),
-            registry=registry)
+            registry=registry))
         self.open_streams = Gauge(
             "otel_responses_open_streams", "Event-stream responses flowing right now.",
             registry=registry)
-        self.stream_endings = Counter(
+        self.stream_endings = _Children(Counter(
             "otel_responses_stream_endings", "Responses streams, by how they ended.",
-            ("outcome",), registry=registry)
-        self.upstream_faults = Counter(
+            ("outcome",), registry=registry))
+        self.upstream_faults = _Children(Counter(
             "otel_responses_upstream_faults", "Upstream failures, by kind.", ("kind",),
-            registry=registry)
-        self.overhead = Histogram(
+            registry=registry))
+        self.overhead = _Children(Histogram(
             "otel_responses_proxy_overhead", "Time the proxy itself added to a request.",
-            ("route",), unit="seconds", buckets=OVERHEAD_BUCKETS, registry=registry)
+            ("route",), unit="seconds", buckets=OVERHEAD_BUCKETS, registry=registry))
         # Known label values start at zero, so rate() sees their first increment.
         for kind in (*FAULT_KINDS.values(), "5xx"):
             self.upstream_faults.labels(kind)
         for outcome in STREAM_OUTCOMES:
             self.stream_endings.labels(outcome)
 
-    def watch(self, *, in_flight: Callable[[], int],
-              telemetry_errors: Callable[[], int]) -> None:
+    def watch(self, *, in_flight: Callable[[], int], telemetry_errors: Callable[[], int],
+              span_pipelines: Sequence[SpanPipeline] = ()) -> None:
         """Where the app keeps the counts that are read at scrape time."""
         self._app_values.in_flight = in_flight
         self._app_values.telemetry_errors = telemetry_errors
+        self._app_values.span_pipelines = span_pipelines
 
     def observe_exchange(self, ex: Exchange) -> None:
         self.requests.labels(ex.route, ex.method, _status_class(ex.status)).inc()
