@@ -239,7 +239,7 @@ def _method(args: argparse.Namespace, suite: Suite) -> list[str]:
         f"{suite.litellm_version or '(skipped)'} proxy (`litellm --config`, one "
         "`openai/demo` model whose `api_base` is the same upstream). Every server is a real "
         "subprocess with default settings (log level info: one access-log line per request). "
-        "**candidate fix** (when shown): the same tree with `bench/patches/*.diff` applied, "
+        "**candidate fix** (when shown): a scratch copy of the tree with a proposed change, "
         "installed in another venv and passed as `--candidate PYTHON`.",
         "Upstream: `otel-responses demo-upstream` (uvicorn, TCP_NODELAY by default in "
         "asyncio/uvloop), `--token-delay 0`, so the proxy, not the model, is measured.",

@@ -620,6 +620,14 @@ def test_error_body_does_not_crash() -> None:
     assert messages(attrs, OUT) == []
 
 
+def test_json_values_are_compact_with_their_text_as_is() -> None:
+    tool = {"type": "function", "name": "f", "description": "caf\u00e9 \u2019q\u2019",
+            "parameters": {"x": [1, 2.5, None, True, {"y": "\n"}]}, "n": float("nan")}
+    attrs = request_attributes(request_of(tools=[tool]))
+    assert attrs["llm.tools.0.tool.json_schema"] == json.dumps(tool, separators=(",", ":"),
+                                                                ensure_ascii=False)
+
+
 def test_large_request_maps_every_item() -> None:
     # Speed is measured in bench/, not here; this checks nothing is lost at scale.
     items = []

@@ -10,9 +10,16 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from otel_responses.telemetry.masking import REDACTED
+from otel_responses.protocol.attributes import request_attributes, response_attributes
+from otel_responses.telemetry.masking import REDACTED, MaskingConfig, mask
+from otel_responses.telemetry.options import TelemetryOptions
+from otel_responses.telemetry.recorder import COMPLETED, CallRecord
+from otel_responses.telemetry.spans import SpanWriter
 from tests.recordings import (
     TERMINAL,
     Recording,
@@ -445,6 +452,133 @@ def test_invalid_masking_value_keeps_the_default(upstream: RawUpstream,
     attrs = _masked_span(upstream, monkeypatch, {"OPENINFERENCE_HIDE_INPUTS": "yes please"},
                          _rich_request())
     assert attrs["input.value"] != REDACTED
+
+
+def _record(request: dict[str, Any] | bytes,
+            response: dict[str, Any] | None = None) -> CallRecord:
+    raw = request if isinstance(request, bytes) else json.dumps(request).encode()
+    return CallRecord(request_raw=raw, request=json.loads(raw), status=200, stream=False,
+                      response=response, error=None, outcome=COMPLETED, start_ns=1, end_ns=2)
+
+
+def _write(record: CallRecord, limit: int = 100_000) -> ReadableSpan:
+    """The span a SpanWriter makes of ``record`` under an attribute count limit."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(span_limits=SpanLimits(max_span_attributes=limit))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    writer = SpanWriter(provider.get_tracer("test"), TelemetryOptions(masking=MaskingConfig()))
+    span, headers = writer.start([(b"x-user-id", b"u-1")], record.start_ns)
+    writer.finish(span, record, headers)
+    [written] = exporter.get_finished_spans()
+    return written
+
+
+def _conversation() -> CallRecord:
+    items: list[dict[str, Any]] = []
+    for i in range(12):
+        items += [{"role": "user", "content": f"turn {i}"},
+                  {"type": "function_call", "call_id": f"c{i}", "name": "f", "arguments": "{}"},
+                  {"type": "function_call_output", "call_id": f"c{i}", "output": f"out {i}"}]
+    request = {"model": "m", "instructions": "be brief", "input": items, "metadata": {"k": "v"},
+               "tools": [{"type": "function", "name": f"t{i}", "parameters": {}}
+                         for i in range(5)]}
+    response = {"id": "resp_1", "model": "m-1", "status": "completed",
+                "output": [{"type": "message", "role": "assistant",
+                            "content": [{"type": "output_text", "text": "done"}]}],
+                "usage": {"input_tokens": 90, "output_tokens": 2, "total_tokens": 92}}
+    return _record(request, response)
+
+
+def _expendability(key: str) -> tuple[int, int]:
+    """The eviction order spans promise, most expendable highest: input messages oldest first,
+    then output messages, tools, output.value, input.value; everything else last."""
+    if key.startswith("llm.input_messages."):
+        return (5, -int(key.split(".")[2]))
+    late = ("input.value", "output.value", "llm.tools.", "llm.output_messages.")
+    return next(((rank, 0) for rank, prefix in enumerate(late, 1) if key.startswith(prefix)),
+                (0, 0))
+
+
+def test_attributes_are_set_most_expendable_first() -> None:
+    keys = list(_write(_conversation()).attributes)
+    assert keys == sorted(keys, key=_expendability, reverse=True)
+    assert keys[0] == "llm.input_messages.0.message.role"
+    assert keys[-2:] == ["user.id", "metadata"]
+
+
+@pytest.mark.parametrize("limit", [3, 10, 64])
+def test_over_the_count_limit_the_span_keeps_what_the_sdk_would(
+        limit: int, caplog: pytest.LogCaptureFixture) -> None:
+    full = list(_write(_conversation()).attributes.items())
+    assert len(full) > 64
+    span = _write(_conversation(), limit=limit)
+    assert list(span.attributes.items()) == full[-limit:]
+    assert span.dropped_attributes == len(full) - limit
+    if {"openinference.span.kind", "llm.system"} <= dict(full[-limit:]).keys():
+        # The attributes set at start are kept: the SDK has nothing to evict (and log) itself.
+        assert not [r for r in caplog.records if "dict is full" in r.getMessage()]
+
+
+def test_a_sampled_out_call_still_chains_its_session() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()  # parent-based: an unsampled caller's calls are not recorded
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    writer = SpanWriter(provider.get_tracer("test"), TelemetryOptions(masking=MaskingConfig()))
+    unsampled = [(b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00")]
+    first = _record({"model": "m", "input": "a"}, {"id": "resp_a", "status": "completed"})
+    span, headers = writer.start(unsampled, 1)
+    assert not span.is_recording()
+    writer.finish(span, first, headers)
+    second = _record({"model": "m", "input": "b", "previous_response_id": "resp_a"},
+                     {"id": "resp_b", "status": "completed"})
+    span, headers = writer.start([], 1)
+    writer.finish(span, second, headers)
+    [recorded] = exporter.get_finished_spans()
+    assert recorded.attributes["session.id"] == "resp_a"
+
+
+def test_input_value_is_the_request_as_sent_when_it_holds_no_image() -> None:
+    raw = b'{ "model": "m",\n  "input": "caf\\u00e9 \\"q\\"" }'
+    assert _write(_record(raw)).attributes["input.value"] == raw.decode()
+
+
+def _disguised(how: str) -> bytes:
+    raw = json.dumps(_rich_request())
+    if how == "escaped letter":
+        return raw.replace('"input_image"', '"\\u0069nput_image"').encode()
+    if how == "escaped underscore":
+        return raw.replace('"input_image"', '"input\\u005Fimage"').encode()
+    return raw.encode(how)  # json.loads reads UTF-16 and UTF-32 too
+
+
+@pytest.mark.parametrize("how", ["escaped letter", "escaped underscore", "utf-16",
+                                 "utf-16-le", "utf-32-be"])
+def test_a_disguised_input_image_is_masked_all_the_same(how: str) -> None:
+    raw = _disguised(how)
+    assert b"input_image" not in raw
+    value = _write(_record(raw)).attributes["input.value"]
+    assert json.loads(value)["input"][0]["content"][1]["image_url"] == REDACTED
+    assert "AAAA" not in value
+
+
+def test_mask_without_hide_variables_gives_what_the_full_rules_give() -> None:
+    big = "data:image/png;base64," + "A" * 40_000
+    request = _rich_request()
+    request["input"].append({"role": "user", "content": [
+        {"type": "input_image", "image_url": "data:image/png;base64,AAAA"},
+        {"type": "input_image", "image_url": "https://example.com/" + "a" * 40_000}]})
+    generated = {"id": "r", "status": "completed",  # → output.images.0.image.url
+                 "output": [{"type": "image_generation_call", "id": "ig", "result": big}]}
+    attrs = {**request_attributes(request), **response_attributes(generated),
+             "input.images.0.image.url": big, "other.text": big,
+             "llm.input_messages.9.message.contents.0.message_content.image.image.url": 7}
+    for cfg in (MaskingConfig(), MaskingConfig(base64_image_max_length=10)):
+        # A completions-only variable hides nothing on these spans but forces the full rules.
+        full_rules = MaskingConfig(hide_prompts=True,
+                                   base64_image_max_length=cfg.base64_image_max_length)
+        assert not cfg.hides_anything and full_rules.hides_anything
+        assert list(mask(attrs, cfg).items()) == list(mask(attrs, full_rules).items())
+    assert REDACTED in mask(attrs, MaskingConfig()).values()
 
 
 def test_attribute_values_are_capped(upstream: RawUpstream) -> None:

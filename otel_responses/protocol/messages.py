@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from openinference.semconv.trace import (
     AudioAttributes,
@@ -26,11 +26,17 @@ Attributes = dict[str, AttributeValue]
 ASSISTANT, TOOL = "assistant", "tool"
 # A file_id-only image has no URL; this scheme names a file in the upstream's Files API.
 FILE_URL_SCHEME = "openai-file:"
+# dict first: it is what json.loads makes, and far cheaper to test for than the Mapping ABC.
+_MAPPING = (dict, Mapping)
+# One encoder for every call (json.dumps makes one per call, a span makes dozens of calls).
+# Values only ever come from parsed JSON, so they cannot be circular: no check needed.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str,
+                            check_circular=False)
 
 
 def dumps(value: Any) -> str:
     """Compact JSON; never raises on odd values (they only ever come from parsed JSON)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    return _ENCODER.encode(value)
 
 
 def text_of(value: Any) -> str:
@@ -48,18 +54,19 @@ def str_or_none(value: Any) -> str | None:
 
 
 def mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+    return value if isinstance(value, _MAPPING) else {}
 
 
 def items_of(value: Any) -> list[Any]:
     """A JSON array as a list; a lone object counts as a one-element list."""
     if isinstance(value, list):
         return value
-    return [value] if isinstance(value, Mapping) else []
+    return [value] if isinstance(value, _MAPPING) else []
 
 
-@dataclass(frozen=True, slots=True)
-class Part:
+# NamedTuples: immutable like frozen dataclasses, and several times cheaper to create (a long
+# conversation makes hundreds on every span).
+class Part(NamedTuple):
     """One content part. ``type``: text refusal reasoning image document audio item_reference."""
 
     type: str
@@ -72,16 +79,14 @@ class Part:
     encrypted_content: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ToolCall:
+class ToolCall(NamedTuple):
     id: str | None
     name: str
     arguments: str | None  # JSON text, kept verbatim (including "{}")
     server: str | None = None  # tool type when the upstream runs it (web_search, mcp, ...)
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):
     role: str
     content: str | None = None
     parts: tuple[Part, ...] = ()
@@ -149,7 +154,7 @@ _PARTS: dict[str, Callable[[Mapping[str, Any]], Part]] = {
 
 
 def _part_type(part: Any) -> str | None:
-    kind = part.get("type") if isinstance(part, Mapping) else None
+    kind = part.get("type") if isinstance(part, _MAPPING) else None
     return kind if isinstance(kind, str) and kind in _PARTS else None
 
 
@@ -177,7 +182,7 @@ def _content(value: Any) -> tuple[str | None, tuple[Part, ...]]:
     if value is None:
         return None, ()
     if isinstance(value, list):
-        return None, tuple(_part(p) for p in value)
+        return None, tuple(map(_part, value))
     return _result(value)
 
 
@@ -233,7 +238,7 @@ def _item_reference(item: Mapping[str, Any]) -> list[Message]:
 
 
 def _unknown(item: Any) -> list[Message]:
-    role = _role(item) if isinstance(item, Mapping) else ASSISTANT
+    role = _role(item) if isinstance(item, _MAPPING) else ASSISTANT
     return [Message(role, content=text_of(item))]
 
 
@@ -326,7 +331,7 @@ _ITEMS: dict[str, Callable[[Mapping[str, Any]], list[Message]]] = {
 
 def item_messages(item: Any) -> list[Message]:
     """The message(s) for one input or output item; unknown items become a JSON message."""
-    if not isinstance(item, Mapping):
+    if not isinstance(item, _MAPPING):
         return _unknown(item)
     kind = item.get("type")
     if kind is None and "role" in item:
@@ -353,7 +358,7 @@ def generated_images(items: Any) -> list[str]:
     """Data URLs of the ``image_generation_call`` results among ``items``."""
     urls = []
     for item in items_of(items):
-        if isinstance(item, Mapping) and item.get("type") == "image_generation_call":
+        if isinstance(item, _MAPPING) and item.get("type") == "image_generation_call":
             result = str_or_none(item.get("result"))
             if result:
                 fmt = str_or_none(item.get("output_format")) or "png"
@@ -377,42 +382,41 @@ def _image_url(part: Part) -> str | None:
     return f"{FILE_URL_SCHEME}{part.id}" if part.id else None
 
 
-def _part_attributes(part: Part) -> Attributes:
-    out: Attributes = {_C.MESSAGE_CONTENT_TYPE: part.type}
+# These write their leaves under ``prefix`` straight into ``out``: no dict per part or call.
+def _part_attributes(part: Part, prefix: str, out: Attributes) -> None:
+    out[prefix + _C.MESSAGE_CONTENT_TYPE] = part.type
     if part.type == "image":
         url = _image_url(part)
         if url:
-            out[_IMAGE_URL] = url
+            out[prefix + _IMAGE_URL] = url
     elif part.type == "document":
         leaves = ((DocumentAttributes.DOCUMENT_ID, part.id),
                   (DocumentAttributes.DOCUMENT_URL, part.url),
                   (DocumentAttributes.DOCUMENT_NAME, part.name),
                   (DocumentAttributes.DOCUMENT_MIME_TYPE, part.mime_type),
                   (DocumentAttributes.DOCUMENT_CONTENT, part.data))
-        out.update({_DOCUMENT + k: v for k, v in leaves if v})
+        out.update({prefix + _DOCUMENT + k: v for k, v in leaves if v})
     elif part.type == "audio":
         if part.data:
             mime = part.mime_type or "application/octet-stream"
-            out[_AUDIO + AudioAttributes.AUDIO_URL] = f"data:{mime};base64,{part.data}"
+            out[prefix + _AUDIO + AudioAttributes.AUDIO_URL] = f"data:{mime};base64,{part.data}"
         if part.mime_type:
-            out[_AUDIO + AudioAttributes.AUDIO_MIME_TYPE] = part.mime_type
+            out[prefix + _AUDIO + AudioAttributes.AUDIO_MIME_TYPE] = part.mime_type
     else:
         if part.text is not None:
-            out[_C.MESSAGE_CONTENT_TEXT] = part.text
+            out[prefix + _C.MESSAGE_CONTENT_TEXT] = part.text
         if part.id:
-            out[_C.MESSAGE_CONTENT_ID] = part.id
+            out[prefix + _C.MESSAGE_CONTENT_ID] = part.id
         if part.encrypted_content:
-            out[_C.MESSAGE_CONTENT_ENCRYPTED_CONTENT] = part.encrypted_content
-    return out
+            out[prefix + _C.MESSAGE_CONTENT_ENCRYPTED_CONTENT] = part.encrypted_content
 
 
-def _tool_call_attributes(call: ToolCall) -> Attributes:
-    out: Attributes = {ToolCallAttributes.TOOL_CALL_FUNCTION_NAME: call.name}
+def _tool_call_attributes(call: ToolCall, prefix: str, out: Attributes) -> None:
+    out[prefix + ToolCallAttributes.TOOL_CALL_FUNCTION_NAME] = call.name
     if call.id:
-        out[ToolCallAttributes.TOOL_CALL_ID] = call.id
+        out[prefix + ToolCallAttributes.TOOL_CALL_ID] = call.id
     if call.arguments is not None:
-        out[ToolCallAttributes.TOOL_CALL_FUNCTION_ARGUMENTS_JSON] = call.arguments
-    return out
+        out[prefix + ToolCallAttributes.TOOL_CALL_FUNCTION_ARGUMENTS_JSON] = call.arguments
 
 
 def _message_attributes(message: Message, prefix: str, out: Attributes) -> None:
@@ -424,11 +428,9 @@ def _message_attributes(message: Message, prefix: str, out: Attributes) -> None:
     if message.tool_call_id:
         out[prefix + MessageAttributes.MESSAGE_TOOL_CALL_ID] = message.tool_call_id
     for j, part in enumerate(message.parts):
-        sub = f"{prefix}{MessageAttributes.MESSAGE_CONTENTS}.{j}."
-        out.update({sub + k: v for k, v in _part_attributes(part).items()})
+        _part_attributes(part, f"{prefix}{MessageAttributes.MESSAGE_CONTENTS}.{j}.", out)
     for k, call in enumerate(message.tool_calls):
-        sub = f"{prefix}{MessageAttributes.MESSAGE_TOOL_CALLS}.{k}."
-        out.update({sub + key: v for key, v in _tool_call_attributes(call).items()})
+        _tool_call_attributes(call, f"{prefix}{MessageAttributes.MESSAGE_TOOL_CALLS}.{k}.", out)
 
 
 def flatten_messages(prefix: str, messages: Iterable[Message]) -> Attributes:

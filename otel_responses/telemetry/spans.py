@@ -7,17 +7,19 @@ from typing import Any
 
 from openinference.semconv.trace import OpenInferenceSpanKindValues, SpanAttributes
 from opentelemetry import propagate
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, set_span_in_context
 
 from otel_responses.protocol.attributes import (
     Attributes,
+    AttributeValue,
     genai_attributes,
     request_attributes,
     response_attributes,
 )
 from otel_responses.telemetry import recorder as outcomes
-from otel_responses.telemetry.masking import mask, mask_images_in_request
+from otel_responses.telemetry.masking import mask, request_text
 from otel_responses.telemetry.options import TelemetryOptions, genai_provider_name
 from otel_responses.telemetry.recorder import CallRecord
 from otel_responses.telemetry.sessions import ChainLink, SessionIndex
@@ -28,7 +30,8 @@ _TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
 # When the span attribute count limit bites, the SDK evicts the attributes set FIRST (and a key
 # set again moves to the end): set the oldest input messages first and the small identifying
 # ones last, so a long conversation loses its oldest turns, never who/what/how much.
-_LATE_PREFIXES = ("input.value", "output.value", "llm.tools.", "llm.output_messages.")
+_INPUT_MESSAGES = "llm.input_messages."
+_LATE_PREFIXES = ("llm.output_messages.", "llm.tools.", "output.value", "input.value")  # in turn
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
@@ -69,9 +72,11 @@ class SpanWriter:
         return span, forwarded
 
     def finish(self, span: Span, record: CallRecord, headers: list[tuple[bytes, bytes]]) -> None:
-        attrs = self._attributes(record, headers, span)
-        span.set_attributes(_ordered(_capped(mask(attrs, self.options.masking),
-                                             self.options.max_attribute_length)))
+        context = self._context(record, headers, span)  # sampled or not: sessions chain on
+        if span.is_recording():  # else sampled out: the attributes would go nowhere
+            attrs = mask(self._attributes(record, context), self.options.masking)
+            span.set_attributes(_within_count_limit(
+                _ordered(attrs, self.options.max_attribute_length), span))
         model = record.request.get("model") if record.request else None
         if isinstance(model, str):
             span.update_name(f"chat {model}")
@@ -86,12 +91,12 @@ class SpanWriter:
             span.set_status(Status(StatusCode.OK))
         span.end(end_time=record.end_ns)
 
-    def _attributes(self, record: CallRecord, headers: list[tuple[bytes, bytes]],
-                    span: Span) -> Attributes:
+    def _attributes(self, record: CallRecord, context: Attributes) -> Attributes:
         request, response = record.request, record.response
         attrs: Attributes = dict(self._start_attributes)
         if request is not None:
-            attrs.update(request_attributes(request, self._input_value(record, request)))
+            raw = request_text(record.request_raw, request, self.options.masking)
+            attrs.update(request_attributes(request, raw))
         elif record.request_raw:
             attrs[SpanAttributes.INPUT_VALUE] = record.request_raw.decode("utf-8", "replace")
             attrs[SpanAttributes.INPUT_MIME_TYPE] = "text/plain"
@@ -108,14 +113,8 @@ class SpanWriter:
                 attrs["gen_ai.response.time_to_first_chunk"] = record.ttft_s
         if record.is_error:
             attrs["error.type"] = error_type(record)
-        attrs.update(self._context(record, headers, span))
+        attrs.update(context)
         return attrs
-
-    def _input_value(self, record: CallRecord, request: dict[str, Any]) -> str:
-        masked = mask_images_in_request(request, self.options.masking)
-        if masked is not None:
-            return json.dumps(masked, separators=(",", ":"), ensure_ascii=False)
-        return record.request_raw.decode("utf-8", "replace")
 
     def _context(self, record: CallRecord, headers: list[tuple[bytes, bytes]],
                  span: Span) -> Attributes:
@@ -186,22 +185,48 @@ def _describe_error(record: CallRecord) -> str:
     return f"{prefix}: {detail}" if detail else prefix
 
 
-def _capped(attrs: Attributes, limit: int) -> Attributes:
-    return {k: (v[:limit - len(_TRUNCATED)] + _TRUNCATED
-                if isinstance(v, str) and len(v) > limit else v) for k, v in attrs.items()}
+def _ordered(attrs: Attributes, max_length: int) -> list[tuple[str, AttributeValue]]:
+    """Capped to ``max_length``, most expendable first.
+
+    The input messages, in the order flatten_messages wrote them (oldest first), then the keys
+    of each of the ``_LATE_PREFIXES`` in turn, then the rest (identity, counts) as they came.
+    """
+    messages: list[tuple[str, AttributeValue]] = []
+    late: list[tuple[str, AttributeValue]] = []
+    rest: list[tuple[str, AttributeValue]] = []
+    for item in attrs.items():
+        key, value = item
+        if isinstance(value, str) and len(value) > max_length:
+            item = (key, value[:max_length - len(_TRUNCATED)] + _TRUNCATED)
+        if key.startswith(_INPUT_MESSAGES):
+            messages.append(item)
+        elif key.startswith(_LATE_PREFIXES):
+            late.append(item)
+        else:
+            rest.append(item)
+    late.sort(key=_late_rank)  # stable: the keys of each prefix keep their order
+    return messages + late + rest
 
 
-def _rank(key: str) -> tuple[int, int]:
-    if key.startswith("llm.input_messages."):
-        # A newer message is more important than an older one.
-        index = key.split(".", 3)[2]
-        return (len(_LATE_PREFIXES) + 1, -int(index) if index.isdigit() else 0)
-    for rank, prefix in enumerate(_LATE_PREFIXES, start=1):
-        if key.startswith(prefix):
-            return (rank, 0)
-    return (0, 0)
+def _late_rank(item: tuple[str, AttributeValue]) -> int:
+    return list(map(item[0].startswith, _LATE_PREFIXES)).index(True)
 
 
-def _ordered(attrs: Attributes) -> Attributes:
-    """Most expendable first: ``_rank`` sorts most important first, so this is its reverse."""
-    return dict(sorted(attrs.items(), key=lambda kv: _rank(kv[0]), reverse=True))
+def _within_count_limit(items: list[tuple[str, AttributeValue]], span: Span) -> Attributes:
+    """What the SDK would keep of ``items`` (the last ones) without its costly eviction.
+
+    Past the span's attribute count limit, the SDK evicts the oldest attribute once per extra
+    attribute, logging a warning each time. Only the kept ones reach it here, and the span's
+    dropped count still counts the others: it ends as the number of attributes set and not
+    kept (the SDK's own count would also count those set at start that it evicts early, then
+    sets again).
+    """
+    store = getattr(span, "_attributes", None)  # the SDK's own: it exposes no limit otherwise
+    limit = store.maxlen if isinstance(store, BoundedAttributes) else None
+    if not limit or len(items) <= limit:
+        return dict(items)
+    kept = dict(items[-limit:])
+    # The SDK evicts (and counts) the span's earlier attributes that are not kept itself.
+    earlier = set(store)
+    store.dropped += sum(1 for key, _ in items[:-limit] if key not in earlier)
+    return kept
