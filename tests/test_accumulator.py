@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from otel_responses.protocol import sse as sse_parser
 from otel_responses.protocol.accumulator import ResponseAccumulator
 from otel_responses.protocol.stream import ResponseStream
 from tests.recordings import Recording, load_recordings, need
@@ -492,3 +493,105 @@ def test_stream_delta_count_moves_on_the_chunk_with_the_first_delta() -> None:
     assert stream.delta_count == 0
     stream.feed(body[first_delta_end - 1:])
     assert stream.delta_count == 1
+
+
+def test_stream_type_that_is_not_a_string_is_ignored_not_raised() -> None:
+    acc = accumulate([{"type": []}, {"type": {"a": 1}}, {"type": 1}])
+    assert acc.ignored == 3
+    stream = stream_of(b'data: {"type": []}\n\n' + sse(CREATED))
+    assert stream.result() == CREATED["response"]
+    assert stream.accumulator.ignored == 1
+
+
+def test_stream_oversize_event_is_malformed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sse_parser, "MAX_EVENT", 300)
+    big = {"type": "response.output_text.delta", "output_index": 0, "content_index": 0,
+           "delta": "x" * 500}
+    completed = {"type": "response.completed", "response": {"id": "r", "status": "completed"}}
+    stream = stream_of(sse(CREATED, big, completed))
+    assert (stream.events, stream.malformed, stream.delta_count) == (3, 1, 0)
+    assert stream.outcome == "completed"
+    assert not stream.truncated
+
+
+# --- snapshots parsed only when needed ----------------------------------------------------------
+
+BROKEN_SNAPSHOT = b'event: response.in_progress\ndata: {"type":"response.in_progress", oops\n\n'
+
+
+def test_snapshot_is_not_parsed_when_a_terminal_response_came() -> None:
+    completed = {"type": "response.completed", "response": {"id": "r", "status": "completed"}}
+    stream = stream_of(sse(CREATED) + BROKEN_SNAPSHOT + sse(completed))
+    assert stream.result() == completed["response"]
+    assert stream.malformed == 0  # never parsed: nothing needed it
+
+
+def test_latest_snapshot_is_parsed_once_when_read() -> None:
+    stream = ResponseStream()
+    stream.feed(sse(CREATED) + BROKEN_SNAPSHOT)
+    assert stream.malformed == 0
+    assert stream.result() is None  # only the latest snapshot is kept, and it is broken
+    assert stream.malformed == 1
+    assert stream.result() is None
+    assert stream.malformed == 1
+    stream.feed(sse({"type": "response.queued", "response": {"id": "r", "status": "queued"}}))
+    stream.close()
+    assert stream.result() == {"id": "r", "status": "queued", "output": []}
+    assert (stream.events, stream.malformed) == (3, 1)
+
+
+@pytest.mark.parametrize("rec", sse_params())
+def test_recording_reserialized_in_other_key_order(rec: Recording | None) -> None:
+    """Keys reversed (so "type" comes last) and spaced separators, as other servers may
+    send them: the same result, with and without the terminal event."""
+    rec = need(rec)
+    events = naive_events(rec.body)
+
+    def body(events: list[dict[str, Any]], reorder: bool) -> bytes:
+        if not reorder:
+            return sse(*events)
+        return "".join(f"data: {json.dumps(dict(reversed(e.items())))}\n\n"
+                       for e in events).encode()
+
+    unfinished = [e for e in events if e["type"] not in TERMINAL]
+    for reorder in (False, True):
+        stream = stream_of(body(events, reorder))
+        assert stream.result() == terminal_event(events)["response"]
+        assert (stream.events, stream.malformed) == (len(events), 0)
+        assert stream.delta_count == sum(e["type"].endswith(".delta") for e in events)
+        cut = stream_of(body(unfinished, reorder))
+        assert cut.result() == accumulate(unfinished).result()
+        assert cut.malformed == 0
+
+
+_WS = st.text(st.sampled_from(" \t"), max_size=2)
+_OBJECTS = st.builds(lambda type_, rest: {"type": type_, **rest},
+                     st.sampled_from(["response.created", "response.in_progress", "error",
+                                      "response.output_text.delta"]),
+                     st.dictionaries(st.sampled_from(["response", "delta", "x"]), _JSON,
+                                     max_size=3))
+_DATA = st.one_of(
+    st.builds(lambda before, obj, spaced, after, junk:
+              before + json.dumps(obj, separators=(", ", ": ") if spaced else (",", ":"))
+              + after + junk,
+              _WS, _OBJECTS, st.booleans(), _WS,
+              # not JSON whitespace, though str.strip() would take them: \f, NBSP, U+2028
+              st.sampled_from(["", "", "x", "}", "{}", ",", '"', "\ufeff", "\f", "\xa0",
+                               "\u2028"])),
+    st.builds(lambda bom, text: bom + text, st.sampled_from(["", "\ufeff"]),
+              st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=12)),
+    st.sampled_from(["[DONE]", "", "[]", "5", "null", '"s"', "{", '{"type":"response.created"']),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=_DATA)
+def test_stream_accepts_exactly_what_json_loads_does(data: str) -> None:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        value = None
+    stream = stream_of(f"data: {data}\n\n".encode())
+    stream.result()  # parses a snapshot left for later
+    assert stream.events == 1
+    assert stream.malformed == (0 if data == "[DONE]" or isinstance(value, dict) else 1)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+import tracemalloc
 from itertools import pairwise
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from otel_responses.protocol import sse
 from otel_responses.protocol.sse import ServerSentEvent, SSEParser
 from tests.recordings import Recording, load_recordings, need
 
@@ -32,8 +35,12 @@ def ev(data: str, event: str | None = None, id: str | None = None,
     return ServerSentEvent(event=event, data=data, id=id, retry=retry)
 
 
-def reference_parse(body: str) -> list[ServerSentEvent]:
-    """The spec's algorithm written plainly over a whole decoded body (no chunking)."""
+def reference_parse(body: str, max_event: int | None = None) -> list[ServerSentEvent]:
+    """The spec's algorithm written plainly over a whole decoded body (no chunking).
+
+    With `max_event`, the documented limit too: a line that would take the event's data lines
+    past `max_event` characters is dropped along with all the event's data, and the event is
+    dispatched at its end as an oversize marker."""
     body = body.removeprefix("\ufeff")
     lines = re.split(r"\r\n|\r|\n", body)
     lines.pop()  # text after the last line ending is an unfinished line
@@ -42,11 +49,17 @@ def reference_parse(body: str) -> list[ServerSentEvent]:
     event = ""
     last_id: str | None = None
     retry: int | None = None
+    size, over = 0, False  # characters of the event's data lines; past the limit?
     for line in lines:
         if line == "":
-            if data != "":
+            if over:
+                out.append(ServerSentEvent(event or None, "", last_id, retry, oversize=True))
+            elif data != "":
                 out.append(ServerSentEvent(event or None, data.removesuffix("\n"), last_id, retry))
-            data, event, retry = "", "", None
+            data, event, retry, size, over = "", "", None, 0, False
+            continue
+        if max_event is not None and size + len(line) > max_event:
+            data, size, over = "", 0, True
             continue
         if line.startswith(":"):
             continue
@@ -56,7 +69,9 @@ def reference_parse(body: str) -> list[ServerSentEvent]:
         else:
             name, value = line, ""
         if name == "data":
-            data += value + "\n"
+            if not over:
+                data += value + "\n"
+                size += len(line)
         elif name == "event":
             event = value
         elif name == "id" and "\0" not in value:
@@ -322,3 +337,103 @@ def test_generated_events_round_trip(gen: list[dict], eol: str, bom: bool,
     raw = body.encode()
     cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=20), label="cuts")
     assert parse(*split_at(raw, cuts)) == expected
+
+
+_FRAGMENTS = [b"data", b"event", b"id", b"retry", b":", b" ", b"\n", b"\r", b"\r\n", b"\n\n",
+              b"x", b"1", b"\0", b"\xef\xbb\xbf", b"\xc3", b"\xa9", b"\xe2\x82", b"\xff",
+              b"data: ", b"event: ", b"{}"]
+
+
+def reference_pending(body: str) -> bool:
+    """Whether a whole decoded body stops inside an event: an unfinished line, or a field line
+    after the last blank line."""
+    lines = re.split(r"\r\n|\r|\n", body.removeprefix("\ufeff"))
+    if lines.pop():
+        return True
+    block = lines[len(lines) - lines[::-1].index(""):] if "" in lines else lines
+    return any(not line.startswith(":") for line in block)
+
+
+@settings(max_examples=300, deadline=None)
+@given(parts=st.lists(st.sampled_from(_FRAGMENTS), max_size=40), data=st.data())
+def test_arbitrary_bytes_match_reference(parts: list[bytes], data: st.DataObject) -> None:
+    """Any bytes in any chunks (UTF-8 sequences split or invalid, BOMs, CR and LF at chunk
+    edges, blocks that take the fast paths or not) agree with the spec's algorithm run over
+    the whole body decoded at once."""
+    raw = b"".join(parts)
+    cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=12), label="cuts")
+    parser = SSEParser()
+    events = [e for chunk in split_at(raw, cuts) for e in parser.feed(chunk)]
+    events += parser.close()
+    text = raw.decode("utf-8", "replace")
+    assert events == reference_parse(text)
+    assert parser.pending == reference_pending(text)
+
+
+# --- size limit ----------------------------------------------------------------------------
+
+
+def oversize(event: str | None = None, id: str | None = None) -> ServerSentEvent:
+    return ServerSentEvent(event=event, data="", id=id, oversize=True)
+
+
+def test_limit_is_far_above_real_events() -> None:
+    assert sse.MAX_EVENT >= 8 << 20
+
+
+def test_unterminated_huge_line_is_not_kept() -> None:
+    """A body that never ends its line holds at most the limit, however much comes."""
+    parser = SSEParser()
+    chunk = b"x" * (1 << 20)
+    tracemalloc.start()
+    try:
+        parser.feed(b"data: ")
+        for _ in range(3 * sse.MAX_EVENT // len(chunk)):
+            assert parser.feed(chunk) == []
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < sse.MAX_EVENT + 8 * len(chunk)
+    assert parser.pending
+    # the line's end, then the blank line ending its event: one marker, and parsing goes on
+    assert parser.feed(b"xx\n\ndata: next\n\n") == [oversize(), ev("next")]
+    assert not parser.pending
+
+
+def test_oversize_event_becomes_a_marker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sse, "MAX_EVENT", 20)
+    body = (b"id: 7\nevent: big\ndata: 0123456789\ndata: 0123456789\ndata: tail\n\n"
+            b"data: fits\n\n")
+    assert parse(body) == [oversize("big", "7"), ev("fits", id="7")]
+
+
+@pytest.mark.parametrize("line", [b": comment", b"id: 0123456789abcdefghij", b"data: ok"])
+def test_any_line_past_the_limit_is_dropped(monkeypatch: pytest.MonkeyPatch,
+                                            line: bytes) -> None:
+    monkeypatch.setattr(sse, "MAX_EVENT", 20)
+    padded = line + b"." * 20
+    assert parse(b"id: 1\n" + padded + b"\ndata: x\n\n") == [oversize(None, "1")]
+
+
+def test_limit_is_the_same_for_any_chunking() -> None:
+    @settings(max_examples=150, deadline=None)
+    @given(gen=st.lists(_GEN, max_size=6), eol=st.sampled_from(["\n", "\r\n", "\r"]),
+           cap=st.integers(0, 60), data=st.data())
+    def check(gen: list[dict], eol: str, cap: int, data: st.DataObject) -> None:
+        lines: list[str] = []
+        for g in gen:
+            if g["comment"] is not None:
+                lines.append(":" + g["comment"])
+            if g["event"] is not None:
+                lines.append("event: " + g["event"])
+            if g["id"] is not None:
+                lines.append("id: " + g["id"])
+            lines += ["data: " + part for part in g["data"].split("\n")]
+            lines.append("")
+        body = "".join(line + eol for line in lines)
+        raw = body.encode()
+        cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=20), label="cuts")
+        with mock.patch.object(sse, "MAX_EVENT", cap):
+            assert parse(*split_at(raw, cuts)) == reference_parse(body, max_event=cap)
+
+    check()

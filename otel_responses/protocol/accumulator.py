@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 DELTA_TYPES = frozenset({
@@ -157,11 +156,19 @@ class ResponseAccumulator:
     def add(self, event: Mapping[str, Any]) -> None:
         """Apply one parsed event (a JSON object with a `type`)."""
         type_ = event.get("type")
+        if not isinstance(type_, str):  # before the set lookups: a list or dict is unhashable
+            self.ignored += 1
+            return
         if type_ in DELTA_TYPES:
             self.delta_count += 1
-        handler = _HANDLERS.get(type_) if isinstance(type_, str) else None
+        handler = _HANDLERS.get(type_)
         if handler is None or not handler(self, event):
             self.ignored += 1
+
+    @property
+    def has_final(self) -> bool:
+        """A terminal event carried the response: `result()` no longer reads snapshots."""
+        return self._final is not None
 
     def result(self) -> dict[str, Any] | None:
         """The final response if a terminal event carried one; else the latest snapshot with
@@ -235,29 +242,35 @@ class ResponseAccumulator:
 
     def _item(self, event: Mapping[str, Any], item_type: str) -> _Item | None:
         """The open item an event targets, created if its `added` event was missed."""
+        # Every delta comes here: _int() is inlined, and item_id read only when needed.
+        index = event.get("output_index")
+        item = self._items.get(index) if type(index) is int else None
+        if item is None:
+            item = self._missing_item(event, item_type)
+        return None if item is None or item.final else item
+
+    def _missing_item(self, event: Mapping[str, Any], item_type: str) -> _Item | None:
+        """Without a known `output_index`: the item `item_id` names; else a stub."""
         index = _int(event, "output_index")
         item_id = _str(event, "item_id")
         if index is None:
             index = self._by_id.get(item_id) if item_id is not None else None
-            if index is None:
-                return None
-        item = self._items.get(index)
-        if item is None:
-            stub: dict[str, Any] = {"type": item_type}
-            if item_id is not None:
-                stub["id"] = item_id
-                self._by_id[item_id] = index
-            if item_type == "message":
-                stub["role"] = "assistant"
-            item = self._items[index] = _Item(stub)
-        return None if item.final else item
+            return None if index is None else self._items.get(index)
+        stub: dict[str, Any] = {"type": item_type}
+        if item_id is not None:
+            stub["id"] = item_id
+            self._by_id[item_id] = index
+        if item_type == "message":
+            stub["role"] = "assistant"
+        item = self._items[index] = _Item(stub)
+        return item
 
     # --- streamed item fields (arguments, input, code) ---------------------------------
 
     def _on_field(self, event: Mapping[str, Any], item_type: str, key: str, src: str,
                   done: bool) -> bool:
-        value = _str(event, src)
-        item = self._item(event, item_type) if value is not None else None
+        value = event.get(src)  # _str() inlined: the hot path
+        item = self._item(event, item_type) if isinstance(value, str) else None
         if item is None:
             return False
         if item.text is None:
@@ -272,8 +285,8 @@ class ResponseAccumulator:
     def _part(self, event: Mapping[str, Any], item_type: str, summary: bool, part_type: str,
               key: str) -> _Part | None:
         item = self._item(event, item_type)
-        index = _int(event, "summary_index" if summary else "content_index")
-        if item is None or index is None:
+        index = event.get("summary_index" if summary else "content_index")
+        if item is None or type(index) is not int:  # _int() inlined: the hot path
             return None
         parts = item.summary if summary else item.content
         part = parts.get(index)
@@ -301,8 +314,9 @@ class ResponseAccumulator:
 
     def _on_text(self, event: Mapping[str, Any], item_type: str, summary: bool,
                  part_type: str, key: str, src: str, done: bool) -> bool:
-        value = _str(event, src)
-        part = self._part(event, item_type, summary, part_type, key) if value is not None else None
+        value = event.get(src)  # _str() inlined: the hot path
+        part = (self._part(event, item_type, summary, part_type, key)
+                if isinstance(value, str) else None)
         if part is None:
             return False
         if part.text is None:
@@ -326,14 +340,27 @@ _Handler = Callable[[ResponseAccumulator, Mapping[str, Any]], bool]
 
 
 def _handlers() -> dict[str, _Handler]:
+    # Handlers that take settings are closures passing them positionally: functools.partial
+    # with keywords made the handling of a delta a fifth dearer.
+    def part(summary: bool, done: bool) -> _Handler:
+        return lambda acc, event: acc._on_part(event, summary, done)
+
+    def text(item_type: str, summary: bool, part_type: str, key: str, src: str,
+             done: bool) -> _Handler:
+        return lambda acc, event: acc._on_text(event, item_type, summary, part_type, key, src,
+                                               done)
+
+    def field(item_type: str, key: str, src: str, done: bool) -> _Handler:
+        return lambda acc, event: acc._on_field(event, item_type, key, src, done)
+
     acc = ResponseAccumulator
     table: dict[str, _Handler] = {
         "response.output_item.added": acc._on_item_added,
         "response.output_item.done": acc._on_item_done,
-        "response.content_part.added": partial(acc._on_part, summary=False, done=False),
-        "response.content_part.done": partial(acc._on_part, summary=False, done=True),
-        "response.reasoning_summary_part.added": partial(acc._on_part, summary=True, done=False),
-        "response.reasoning_summary_part.done": partial(acc._on_part, summary=True, done=True),
+        "response.content_part.added": part(summary=False, done=False),
+        "response.content_part.done": part(summary=False, done=True),
+        "response.reasoning_summary_part.added": part(summary=True, done=False),
+        "response.reasoning_summary_part.done": part(summary=True, done=True),
         "response.output_text.annotation.added": acc._on_annotation,
         "error": acc._on_error,
     }
@@ -348,9 +375,8 @@ def _handlers() -> dict[str, _Handler]:
         ("reasoning_summary_text", "reasoning", True, "summary_text", "text", "text"),
     ):
         for suffix, src in (("delta", "delta"), ("done", done_src)):
-            table[f"response.{stem}.{suffix}"] = partial(
-                acc._on_text, item_type=item_type, summary=summary, part_type=part_type,
-                key=key, src=src, done=suffix == "done")
+            table[f"response.{stem}.{suffix}"] = text(item_type, summary, part_type, key, src,
+                                                      done=suffix == "done")
 
     # A string field of the item itself: (event stem, item type, item key)
     for stem, item_type, key in (
@@ -360,8 +386,7 @@ def _handlers() -> dict[str, _Handler]:
         ("code_interpreter_call_code", "code_interpreter_call", "code"),
     ):
         for suffix, src in (("delta", "delta"), ("done", key)):
-            table[f"response.{stem}.{suffix}"] = partial(
-                acc._on_field, item_type=item_type, key=key, src=src, done=suffix == "done")
+            table[f"response.{stem}.{suffix}"] = field(item_type, key, src, done=suffix == "done")
     return table
 
 

@@ -8,15 +8,33 @@ from typing import Any
 from otel_responses.protocol.accumulator import ResponseAccumulator
 from otel_responses.protocol.sse import ServerSentEvent, SSEParser
 
+# json.loads wraps this C scanner in Python-level steps that cost half as much again as
+# scanning a delta event; `_apply` calls it directly and keeps json.loads's exact acceptance
+# (strict, JSON whitespace around the value, no BOM).
+_scan = json.JSONDecoder().scan_once
+_WHITESPACE = " \t\n\r"
+
+# Snapshot events carry the whole response object (the request's tools and instructions
+# echoed) and matter only if no terminal event comes: a data field that starts with one of
+# these is kept unparsed until result() needs it. Anything else, such as a server that puts
+# "type" later in the object, is parsed as it comes. (An object that repeated "type" would be
+# taken by its first one here, by its last one by json.loads: no server does that.)
+_SNAPSHOT_PREFIXES = tuple(f'{{"type":{space}"response.{kind}"'
+                           for kind in ("created", "in_progress", "queued")
+                           for space in ("", " "))
+
 
 class ResponseStream:
     """Parses a Responses event stream chunk by chunk and accumulates it.
 
-    events: SSE events received (including `[DONE]` and malformed ones).
-    malformed: events whose data was not a JSON object.
+    events: SSE events received (including `[DONE]`, malformed and oversize ones).
+    malformed: events whose data was not a JSON object, or that were oversize. A snapshot
+        event is only parsed if `result()` needs it: when no terminal response came, and only
+        the latest one. So a broken snapshot that was superseded is not counted, and a broken
+        latest one leaves no snapshot rather than an earlier one.
     """
 
-    __slots__ = ("_closed", "_parser", "accumulator", "events", "malformed")
+    __slots__ = ("_closed", "_parser", "_snapshot", "accumulator", "events", "malformed")
 
     def __init__(self) -> None:
         self._parser = SSEParser()
@@ -24,32 +42,47 @@ class ResponseStream:
         self.events = 0
         self.malformed = 0
         self._closed = False
+        self._snapshot: ServerSentEvent | None = None  # the latest snapshot event, unparsed
 
     def feed(self, chunk: bytes) -> None:
         """Consume one chunk of the response body."""
-        self._apply(self._parser.feed(chunk))
+        self._receive(self._parser.feed(chunk))
 
     def close(self) -> None:
         """End of the body: no more bytes will come."""
-        self._apply(self._parser.close())
+        self._receive(self._parser.close())
         self._closed = True
 
-    def _apply(self, events: list[ServerSentEvent]) -> None:
+    def _receive(self, events: list[ServerSentEvent]) -> None:
         for sse in events:
             self.events += 1
-            if sse.data == "[DONE]":  # chat-completions style terminator some servers add
-                continue
-            try:
-                event = json.loads(sse.data)
-            except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
-                self.malformed += 1
-                continue
-            if not isinstance(event, dict):
-                self.malformed += 1
-                continue
-            if not isinstance(event.get("type"), str) and sse.event:
-                event["type"] = sse.event  # the object is ours, fresh from json.loads
-            self.accumulator.add(event)
+            if sse.data.startswith(_SNAPSHOT_PREFIXES):
+                self._snapshot = sse
+            else:
+                self._apply(sse)
+
+    def _apply(self, sse: ServerSentEvent) -> None:
+        if sse.oversize:
+            self.malformed += 1
+            return
+        data = sse.data
+        if data == "[DONE]":  # chat-completions style terminator some servers add
+            return
+        try:
+            if data[:1] == "{":
+                event, end = _scan(data, 0)
+                if end != len(data) and data[end:].strip(_WHITESPACE):
+                    raise ValueError("extra data")  # as json.loads
+            else:  # leading whitespace, or not an object
+                event = json.loads(data)
+        except (StopIteration, ValueError, RecursionError):  # RecursionError: deeply nested
+            event = None
+        if not isinstance(event, dict):
+            self.malformed += 1
+            return
+        if not isinstance(event.get("type"), str) and sse.event:
+            event["type"] = sse.event  # the object is ours, fresh from the parser
+        self.accumulator.add(event)
 
     @property
     def truncated(self) -> bool:
@@ -69,4 +102,9 @@ class ResponseStream:
         return self.accumulator.error
 
     def result(self) -> dict[str, Any] | None:
+        if self._snapshot is not None and not self.accumulator.has_final:
+            # Late is as good as in place: a snapshot only replaces the previous one, and
+            # only result() reads it.
+            self._apply(self._snapshot)
+            self._snapshot = None
         return self.accumulator.result()

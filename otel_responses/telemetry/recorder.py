@@ -109,9 +109,10 @@ class CallRecorder:
         if stream is not None:
             if chunk:
                 stream.feed(chunk)
-                if self._first_token_ns is None and stream.delta_count:
+                acc = stream.accumulator  # its attributes, not the stream's properties: per chunk
+                if self._first_token_ns is None and acc.delta_count:
                     self._first_token_ns = time.time_ns()
-                if self._terminal_ns is None and stream.outcome is not None:
+                if self._terminal_ns is None and acc.outcome is not None:
                     self._terminal_ns = time.time_ns()
         elif self._body_size + len(chunk) <= MAX_KEPT_BODY:
             self._body.append(chunk)
