@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +16,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from otel_responses.protocol import body as body_module
 from otel_responses.protocol.attributes import request_attributes, response_attributes
 from otel_responses.telemetry.masking import REDACTED, MaskingConfig, mask
 from otel_responses.telemetry.options import TelemetryOptions
@@ -191,6 +193,21 @@ def test_other_routes_record_no_span(proxy: tuple[str, SpanSink]) -> None:
 def _echo_call(base: str, body: dict[str, Any], **headers: str) -> dict[str, Any]:
     resp = httpx.post(base + "/v1/responses", json=body, headers={"x-scenario": "echo", **headers})
     return resp.json()
+
+
+def test_the_access_log_and_the_span_share_one_parse_of_the_request(
+        proxy: tuple[str, SpanSink], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    base, sink = proxy
+    parses: list[bytes] = []
+    real = body_module.json_object
+    monkeypatch.setattr(body_module, "json_object", lambda raw: parses.append(raw) or real(raw))
+    with caplog.at_level(logging.INFO, "otel_responses.access"):
+        _echo_call(base, {"model": "m-shared", "input": "x"})
+        attrs = sink.one().attributes or {}
+    access = [r.access for r in caplog.records if r.name == "otel_responses.access"]  # type: ignore[attr-defined]
+    assert [a["model"] for a in access] == [attrs["llm.model_name"]] == ["m-shared"]
+    assert len(parses) == 1, parses
 
 
 def test_session_user_and_metadata(proxy: tuple[str, SpanSink]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -13,6 +12,7 @@ from typing import NamedTuple
 from starlette.types import Receive, Scope, Send
 
 from otel_responses.config import Settings
+from otel_responses.protocol.body import SCOPE_KEY, ParsedBody
 from otel_responses.proxy import errors
 from otel_responses.proxy.headers import client_response_headers, upstream_request_headers
 from otel_responses.proxy.target import UpstreamTarget
@@ -60,6 +60,7 @@ class Exchange:
     overhead: float = 0.0
     finished: float = 0.0
     responded: bool = False  # the client has the whole response
+    parsed: ParsedBody = field(default_factory=ParsedBody)  # shared with telemetry, if there
 
     @property
     def duration(self) -> float:
@@ -73,20 +74,14 @@ class Exchange:
             "status": self.status,
             "duration_ms": round(self.duration * 1000, 2),
             "bytes_in": self.bytes_in, "bytes_out": self.bytes_out, "stream": self.stream,
-            "model": _model_of(self.body), "outcome": self.outcome,
+            "model": self._model(), "outcome": self.outcome,
         }
         access_log.info("%s %s %s", self.method, self.path, self.status, extra={"access": fields})
 
-
-def _model_of(body: bytes) -> str | None:
-    # Parsed only for the log line, after the response is done; never on the byte path.
-    if not body.startswith(b"{"):
-        return None
-    try:
-        model = json.loads(body).get("model")
-    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
-        return None
-    return model if isinstance(model, str) else None
+    def _model(self) -> str | None:
+        # Parsed only for the log line, after the response is done; never on the byte path.
+        model = (self.parsed.object(self.body) or {}).get("model")
+        return model if isinstance(model, str) else None
 
 
 class UpstreamRequest(NamedTuple):
@@ -135,6 +130,9 @@ class Proxy:
 
     async def forward(self, scope: Scope, receive: Receive, send: Send, route: str) -> None:
         ex = Exchange(scope["method"], scope["path"], route)
+        parsed = scope.get(SCOPE_KEY)
+        if isinstance(parsed, ParsedBody):
+            ex.parsed = parsed
         self.in_flight += 1
         try:
             await self._forward(scope, receive, send, ex)

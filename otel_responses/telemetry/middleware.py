@@ -12,6 +12,7 @@ from opentelemetry.trace import Span, TracerProvider, set_span_in_context
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from otel_responses import __version__
+from otel_responses.protocol.body import SCOPE_KEY, ParsedBody
 from otel_responses.telemetry.options import TelemetryOptions
 from otel_responses.telemetry.recorder import CallRecord, CallRecorder
 from otel_responses.telemetry.spans import SpanWriter
@@ -54,13 +55,15 @@ class ResponsesTelemetryMiddleware:
         if not is_responses_create(scope):
             await self.app(scope, receive, send)
             return
-        call = CallRecorder(time.time_ns())
+        parsed = ParsedBody()
+        scope = {**scope, SCOPE_KEY: parsed}  # the app's access log reuses the parsed body
+        call = CallRecorder(time.time_ns(), parsed)
         span: Span | None = None
         token = None
         try:
             if self.spans is not None:
                 span, headers = self.spans.start(scope["headers"], call.start_ns)
-                scope = {**scope, "headers": headers}
+                scope["headers"] = headers
                 token = context.attach(set_span_in_context(span))
         except Exception:
             self._failed("starting the span")

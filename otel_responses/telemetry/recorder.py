@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from otel_responses.protocol.body import ParsedBody, json_object
 from otel_responses.protocol.stream import ResponseStream
 
 # How a call ended. Streams: the terminal event, else how the bytes stopped.
@@ -66,8 +66,9 @@ class CallRecord:
 class CallRecorder:
     """Fed by the middleware's receive/send wrappers; per-chunk work is O(chunk)."""
 
-    def __init__(self, start_ns: int) -> None:
+    def __init__(self, start_ns: int, parsed: ParsedBody | None = None) -> None:
         self.start_ns = start_ns
+        self.parsed = parsed or ParsedBody()
         self._request: list[bytes] = []
         self._request_size = 0
         self._status = 0
@@ -125,7 +126,7 @@ class CallRecorder:
         end_ns = self._end_ns or time.time_ns()
         raw = b"".join(self._request)
         record = CallRecord(
-            request_raw=raw, request=_json_object(raw), status=self._status,
+            request_raw=raw, request=self.parsed.object(raw), status=self._status,
             stream=self._stream is not None, response=None, error=None, outcome=COMPLETED,
             start_ns=self.start_ns, end_ns=end_ns, first_token_ns=self._first_token_ns,
             terminal_ns=self._terminal_ns,
@@ -133,7 +134,7 @@ class CallRecorder:
         if self._stream is not None:
             self._finish_stream(record, self._stream)
         else:
-            self._finish_body(record, _json_object(b"".join(self._body)))
+            self._finish_body(record, json_object(b"".join(self._body)))
         if self._end_ns is None:
             # The response never completed: say why, over whatever the bytes suggested.
             if self._app_error is not None:
@@ -174,12 +175,3 @@ class CallRecorder:
         if record.outcome == FAILED and body is not None and isinstance(body.get("error"), dict):
             record.error = body["error"]
 
-
-def _json_object(raw: bytes) -> dict[str, Any] | None:
-    if not raw.lstrip().startswith(b"{"):
-        return None
-    try:
-        value = json.loads(raw)
-    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
-        return None
-    return value if isinstance(value, dict) else None

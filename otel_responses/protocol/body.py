@@ -1,0 +1,37 @@
+"""A request body's JSON object, parsed at most once per request: the access log and the
+recorder share one `ParsedBody`, handed down in the ASGI scope under `SCOPE_KEY`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+SCOPE_KEY = "otel_responses.parsed_body"
+
+
+def json_object(raw: bytes) -> dict[str, Any] | None:
+    """`raw` as a JSON object, or None if it is not one."""
+    if not raw.lstrip().startswith(b"{"):
+        return None
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class ParsedBody:
+    """Remembers the last body parsed. Callers must not mutate the object they get back."""
+
+    __slots__ = ("_raw", "_value")
+
+    def __init__(self) -> None:
+        self._raw: bytes | None = None
+        self._value: dict[str, Any] | None = None
+
+    def object(self, raw: bytes) -> dict[str, Any] | None:
+        # Each layer joins the body's chunks itself, so the bytes are equal, not identical.
+        if self._raw is None or (raw is not self._raw and raw != self._raw):
+            self._value = json_object(raw)
+            self._raw = raw
+        return self._value
