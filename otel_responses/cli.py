@@ -20,6 +20,8 @@ from otel_responses.logs import configure_logging
 
 log = logging.getLogger("otel_responses")
 
+# Seconds a thread may hold the GIL while another waits for it (CPython's default is 0.005).
+GIL_SWITCH_INTERVAL = 0.0005
 DEMO_TOKEN_DELAY = Option("token_delay", "seconds between streamed deltas of the demo upstream",
                           float)
 
@@ -105,6 +107,9 @@ def _start_demo_upstream(token_delay: float) -> tuple[str, uvicorn.Server]:
 
 
 def serve(settings: Settings) -> None:
+    # The span exporter's thread encodes batches in Python; by default it may keep the GIL
+    # 5 ms from the event loop each time the loop wakes for I/O (that was our p99).
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     demo_server = None
     if settings.upstream is None:
         url, demo_server = _start_demo_upstream(token_delay=0.02)

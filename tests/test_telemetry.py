@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -19,6 +20,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from otel_responses.protocol import body as body_module
 from otel_responses.protocol.attributes import request_attributes, response_attributes
 from otel_responses.telemetry.masking import REDACTED, MaskingConfig, mask
+from otel_responses.telemetry.middleware import FINISH_DELAY, ResponsesTelemetryMiddleware
 from otel_responses.telemetry.options import TelemetryOptions
 from otel_responses.telemetry.recorder import COMPLETED, CallRecord
 from otel_responses.telemetry.spans import SpanWriter
@@ -317,6 +319,57 @@ def test_a_telemetry_bug_is_counted_and_the_response_is_unaffected(
         while app.telemetry_errors == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
     assert app.telemetry_errors == 1
+
+
+def _answer_then(after_last_byte: Any) -> Any:
+    """An ASGI app that answers `{}` and calls `after_last_byte()` once the last byte is sent."""
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+        after_last_byte()
+    return app
+
+
+def _call(app: Any) -> Any:
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b'{"model":"m","input":"x"}'}
+
+    async def send(message: Any) -> None:
+        pass
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/responses", "headers": []}
+    return app(scope, receive, send)
+
+
+def test_work_ready_soon_after_the_response_runs_before_the_span_is_built() -> None:
+    sink = SpanSink()
+    before: list[int] = []
+
+    def after_last_byte() -> None:
+        # Stands for the client's next request arriving just after it has this response.
+        asyncio.get_running_loop().call_later(FINISH_DELAY / 5,
+                                              lambda: before.append(len(sink.spans())))
+
+    app = ResponsesTelemetryMiddleware(_answer_then(after_last_byte),
+                                       tracer_provider=sink.provider)
+    asyncio.run(_call(app))
+    assert before == [0]
+    assert len(sink.spans()) == 1
+
+
+def test_a_call_cancelled_after_its_response_still_ends_its_span() -> None:
+    sink = SpanSink()
+
+    async def main() -> None:
+        task = asyncio.ensure_future(_call(ResponsesTelemetryMiddleware(
+            _answer_then(lambda: task.cancel()), tracer_provider=sink.provider)))
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert [s.status.status_code for s in sink.spans()] == [StatusCode.OK]
 
 
 # -- masking ------------------------------------------------------------------------------

@@ -22,6 +22,9 @@ log = logging.getLogger("otel_responses.telemetry")
 CallSink = Callable[[CallRecord], None]
 # Calls whose request and response together exceed this are finished off the event loop.
 OFFLOAD_BYTES = 256 * 1024
+# Bytes before telemetry: a client that sends its next request as soon as it has the response
+# gets it read and forwarded before this call's span is built (asyncio has no priorities).
+FINISH_DELAY = 0.0005
 
 
 def is_responses_create(scope: Scope) -> bool:
@@ -34,10 +37,11 @@ class ResponsesTelemetryMiddleware:
     """Wrap any ASGI app that serves ``POST /v1/responses``; other requests pass untouched.
 
     Every chunk is passed on first and observed after, so recording never holds or delays a
-    byte; the span is built once the last byte has gone. The span is current while the app
-    runs and while the ``sinks`` get the finished call (metrics take exemplars from it). With
-    ``tracing=False`` no span is made and only the sinks record. A telemetry failure is logged
-    and counted in ``telemetry_errors``, never raised into the request.
+    byte; the span is built shortly after the last byte has gone (`FINISH_DELAY`). The span is
+    current while the app runs and while the ``sinks`` get the finished call (metrics take
+    exemplars from it). With ``tracing=False`` no span is made and only the sinks record. A
+    telemetry failure is logged and counted in ``telemetry_errors``, never raised into the
+    request.
     """
 
     def __init__(self, app: ASGIApp, *, tracer_provider: TracerProvider | None = None,
@@ -96,6 +100,11 @@ class ResponsesTelemetryMiddleware:
             self._finish(call, span, scope["headers"])
             raise
         else:
+            try:
+                await asyncio.sleep(FINISH_DELAY)
+            except asyncio.CancelledError:  # the server is stopping: finish the span now
+                self._finish(call, span, scope["headers"])
+                raise
             if call.bytes_seen > OFFLOAD_BYTES:
                 # Mapping a huge call takes long enough to stall every other stream on the
                 # loop; a worker thread lets the GIL switch back to the loop meanwhile.
