@@ -595,3 +595,23 @@ def test_stream_accepts_exactly_what_json_loads_does(data: str) -> None:
     stream.result()  # parses a snapshot left for later
     assert stream.events == 1
     assert stream.malformed == (0 if data == "[DONE]" or isinstance(value, dict) else 1)
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_large_snapshot_of_a_cut_stream_survives_packing(split: bool) -> None:
+    """A long snapshot is held compressed; a cut stream's result is still exactly it."""
+    tools = [{"type": "function", "name": f"tool_{i}", "description": "é€ " * 40,
+              "parameters": {"type": "object"}} for i in range(20)]
+    created = {"type": "response.created", "response": {
+        "id": "r", "status": "queued", "output": [], "tools": tools}}
+    progress = {"type": "response.in_progress", "response": {
+        "id": "r", "status": "in_progress", "output": [], "tools": tools}}
+    chunks = [f"event: {e['type']}\ndata: {json.dumps(e, ensure_ascii=False)}\n\n".encode()
+              for e in (created, progress)]
+    stream = ResponseStream()
+    for chunk in chunks if split else [b"".join(chunks)]:
+        stream.feed(chunk)
+    stream.close()
+    assert len(json.dumps(progress)) > 1024  # long enough to be packed
+    assert stream.events == 2
+    assert stream.result() == progress["response"]

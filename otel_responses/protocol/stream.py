@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from typing import Any
 
 from otel_responses.protocol.accumulator import ResponseAccumulator
@@ -22,6 +23,10 @@ _WHITESPACE = " \t\n\r"
 _SNAPSHOT_PREFIXES = tuple(f'{{"type":{space}"response.{kind}"'
                            for kind in ("created", "in_progress", "queued")
                            for space in ("", " "))
+# A kept snapshot this long is held zlib-compressed: it lives as long as the stream (minutes,
+# for a held one) and echoes the request's tools, instructions and schema, which compress
+# ~5x; level 1 costs ~5 us per KB, once per read (created and in_progress come together).
+_PACK_SNAPSHOT = 1024
 
 
 class ResponseStream:
@@ -34,7 +39,8 @@ class ResponseStream:
         latest one leaves no snapshot rather than an earlier one.
     """
 
-    __slots__ = ("_closed", "_parser", "_snapshot", "accumulator", "events", "malformed")
+    __slots__ = ("_closed", "_packed", "_parser", "_snapshot", "accumulator", "events",
+                 "malformed")
 
     def __init__(self) -> None:
         self._parser = SSEParser()
@@ -43,6 +49,7 @@ class ResponseStream:
         self.malformed = 0
         self._closed = False
         self._snapshot: ServerSentEvent | None = None  # the latest snapshot event, unparsed
+        self._packed: bytes | None = None  # its data, compressed (then its own data is "")
 
     def feed(self, chunk: bytes) -> None:
         """Consume one chunk of the response body."""
@@ -54,12 +61,23 @@ class ResponseStream:
         self._closed = True
 
     def _receive(self, events: list[ServerSentEvent]) -> None:
+        snapshot = None
         for sse in events:
             self.events += 1
             if sse.data.startswith(_SNAPSHOT_PREFIXES):
-                self._snapshot = sse
+                snapshot = sse  # only the last of a read is kept: pack that one alone
             else:
                 self._apply(sse)
+        if snapshot is not None:
+            self._keep(snapshot)
+
+    def _keep(self, sse: ServerSentEvent) -> None:
+        if len(sse.data) < _PACK_SNAPSHOT:
+            self._snapshot, self._packed = sse, None
+            return
+        # The decoder replaced invalid UTF-8, so the data encodes back without error.
+        self._packed = zlib.compress(sse.data.encode(), 1)
+        self._snapshot = ServerSentEvent(sse.event, "", sse.id, sse.retry, sse.oversize)
 
     def _apply(self, sse: ServerSentEvent) -> None:
         if sse.oversize:
@@ -105,6 +123,9 @@ class ResponseStream:
         if self._snapshot is not None and not self.accumulator.has_final:
             # Late is as good as in place: a snapshot only replaces the previous one, and
             # only result() reads it.
-            self._apply(self._snapshot)
-            self._snapshot = None
+            snapshot = self._snapshot
+            if self._packed is not None:
+                snapshot.data = zlib.decompress(self._packed).decode()
+            self._apply(snapshot)
+            self._snapshot = self._packed = None
         return self.accumulator.result()

@@ -227,6 +227,9 @@ class Proxy:
         await send({"type": "http.response.start", "status": response.status,
                     "headers": headers})
         ex.overhead += time.perf_counter() - handed
+        # Not the header list itself: a held stream would keep it alive to the end.
+        fixed_length = any(name == b"content-length" for name, _ in headers)
+        del headers
         try:
             async for chunk in response.body():
                 handed = time.perf_counter()
@@ -237,7 +240,7 @@ class Proxy:
             ex.outcome = "upstream_cut"
             log.warning("upstream ended %s %s early after %d bytes: %s", ex.method, ex.path,
                         ex.bytes_out, _describe(exc))
-            if any(name == b"content-length" for name, _ in headers):
+            if fixed_length:
                 raise UpstreamCut(_describe(exc)) from exc
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         ex.responded = True

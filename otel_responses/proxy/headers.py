@@ -54,6 +54,9 @@ def client_response_headers(upstream_headers: Iterable[tuple[bytes, bytes]]) -> 
 
     Names are lower-cased as ASGI requires; HTTP/1.1 names are case-insensitive anyway.
     """
-    raw = [(name.lower(), value) for name, value in upstream_headers]
+    # Names already lower case (as most servers send them) keep their tuple: the list lives
+    # as long as the response, and a held stream would otherwise pay for a copy of each.
+    raw = [header if header[0].islower() else (header[0].lower(), header[1])
+           for header in upstream_headers]
     named = _connection_tokens(raw)
     return [(name, value) for name, value in raw if not _is_hop(name, named)]

@@ -69,6 +69,11 @@ class ForwardProxy:
 class _Connection(asyncio.Protocol):
     """One upstream connection; holds the state of the response being read on it."""
 
+    # Slots: one lives as long as each held stream, and an instance dict is ~4x their size.
+    __slots__ = ("buffered", "chunks", "closed", "complete", "error", "head_done", "headers",
+                 "idle_since", "keep_alive", "loop", "parser", "paused", "received", "status",
+                 "transport", "waiter")
+
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.transport: asyncio.Transport | None = None
@@ -195,6 +200,8 @@ class _Connection(asyncio.Protocol):
 
 class UpstreamResponse:
     """Status, headers (as received) and the body as an async iterator of raw bytes."""
+
+    __slots__ = ("_conn", "_pool", "headers", "status")  # lives as long as the stream
 
     def __init__(self, pool: UpstreamPool, conn: _Connection) -> None:
         self._pool = pool

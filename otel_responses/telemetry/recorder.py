@@ -66,6 +66,11 @@ class CallRecord:
 class CallRecorder:
     """Fed by the middleware's receive/send wrappers; per-chunk work is O(chunk)."""
 
+    # Slots: one lives as long as each held stream, and an instance dict is ~4x their size.
+    __slots__ = ("_app_error", "_body", "_body_size", "_disconnected", "_end_ns",
+                 "_first_token_ns", "_request", "_request_size", "_response_size", "_status",
+                 "_stream", "_terminal_ns", "parsed", "start_ns")
+
     def __init__(self, start_ns: int, parsed: ParsedBody | None = None) -> None:
         self.start_ns = start_ns
         self.parsed = parsed or ParsedBody()
