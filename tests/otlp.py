@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import threading
 import time
 from collections.abc import Iterator
@@ -86,6 +87,8 @@ def otlp_http_receiver(delay: float = 0.0) -> Iterator[Receiver]:
 
     async def traces(request: Request) -> Response:
         payload = await request.body()
+        if request.headers.get("content-encoding") == "gzip":
+            payload = gzip.decompress(payload)
         if delay:
             await asyncio.sleep(delay)
         receiver.ingest(payload)

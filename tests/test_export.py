@@ -29,6 +29,7 @@ from otel_responses.telemetry.export import (
 )
 from otel_responses.telemetry.metrics import ProxyMetrics
 from otel_responses.telemetry.middleware import ResponsesTelemetryMiddleware
+from otel_responses.telemetry.otlp_exporter import DirectOTLPSpanExporter
 from tests.otlp import black_hole, otlp_grpc_receiver, otlp_http_receiver
 from tests.servers import run_cli, serve_asgi
 from tests.spans import SpanSink, indexed, message_text
@@ -162,6 +163,23 @@ def test_exporter_selection_follows_otel_traces_exporter() -> None:
     assert exporter_names({"OTEL_TRACES_EXPORTER": "none"}, demo=False) == []
     with pytest.raises(ValueError, match="zipkin"):
         build_tracer_provider({"OTEL_TRACES_EXPORTER": "zipkin"})
+
+
+def test_the_otlp_http_exporter_encodes_spans_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    with otlp_http_receiver() as receiver:
+        for name, value in {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint,
+                            "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip"}.items():
+            monkeypatch.setenv(name, value)
+        provider = build_tracer_provider({"OTEL_TRACES_EXPORTER": "otlp"})
+        exporters = [p.exporter for p in span_pipelines(provider)]
+        # The installed SDK exporter has the HTTP client the direct encoding needs.
+        assert [(type(e), e.direct) for e in exporters] == [(DirectOTLPSpanExporter, True)]
+        with provider.get_tracer("t").start_as_current_span("direct", attributes={"k": "v"}):
+            pass
+        provider.shutdown()
+        (span,) = receiver.wait_for(1)
+    assert (span.name, span.attributes, span.resource["service.name"]) == \
+        ("direct", {"k": "v"}, "otel-responses")
 
 
 def test_span_pipelines_of_built_providers() -> None:

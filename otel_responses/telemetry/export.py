@@ -53,10 +53,8 @@ def _otlp_exporter(env: Mapping[str, str]) -> SpanExporter:
         return OTLPSpanExporter()
     if protocol != "http/protobuf":
         raise ValueError(f"unsupported OTLP protocol {protocol!r} (grpc or http/protobuf)")
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-        OTLPSpanExporter as HTTPSpanExporter,
-    )
-    return HTTPSpanExporter()
+    from otel_responses.telemetry.otlp_exporter import DirectOTLPSpanExporter
+    return DirectOTLPSpanExporter()
 
 
 class SpanPipeline(SpanProcessor):
@@ -71,6 +69,7 @@ class SpanPipeline(SpanProcessor):
     """
 
     def __init__(self, exporter: SpanExporter, name: str, capacity: int) -> None:
+        self.exporter = exporter
         self.name = name
         self.capacity = capacity
         self.exported = 0
