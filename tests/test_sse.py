@@ -312,6 +312,18 @@ _GEN = st.fixed_dictionaries({
 })
 
 
+def _event_lines(g: dict) -> list[str]:
+    """The lines of one generated event, its closing blank line included."""
+    lines = [":" + g["comment"]] if g["comment"] is not None else []
+    if g["event"] is not None:
+        lines.append("event: " + g["event"])
+    if g["id"] is not None:
+        lines.append("id: " + g["id"])
+    if g["retry"] is not None:
+        lines.append(f"retry: {g['retry']}")
+    return lines + ["data: " + part for part in g["data"].split("\n")] + [""]
+
+
 @settings(max_examples=150, deadline=None)
 @given(gen=st.lists(_GEN, max_size=8), eol=st.sampled_from(["\n", "\r\n", "\r"]),
        bom=st.booleans(), data=st.data())
@@ -321,17 +333,8 @@ def test_generated_events_round_trip(gen: list[dict], eol: str, bom: bool,
     expected: list[ServerSentEvent] = []
     last_id: str | None = None
     for g in gen:
-        if g["comment"] is not None:
-            lines.append(":" + g["comment"])
-        if g["event"] is not None:
-            lines.append("event: " + g["event"])
-        if g["id"] is not None:
-            lines.append("id: " + g["id"])
-            last_id = g["id"]
-        if g["retry"] is not None:
-            lines.append(f"retry: {g['retry']}")
-        lines += ["data: " + part for part in g["data"].split("\n")]
-        lines.append("")
+        lines += _event_lines(g)
+        last_id = g["id"] if g["id"] is not None else last_id
         expected.append(ev(g["data"], g["event"] or None, last_id, g["retry"]))
     body = ("\ufeff" if bom else "") + "".join(line + eol for line in lines)
     raw = body.encode()
@@ -420,16 +423,7 @@ def test_limit_is_the_same_for_any_chunking() -> None:
     @given(gen=st.lists(_GEN, max_size=6), eol=st.sampled_from(["\n", "\r\n", "\r"]),
            cap=st.integers(0, 60), data=st.data())
     def check(gen: list[dict], eol: str, cap: int, data: st.DataObject) -> None:
-        lines: list[str] = []
-        for g in gen:
-            if g["comment"] is not None:
-                lines.append(":" + g["comment"])
-            if g["event"] is not None:
-                lines.append("event: " + g["event"])
-            if g["id"] is not None:
-                lines.append("id: " + g["id"])
-            lines += ["data: " + part for part in g["data"].split("\n")]
-            lines.append("")
+        lines = [line for g in gen for line in _event_lines(g)]
         body = "".join(line + eol for line in lines)
         raw = body.encode()
         cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=20), label="cuts")
