@@ -196,9 +196,12 @@ def own_cpu() -> float:
 
 async def closed_loop(host: str, port: int, request: bytes, *, concurrency: int,
                       max_requests: int, max_seconds: float, warmup_requests: int,
-                      warmup_seconds: float, grace_seconds: float = 10.0) -> RunResult:
+                      warmup_seconds: float, grace_seconds: float = 10.0,
+                      pause_s: float = 0.0) -> RunResult:
     """``concurrency`` connections each send, wait for the whole reply, and send again.
 
+    With ``pause_s``, each connection waits that long after every reply (warm-up included)
+    before sending again, so requests do not queue behind the CPU work of the previous one.
     Stops issuing at ``max_requests`` or ``max_seconds`` (each phase), whichever comes first;
     requests still in flight get ``grace_seconds`` before every socket is closed.
     """
@@ -206,14 +209,14 @@ async def closed_loop(host: str, port: int, request: bytes, *, concurrency: int,
     conns = await asyncio.gather(*(_connect(host, port) for _ in range(concurrency)))
     try:
         warm = await _phase(conns, request, warmup_requests, warmup_seconds, grace_seconds,
-                            host, port)
+                            host, port, pause_s)
         result.warmup_requests = len(warm[0])
         gc.collect()
         gc.disable()  # a collector pause in the client would land in someone's p99
         cpu0 = own_cpu()
         start = time.perf_counter_ns()
         replies, errors, last = await _phase(conns, request, max_requests, max_seconds,
-                                             grace_seconds, host, port)
+                                             grace_seconds, host, port, pause_s)
         result.client_cpu_s = own_cpu() - cpu0
         gc.enable()
         result.replies, result.errors = replies, errors + warm[1]
@@ -226,8 +229,8 @@ async def closed_loop(host: str, port: int, request: bytes, *, concurrency: int,
 
 
 async def _phase(conns: list[_Conn], request: bytes, max_requests: int, max_seconds: float,
-                 grace_seconds: float, host: str,
-                 port: int) -> tuple[list[Reply], int, int]:
+                 grace_seconds: float, host: str, port: int,
+                 pause_s: float = 0.0) -> tuple[list[Reply], int, int]:
     replies: list[Reply] = []
     errors = 0
     issued = 0
@@ -245,12 +248,14 @@ async def _phase(conns: list[_Conn], request: bytes, max_requests: int, max_seco
                 reply = await conn.send(request)
             except ConnectionDropped:
                 errors += 1
-                continue
-            if reply.ok:
-                replies.append(reply)
             else:
-                errors += 1
-            last = reply.done
+                if reply.ok:
+                    replies.append(reply)
+                else:
+                    errors += 1
+                last = reply.done
+            if pause_s > 0:
+                await asyncio.sleep(pause_s)
 
     tasks = [asyncio.ensure_future(worker(i)) for i in range(len(conns))]
     done, pending = await asyncio.wait(tasks, timeout=max_seconds + grace_seconds)

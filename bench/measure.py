@@ -45,6 +45,7 @@ class RunRecord:
     spans_missing: int = 0  # traced configuration: spans not at the sink after the drain wait
     foreign_cpu_s: float = 0.0  # CPU used meanwhile by processes that are not the benchmark's
     wall_s: float = 0.0
+    pause_s: float = 0.0  # each connection's wait after a reply before its next request
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -75,7 +76,7 @@ def run_once(loop: asyncio.AbstractEventLoop, *, scenario: payloads.Scenario, co
              server: Server, upstream: Server, concurrency: int, rep: int, seconds: float,
              max_requests: int, warmup_seconds: float, ledger: SpanLedger | None,
              drain_timeout: float, ours: list[Server],
-             grace_seconds: float = 10.0) -> RunRecord:
+             grace_seconds: float = 10.0, pause_s: float = 0.0) -> RunRecord:
     """``ours``: every server the suite started, so the CPU of anything else on the machine
     during the run (another user's job) can be reported instead of silently skewing it."""
     request = payloads.http_request("127.0.0.1", server.port, scenario.body)
@@ -85,7 +86,7 @@ def run_once(loop: asyncio.AbstractEventLoop, *, scenario: payloads.Scenario, co
     result = loop.run_until_complete(loadgen.closed_loop(
         "127.0.0.1", server.port, request, concurrency=concurrency, max_requests=max_requests,
         max_seconds=seconds, warmup_requests=max(50, 20 * concurrency),
-        warmup_seconds=warmup_seconds, grace_seconds=grace_seconds))
+        warmup_seconds=warmup_seconds, grace_seconds=grace_seconds, pause_s=pause_s))
     sent = result.requests + result.warmup_requests + result.errors
     missing = 0
     if ledger is not None:
@@ -109,7 +110,7 @@ def run_once(loop: asyncio.AbstractEventLoop, *, scenario: payloads.Scenario, co
         events=events[len(events) // 2] if events else 0,
         overhead_p50_ms=percentile(overhead, 50), server_cpu_s=cpu, server_requests=sent,
         upstream_cpu_s=up, client_cpu_s=result.client_cpu_s, spans_missing=missing,
-        foreign_cpu_s=max(foreign, 0.0), wall_s=time.monotonic() - wall0)
+        foreign_cpu_s=max(foreign, 0.0), wall_s=time.monotonic() - wall0, pause_s=pause_s)
 
 
 class QuietGate:

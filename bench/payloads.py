@@ -73,6 +73,17 @@ class Scenario:
     title: str
     body: bytes
     stream: bool
+    pause_s: float = 0.0  # each connection waits this long after a reply before the next
+    levels: tuple[int, ...] | None = None  # concurrency levels it runs at; None: every one
+
+    def runs_at(self, levels: list[int]) -> list[int]:
+        """The requested concurrency levels this scenario is measured at."""
+        return [c for c in levels if self.levels is None or c in self.levels]
+
+    def spec(self) -> dict[str, Any]:
+        """What the report needs to know besides the title (kept in results.json)."""
+        return {"stream": self.stream, "pause_ms": self.pause_s * 1000,
+                "levels": list(self.levels) if self.levels is not None else None}
 
 
 def scenarios() -> dict[str, Scenario]:
@@ -80,10 +91,16 @@ def scenarios() -> dict[str, Scenario]:
         return json.dumps(value, separators=(",", ":")).encode()
 
     big = enc(large())
+    streamed = enc(stream())
     return {
         "small": Scenario("small", "non-stream, small request", enc(small()), False),
         "large": Scenario("large", f"non-stream, {len(big) // 1000} KB request", big, False),
-        "stream": Scenario("stream", "stream, 201 deltas", enc(stream()), True),
+        "stream": Scenario("stream", "stream, 201 deltas", streamed, True),
+        # The same stream with the machine idle between requests: at c=1 in a closed loop the
+        # load generator, the upstream and the proxy contend for 2 cores, so the TTFT added
+        # there is mostly CPU contention; 5 ms apart, it is the proxy's own latency.
+        "spaced": Scenario("spaced", "stream, 201 deltas, one at a time, 5 ms apart",
+                           streamed, True, pause_s=0.005, levels=(1,)),
     }
 
 

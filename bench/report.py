@@ -64,12 +64,12 @@ def _nonstream(cells: list[Cell], scenario: str) -> list[str]:
     return lines
 
 
-def _stream(cells: list[Cell]) -> list[str]:
+def _stream(cells: list[Cell], scenario: str) -> list[str]:
     lines = ["| c | configuration | TTFT p50 ms | TTFT p99 ms | added TTFT p50 / p99 ms "
              "| stream p50 ms | added stream p50 ms | per-event µs | streams/s "
              "| server CPU s / 1k streams | errors |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for c in (c for c in cells if c.scenario == "stream"):
+    for c in (c for c in cells if c.scenario == scenario):
         added_ttft = ("–" if c.added_ttft_p50 is None else
                       f"{_f(c.added_ttft_p50, 3, True)} / {_f(c.added_ttft_p99, 3, True)}")
         lines.append(
@@ -80,12 +80,15 @@ def _stream(cells: list[Cell]) -> list[str]:
     return lines
 
 
-def _saturation(cells: list[Cell], scenarios: dict[str, str]) -> list[str]:
+def _saturation(cells: list[Cell], meta: dict[str, Any]) -> list[str]:
+    scenarios: dict[str, str] = meta["scenarios"]
     configs = [k for k in summary.CONFIGS if any(c.config == k for c in cells)]
     head = " | ".join(LABELS[k] for k in configs)
     lines = [f"| scenario | {head} | tracing ÷ off | tracing ÷ LiteLLM |",
              "|---" * (len(configs) + 3) + "|"]
     for name, title in scenarios.items():
+        if summary.is_paced(meta, name):
+            continue
         sat = {k: summary.saturation(cells, name, k) for k in configs}
         row = " | ".join(f"{sat[k]:.0f}" for k in configs)
         lines.append(f"| {title} | {row} | {_ratio(sat.get('traced'), sat.get('off'))} "
@@ -134,17 +137,27 @@ def write(results: dict[str, Any], path: Path, png_name: str) -> None:
         "every server itself and writes this page, the plot and `bench/out/results.json`.",
         "",
     ]
+    streams = [n for n in scenarios if summary.is_stream(meta, n)]
     for name, title in scenarios.items():
-        if name == "stream":
+        if name in streams:
             continue
         out += [f"## {title[0].upper()}{title[1:]}", "", *_nonstream(cells, name), ""]
-    if "stream" in scenarios:
-        out += [f"## {scenarios['stream'][0].upper()}{scenarios['stream'][1:]}", "",
-                "TTFT: from the request's first byte written to the first "
-                "`response.output_text.delta` read. Per-event overhead: added stream duration "
-                "÷ events in the stream.", "", *_stream(cells), ""]
+    for i, name in enumerate(streams):
+        title, spec = scenarios[name], summary.spec(meta, name)
+        text = []
+        if i == 0:
+            text.append("TTFT: from the request's first byte written to the first "
+                        "`response.output_text.delta` read. Per-event overhead: added stream "
+                        "duration ÷ events in the stream.")
+        if spec["pause_ms"]:
+            text.append(f"One stream at a time, each sent {spec['pause_ms']:g} ms after the "
+                        "previous one ended, to measure the proxy's own latency rather than "
+                        "three processes contending for the CPU; streams/s is set by the pause."
+                        )
+        out += [f"## {title[0].upper()}{title[1:]}", "",
+                *([" ".join(text), ""] if text else []), *_stream(cells, name), ""]
     out += ["## Throughput at saturation (req/s, best over the concurrency levels)", "",
-            *_saturation(cells, scenarios), ""]
+            *_saturation(cells, meta), ""]
     if results["memory"]:
         out += [f"## Memory: {meta['streams']:,} open streams (slow upstream, "
                 f"{meta['slow_token_delay']} s between deltas)", "",

@@ -44,8 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-requests", type=int, default=20_000,
                    help="measured requests per run at most [20000]")
     p.add_argument("--concurrency", default="1,10,100", help="levels [1,10,100]")
-    p.add_argument("--scenarios", default="small,large,stream",
-                   help="any of small,large,stream [all]")
+    p.add_argument("--scenarios", default="small,large,stream,spaced",
+                   help="any of small,large,stream,spaced [all]; spaced runs at c=1 only")
     p.add_argument("--streams", type=int, help="streams held open for memory [1000; quick 300]")
     p.add_argument("--slow-token-delay", type=float, default=1.0,
                    help="seconds between deltas of the memory scenario's upstream [1.0]")
@@ -98,8 +98,21 @@ class Suite:
         self.servers: list[Server] = []
         self.litellm_version = ""
         self.loop = loadgen.new_event_loop()
-        self.scenarios = {k: v for k, v in payloads.scenarios().items()
-                          if k in args.scenarios.split(",")}
+        wanted = [k for k in args.scenarios.split(",") if k]
+        known = payloads.scenarios()
+        unknown = [k for k in wanted if k not in known]
+        if unknown:
+            raise SystemExit(f"unknown scenario(s): {', '.join(unknown)}; "
+                             f"known: {', '.join(known)}")
+        self.levels = [int(c) for c in args.concurrency.split(",")]
+        self.scenarios = {k: v for k, v in known.items() if k in wanted}
+        for name, scenario in list(self.scenarios.items()):
+            if not scenario.runs_at(self.levels):
+                print(f"{name}: runs only at c={scenario.levels}, not in --concurrency "
+                      f"{args.concurrency}; skipped", flush=True)
+                self.notes.append(f"Scenario {name} skipped: it runs only at c="
+                                  f"{','.join(map(str, scenario.levels or ()))}.")
+                del self.scenarios[name]
 
     def _add(self, server: Server) -> Server:
         self.servers.append(server)
@@ -177,12 +190,12 @@ class Suite:
         a = self.args
         runs: list[dict[str, Any]] = []
         names = list(configs)
-        levels = [int(c) for c in a.concurrency.split(",")]
-        total = len(self.scenarios) * len(levels) * a.repeats * len(names)
+        total = sum(len(s.runs_at(self.levels)) for s in self.scenarios.values()) \
+            * a.repeats * len(names)
         done = 0
         gate = measure.QuietGate(self.servers, budget_s=30 if a.quick else 120)
         for scenario in self.scenarios.values():
-            for conc in levels:
+            for conc in scenario.runs_at(self.levels):
                 for rep in range(a.repeats):
                     # Rotate the order so no configuration always runs first (or last).
                     order = names[rep % len(names):] + names[:rep % len(names)]
@@ -195,7 +208,8 @@ class Suite:
                             warmup_seconds=0.15 if a.quick else 0.4,
                             ledger=ledger if name.endswith("traced") else None,
                             drain_timeout=a.bsp_delay_ms / 1000 + 3, ours=self.servers,
-                            grace_seconds=3.0 if a.quick else 10.0)
+                            grace_seconds=3.0 if a.quick else 10.0,
+                            pause_s=scenario.pause_s)
                         runs.append(record.to_json())
                         done += 1
                         print(f"[{done:3d}/{total}] {scenario.name:6s} c={conc:<3d} "
@@ -229,7 +243,10 @@ class Suite:
 
 
 def _method(args: argparse.Namespace, suite: Suite) -> list[str]:
-    sizes = ", ".join(f"{s.name} {len(s.body):,} B" for s in suite.scenarios.values())
+    bodies: dict[bytes, str] = {}
+    for s in suite.scenarios.values():
+        bodies.setdefault(s.body, s.name)  # spaced sends the stream's body: list it once
+    sizes = ", ".join(f"{name} {len(body):,} B" for body, name in bodies.items())
     lines = [
         "Configurations: **direct** to the demo upstream; **otel-responses** with OTLP/HTTP "
         "trace export (`OTEL_TRACES_EXPORTER=otlp`) to a local sink that counts and discards "
@@ -250,6 +267,14 @@ def _method(args: argparse.Namespace, suite: Suite) -> list[str]:
         "requests in a closed loop (c connections, each waits for the whole reply before the "
         f"next); each run = warm-up, then {args.seconds:g} s or {args.max_requests:,} requests, "
         "whichever comes first; garbage collection off while measuring.",
+        *[f"**{s.name}**: the stream request at c=1 only, each sent {s.pause_s * 1e3:g} ms "
+          "after the previous reply ended. In the closed loop at c=1 the next stream starts "
+          "the instant the last one ends, so the load generator, the upstream (which spends "
+          "CPU on every delta it generates) and the proxy contend for the 2 cores, and the "
+          "stream scenario's added TTFT is mostly that contention; spaced requests, with the "
+          "machine idle in between, are there to measure the proxy's own latency to the "
+          "first token."
+          for s in suite.scenarios.values() if s.pause_s],
         "Added latency = configuration − direct, taken per repetition, median over "
         "repetitions. Server CPU = utime + stime from `/proc/<pid>/stat` over the run "
         "(warm-up, measured requests and, for tracing, the wait until the sink has every span), "
@@ -314,6 +339,7 @@ def main(argv: list[str] | None = None) -> None:
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "package": _package_version(), "repeats": args.repeats,
             "scenarios": {k: v.title for k, v in suite.scenarios.items()},
+            "scenario_specs": {k: v.spec() for k, v in suite.scenarios.items()},
             "streams": args.streams, "slow_token_delay": args.slow_token_delay,
             "litellm": suite.litellm_version, "notes": suite.notes,
             "candidate": args.candidate,
