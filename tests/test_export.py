@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from otel_responses.demo.app import create_demo_app
+from otel_responses.telemetry import otlp_exporter
 from otel_responses.telemetry.export import (
     SHUTDOWN_FLUSH_SECONDS,
     SpanPipeline,
@@ -180,6 +181,19 @@ def test_the_otlp_http_exporter_encodes_spans_itself(monkeypatch: pytest.MonkeyP
         (span,) = receiver.wait_for(1)
     assert (span.name, span.attributes, span.resource["service.name"]) == \
         ("direct", {"k": "v"}, "otel-responses")
+
+
+def test_a_large_batch_goes_out_in_several_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(otlp_exporter, "REQUEST_BYTES", 3000)
+    with otlp_http_receiver() as receiver:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.endpoint)
+        provider = build_tracer_provider({"OTEL_TRACES_EXPORTER": "otlp"})
+        for n in range(6):
+            provider.get_tracer("t").start_span(f"s{n}", attributes={"v": "x" * 1000}).end()
+        provider.shutdown()
+        spans = receiver.wait_for(6)
+    assert [s.name for s in spans] == [f"s{n}" for n in range(6)]
+    assert len(receiver.raw) == 3 and all(len(r) < 3300 for r in receiver.raw)
 
 
 def test_span_pipelines_of_built_providers() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -24,7 +25,7 @@ from opentelemetry.trace import (
     set_span_in_context,
 )
 
-from otel_responses.telemetry.otlp import encode_spans
+from otel_responses.telemetry.otlp import encode_requests, encode_spans
 
 _KEYS = st.text(min_size=1, max_size=12)
 _INTS = st.one_of(st.integers(-(1 << 63), (1 << 63) - 1),
@@ -112,3 +113,30 @@ def test_attributes_the_sdk_cannot_encode_are_left_out_alike() -> None:
     encoded = encode_spans(spans)
     assert encoded == sdk_encode(spans).SerializeToString()
     assert b"yes" in encoded and b"big" not in encoded
+
+
+def _span_ids(request: bytes) -> list[bytes]:
+    decoded = ExportTraceServiceRequest.FromString(request)
+    return [span.span_id for rs in decoded.resource_spans for ss in rs.scope_spans
+            for span in ss.spans]
+
+
+@settings(max_examples=50, deadline=None)
+@given(sizes=st.lists(st.integers(0, 3000), min_size=1, max_size=12),
+       limit=st.integers(500, 5000))
+def test_requests_split_a_batch_in_order_under_the_limit(sizes: list[int], limit: int) -> None:
+    spans = _make([{"name": "s", "kind": SpanKind.CLIENT, "events": [], "links": [],
+                    "parent": None, "trace_state": None, "status": None, "times": (0, 0),
+                    "scope": n % 2, "attributes": {"v": "x" * size}}
+                   for n, size in enumerate(sizes)], [Resource.create({})])
+    requests = encode_requests(spans, limit)
+    order = [span.context.span_id.to_bytes(8, "big") for span in spans]
+    # Each request holds the next spans of the batch (grouped by scope inside it).
+    taken = 0
+    for request in requests:
+        ids = _span_ids(request)
+        assert sorted(ids) == sorted(order[taken:taken + len(ids)])
+        taken += len(ids)
+        # Resource (the SDK's telemetry.sdk.* attributes) and two scopes add under 400 bytes.
+        assert len(ids) == 1 or len(request) <= limit + 400
+    assert taken == len(spans)

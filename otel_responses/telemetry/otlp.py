@@ -184,10 +184,29 @@ def _span(span: ReadableSpan) -> bytes:
 def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     """A serialized ExportTraceServiceRequest, grouped by resource and then by instrumentation
     scope, as the SDK's `encode_spans(spans).SerializeToString()` gives."""
+    return _request([(span, _delimited(b"\x12", _span(span))) for span in spans])
+
+
+def encode_requests(spans: Sequence[ReadableSpan], max_bytes: int) -> list[bytes]:
+    """The spans, in order, as serialized requests whose spans take at most `max_bytes` each
+    (resource and scope add a few hundred bytes); a larger span goes alone."""
+    chunks: list[list[tuple[ReadableSpan, bytes]]] = []
+    size = max_bytes + 1  # the first span opens a chunk
+    for span in spans:
+        field = _delimited(b"\x12", _span(span))
+        if size + len(field) > max_bytes:
+            chunks.append([])
+            size = 0
+        chunks[-1].append((span, field))
+        size += len(field)
+    return [_request(chunk) for chunk in chunks]
+
+
+def _request(encoded_spans: list[tuple[ReadableSpan, bytes]]) -> bytes:
     groups: dict[Any, dict[Any, list[bytes]]] = {}
     resource: Any = object()
     scope: Any = object()
-    for span in spans:
+    for span, field in encoded_spans:
         # Spans nearly always share their resource and scope objects: hash them (a JSON dump
         # of the resource's attributes) only when the object changes.
         if span.resource is not resource:
@@ -196,7 +215,7 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
         if (span.instrumentation_scope or None) is not scope:
             scope = span.instrumentation_scope or None
             encoded = by_scope.setdefault(scope, [])
-        encoded.append(_delimited(b"\x12", _span(span)))
+        encoded.append(field)
     out = []
     for resource, by_scope in groups.items():
         parts = [_delimited(b"\x0a", b"".join(_attributes(b"\x0a", resource.attributes)))]
