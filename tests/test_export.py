@@ -196,6 +196,25 @@ def test_a_large_batch_goes_out_in_several_requests(monkeypatch: pytest.MonkeyPa
     assert len(receiver.raw) == 3 and all(len(r) < 3300 for r in receiver.raw)
 
 
+def test_spans_are_encoded_once_as_they_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    encoded: list[str] = []
+    real = otlp_exporter.span_field
+    monkeypatch.setattr(otlp_exporter, "span_field",
+                        lambda span: encoded.append(span.name) or real(span))
+    with otlp_http_receiver() as receiver:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.endpoint)
+        provider = build_tracer_provider({"OTEL_TRACES_EXPORTER": "otlp"})
+        tracer = provider.get_tracer("t")
+        for n in range(3):
+            tracer.start_span(f"s{n}").end()
+            assert encoded == [f"s{i}" for i in range(n + 1)]  # by the thread that ended it
+        provider.shutdown()
+        assert [s.name for s in receiver.wait_for(3)] == ["s0", "s1", "s2"]
+    assert len(encoded) == 3  # not again at export
+    (exporter,) = [p.exporter for p in span_pipelines(provider)]
+    assert exporter._prepared == {}
+
+
 def test_span_pipelines_of_built_providers() -> None:
     provider = build_tracer_provider({"OTEL_TRACES_EXPORTER": "console,log,otlp",
                                       "OTEL_BSP_MAX_QUEUE_SIZE": "1000"})

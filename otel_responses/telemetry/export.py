@@ -71,6 +71,8 @@ class SpanPipeline(SpanProcessor):
     def __init__(self, exporter: SpanExporter, name: str, capacity: int) -> None:
         self.exporter = exporter
         self.name = name
+        # An exporter that can encode a span ahead does so as the span ends (see on_end).
+        self._prepare = getattr(exporter, "prepare", None)
         self.capacity = capacity
         self.exported = 0
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
@@ -105,6 +107,8 @@ class SpanPipeline(SpanProcessor):
                 if now >= self._next_warning:
                     warn, self._next_warning = True, now + DROP_WARNING_INTERVAL_S
         if admitted:
+            if self._prepare is not None:
+                self._prepare(span)
             self._batch.on_end(span)
         elif warn:
             log.warning("span export queue full (%d spans, exporter %s): dropping spans; "
@@ -130,6 +134,9 @@ class SpanPipeline(SpanProcessor):
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
         self.queued = 0
+        discard = getattr(self.exporter, "discard_prepared", None)
+        if discard is not None:
+            discard()
 
 
 class _CountingExporter(SpanExporter):

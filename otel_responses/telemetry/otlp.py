@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.sdk.trace import Event, ReadableSpan
@@ -181,19 +181,26 @@ def _span(span: ReadableSpan) -> bytes:
     return b"".join(parts)
 
 
+def span_field(span: ReadableSpan) -> bytes:
+    """The span as the field of a ScopeSpans message: what `encode_requests` assembles."""
+    return _delimited(b"\x12", _span(span))
+
+
 def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     """A serialized ExportTraceServiceRequest, grouped by resource and then by instrumentation
     scope, as the SDK's `encode_spans(spans).SerializeToString()` gives."""
-    return _request([(span, _delimited(b"\x12", _span(span))) for span in spans])
+    return _request([(span, span_field(span)) for span in spans])
 
 
-def encode_requests(spans: Sequence[ReadableSpan], max_bytes: int) -> list[bytes]:
+def encode_requests(spans: Sequence[ReadableSpan], max_bytes: int,
+                    field_of: Callable[[ReadableSpan], bytes] = span_field) -> list[bytes]:
     """The spans, in order, as serialized requests whose spans take at most `max_bytes` each
-    (resource and scope add a few hundred bytes); a larger span goes alone."""
+    (resource and scope add a few hundred bytes); a larger span goes alone. `field_of` gives
+    each span's `span_field` (one encoded earlier, say)."""
     chunks: list[list[tuple[ReadableSpan, bytes]]] = []
     size = max_bytes + 1  # the first span opens a chunk
     for span in spans:
-        field = _delimited(b"\x12", _span(span))
+        field = field_of(span)
         if size + len(field) > max_bytes:
             chunks.append([])
             size = 0

@@ -10,7 +10,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from otel_responses.telemetry.otlp import encode_requests
+from otel_responses.telemetry.otlp import encode_requests, span_field
 
 log = logging.getLogger("otel_responses.telemetry")
 
@@ -18,6 +18,9 @@ log = logging.getLogger("otel_responses.telemetry")
 # request makes a 270 KB span) would otherwise pass the SDK's 64 MiB limit and be dropped
 # whole, and collectors refuse far less (the OpenTelemetry Collector's HTTP receiver: 20 MiB).
 REQUEST_BYTES = 4 << 20
+# Spans encoded ahead of export are kept up to this many bytes in all; past it, the export
+# thread encodes them (queued spans would otherwise hold their data twice).
+PREPARED_BYTES = 32 << 20
 
 
 class DirectOTLPSpanExporter(OTLPSpanExporter):
@@ -34,6 +37,8 @@ class DirectOTLPSpanExporter(OTLPSpanExporter):
 
     def __init__(self) -> None:
         super().__init__()
+        self._prepared: dict[ReadableSpan, bytes] = {}
+        self._prepared_bytes = 0
         client = getattr(self, "_client", None)
         self.direct = (callable(getattr(client, "export", None))
                        and isinstance(getattr(self, "_max_request_size", None), int)
@@ -42,12 +47,37 @@ class DirectOTLPSpanExporter(OTLPSpanExporter):
             log.info("this OTLP exporter version has no known HTTP client: spans are encoded "
                      "by the SDK's encoder")
 
+    def prepare(self, span: ReadableSpan) -> None:
+        """Encode `span` now, in the thread that ended it (for the proxy, the event loop once
+        the response is sent): in the export thread the encoding of a whole batch would take
+        the GIL from the event loop in bursts."""
+        if not self.direct or self._prepared_bytes >= PREPARED_BYTES:
+            return
+        try:
+            field = span_field(span)
+        except Exception:
+            return  # export encodes it again and reports the failure
+        self._prepared[span] = field
+        self._prepared_bytes += len(field)
+
+    def discard_prepared(self) -> None:
+        """Forget every span encoded ahead (a forked child starts with an empty queue)."""
+        self._prepared.clear()
+        self._prepared_bytes = 0
+
+    def _field(self, span: ReadableSpan) -> bytes:
+        field = self._prepared.pop(span, None)
+        if field is None:
+            return span_field(span)
+        self._prepared_bytes -= len(field)
+        return field
+
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if not self.direct or self._shutdown:
             return super().export(spans)
         limit = self._max_request_size if self._max_request_size > 0 else REQUEST_BYTES
         try:
-            requests = encode_requests(spans, min(REQUEST_BYTES, limit))
+            requests = encode_requests(spans, min(REQUEST_BYTES, limit), self._field)
         except Exception as error:
             log.error("Failed to encode span batch: %s", error)
             return SpanExportResult.FAILURE
