@@ -55,9 +55,9 @@ class DirectOTLPSpanExporter(OTLPSpanExporter):
             return
         try:
             field = span_field(span)
+            self._prepared[span] = field
         except Exception:
             return  # export encodes it again and reports the failure
-        self._prepared[span] = field
         self._prepared_bytes += len(field)
 
     def discard_prepared(self) -> None:
