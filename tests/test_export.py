@@ -215,6 +215,21 @@ def test_spans_are_encoded_once_as_they_end(monkeypatch: pytest.MonkeyPatch) -> 
     assert exporter._prepared == {}
 
 
+def test_past_the_prepared_bytes_spans_are_encoded_at_export(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(otlp_exporter, "PREPARED_BYTES", 1)  # room for one span ahead
+    with otlp_http_receiver() as receiver:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.endpoint)
+        provider = build_tracer_provider({"OTEL_TRACES_EXPORTER": "otlp"})
+        for n in range(3):
+            provider.get_tracer("t").start_span(f"s{n}").end()
+        (exporter,) = [p.exporter for p in span_pipelines(provider)]
+        assert len(exporter._prepared) == 1
+        provider.shutdown()
+        assert [s.name for s in receiver.wait_for(3)] == ["s0", "s1", "s2"]
+    assert (exporter._prepared, exporter._prepared_bytes) == ({}, 0)
+
+
 def test_span_pipelines_of_built_providers() -> None:
     provider = build_tracer_provider({"OTEL_TRACES_EXPORTER": "console,log,otlp",
                                       "OTEL_BSP_MAX_QUEUE_SIZE": "1000"})

@@ -4,6 +4,7 @@ the SDK's encoder, which runs in the export thread holding the GIL)."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -39,6 +40,7 @@ class DirectOTLPSpanExporter(OTLPSpanExporter):
         super().__init__()
         self._prepared: dict[ReadableSpan, bytes] = {}
         self._prepared_bytes = 0
+        self._lock = threading.Lock()  # spans end in one thread and are exported in another
         client = getattr(self, "_client", None)
         self.direct = (callable(getattr(client, "export", None))
                        and isinstance(getattr(self, "_max_request_size", None), int)
@@ -55,22 +57,24 @@ class DirectOTLPSpanExporter(OTLPSpanExporter):
             return
         try:
             field = span_field(span)
-            self._prepared[span] = field
+            with self._lock:
+                self._prepared[span] = field
+                self._prepared_bytes += len(field)
         except Exception:
             return  # export encodes it again and reports the failure
-        self._prepared_bytes += len(field)
 
     def discard_prepared(self) -> None:
         """Forget every span encoded ahead (a forked child starts with an empty queue)."""
+        self._lock = threading.Lock()
         self._prepared.clear()
         self._prepared_bytes = 0
 
     def _field(self, span: ReadableSpan) -> bytes:
-        field = self._prepared.pop(span, None)
-        if field is None:
-            return span_field(span)
-        self._prepared_bytes -= len(field)
-        return field
+        with self._lock:
+            field = self._prepared.pop(span, None)
+            if field is not None:
+                self._prepared_bytes -= len(field)
+        return field if field is not None else span_field(span)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if not self.direct or self._shutdown:
