@@ -1,5 +1,5 @@
 """OTLP/protobuf bytes for finished spans, written directly: the SDK's encoder builds a protobuf
-object per attribute (about 5 µs each, in the exporter thread, holding the GIL)."""
+object per attribute (about 5 µs each)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ _INT64 = range(-(1 << 63), 1 << 63)
 _pack_double = struct.Struct("<d").pack
 _pack_fixed64 = struct.Struct("<Q").pack
 _pack_fixed32 = struct.Struct("<I").pack
-_SHORT = 1 << 14  # varints of one or two bytes are looked up, not computed
+_SHORT = 1 << 14  # varints of one or two bytes are looked up, not computed (~0.7 MB, once)
 # Attribute keys recur on every span: their encoded KeyValue.key field is kept, up to this many.
 _KEY_CACHE_SIZE = 8192
 
