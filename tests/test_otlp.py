@@ -13,6 +13,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -64,11 +65,26 @@ _SCOPES = [("otel_responses", "1.0", None, None), ("other", None, "https://schem
            ("", None, None, None)]
 
 
+class _SequentialIds(IdGenerator):
+    """IDs without the random module, which hypothesis wants left alone."""
+
+    def __init__(self) -> None:
+        self.last = 0
+
+    def generate_span_id(self) -> int:
+        self.last += 1
+        return self.last
+
+    def generate_trace_id(self) -> int:
+        return self.generate_span_id() << 64
+
+
 def _make(specs: list[dict[str, Any]], resources: list[Resource]) -> list[ReadableSpan]:
     spans: list[ReadableSpan] = []
+    _ids = _SequentialIds()
     for n, spec in enumerate(specs):
         exporter = InMemorySpanExporter()
-        provider = TracerProvider(resource=resources[n % len(resources)],
+        provider = TracerProvider(resource=resources[n % len(resources)], id_generator=_ids,
                                   span_limits=SpanLimits(max_attributes=4, max_events=2,
                                                          max_links=1, max_span_attributes=6))
         provider.add_span_processor(SimpleSpanProcessor(exporter))
