@@ -39,8 +39,7 @@ class ResponseStream:
         latest one leaves no snapshot rather than an earlier one.
     """
 
-    __slots__ = ("_closed", "_packed", "_parser", "_snapshot", "accumulator", "events",
-                 "malformed")
+    __slots__ = ("_closed", "_parser", "_snapshot", "accumulator", "events", "malformed")
 
     def __init__(self) -> None:
         self._parser = SSEParser()
@@ -48,8 +47,8 @@ class ResponseStream:
         self.events = 0
         self.malformed = 0
         self._closed = False
-        self._snapshot: ServerSentEvent | None = None  # the latest snapshot event, unparsed
-        self._packed: bytes | None = None  # its data, compressed (then its own data is "")
+        # The latest snapshot event's data, unparsed; zlib-compressed (bytes) when long.
+        self._snapshot: str | bytes | None = None
 
     def feed(self, chunk: bytes) -> None:
         """Consume one chunk of the response body."""
@@ -64,26 +63,18 @@ class ResponseStream:
         snapshot = None
         for sse in events:
             self.events += 1
-            if sse.data.startswith(_SNAPSHOT_PREFIXES):
-                snapshot = sse  # only the last of a read is kept: pack that one alone
+            if sse.oversize:
+                self.malformed += 1
+            elif sse.data.startswith(_SNAPSHOT_PREFIXES):
+                snapshot = sse.data  # only the last of a read is kept: pack that one alone
             else:
-                self._apply(sse)
+                self._apply(sse.data, sse.event)
         if snapshot is not None:
-            self._keep(snapshot)
+            # The decoder replaced invalid UTF-8, so the data encodes back without error.
+            self._snapshot = (zlib.compress(snapshot.encode(), 1)
+                              if len(snapshot) >= _PACK_SNAPSHOT else snapshot)
 
-    def _keep(self, sse: ServerSentEvent) -> None:
-        if len(sse.data) < _PACK_SNAPSHOT:
-            self._snapshot, self._packed = sse, None
-            return
-        # The decoder replaced invalid UTF-8, so the data encodes back without error.
-        self._packed = zlib.compress(sse.data.encode(), 1)
-        self._snapshot = ServerSentEvent(sse.event, "", sse.id, sse.retry, sse.oversize)
-
-    def _apply(self, sse: ServerSentEvent) -> None:
-        if sse.oversize:
-            self.malformed += 1
-            return
-        data = sse.data
+    def _apply(self, data: str, event_name: str | None) -> None:
         if data == "[DONE]":  # chat-completions style terminator some servers add
             return
         try:
@@ -98,8 +89,8 @@ class ResponseStream:
         if not isinstance(event, dict):
             self.malformed += 1
             return
-        if not isinstance(event.get("type"), str) and sse.event:
-            event["type"] = sse.event  # the object is ours, fresh from the parser
+        if not isinstance(event.get("type"), str) and event_name:
+            event["type"] = event_name  # the object is ours, fresh from the parser
         self.accumulator.add(event)
 
     @property
@@ -120,12 +111,11 @@ class ResponseStream:
         return self.accumulator.error
 
     def result(self) -> dict[str, Any] | None:
-        if self._snapshot is not None and not self.accumulator.has_final:
+        snapshot = self._snapshot
+        if snapshot is not None and not self.accumulator.has_final:
             # Late is as good as in place: a snapshot only replaces the previous one, and
-            # only result() reads it.
-            snapshot = self._snapshot
-            if self._packed is not None:
-                snapshot.data = zlib.decompress(self._packed).decode()
-            self._apply(snapshot)
-            self._snapshot = self._packed = None
+            # only result() reads it. Its data starts with its "type", so needs no event name.
+            self._apply(zlib.decompress(snapshot).decode() if isinstance(snapshot, bytes)
+                        else snapshot, None)
+            self._snapshot = None
         return self.accumulator.result()

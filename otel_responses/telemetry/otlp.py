@@ -96,25 +96,15 @@ def _items(owner: Any, attributes: Mapping[str, Any] | None) -> Any:
 
 
 def _attributes(tag: bytes, attributes: Mapping[str, Any] | None, owner: Any = None) -> list[bytes]:
-    """The repeated KeyValue field `tag`, as flat parts; an attribute that cannot be encoded
+    """The repeated KeyValue field `tag`; an attribute that cannot be encoded
     is logged and left out, as the SDK's encoder does. `owner`: the span, for `_items`."""
-    parts: list[bytes] = []
-    append, keys, varint = parts.append, _keys, _varint
+    fields = []
     for key, value in _items(owner, attributes):
         try:
-            if type(value) is str:  # most attributes: no nested message built, one copy of it
-                text = value.encode()
-                size = len(text)
-                value_size = 1 + len(varint(size)) + size
-                key_field = keys[key]
-                append(tag + varint(len(key_field) + 1 + len(varint(value_size)) + value_size)
-                       + key_field + b"\x12" + varint(value_size) + b"\x0a" + varint(size))
-                append(text)
-            else:
-                append(_delimited(tag, _key_value(key, value)))
+            fields.append(_delimited(tag, _key_value(key, value)))
         except Exception as error:
             log.exception("Failed to encode key %s: %s", key, error)
-    return parts
+    return fields
 
 
 def _flags(context: SpanContext | None) -> bytes:
