@@ -147,3 +147,21 @@ def test_server_uses_uvloop_and_httptools_when_installed() -> None:
         assert isinstance(loop, uvloop.Loop)
     finally:
         loop.close()
+
+
+def test_serve_lets_a_thread_hold_the_gil_half_a_millisecond(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    from otel_responses import cli
+    from otel_responses.config import Settings
+
+    seen: list[float] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: seen.append(sys.getswitchinterval()))
+    before = sys.getswitchinterval()
+    try:
+        cli.serve(Settings(upstream="http://127.0.0.1:9/v1"))
+    finally:
+        sys.setswitchinterval(before)
+    # Not CPython's 5 ms: the export thread would keep the event loop waiting that long.
+    assert seen == [pytest.approx(0.0005)]

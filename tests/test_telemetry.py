@@ -372,6 +372,23 @@ def test_a_call_cancelled_after_its_response_still_ends_its_span() -> None:
     assert [s.status.status_code for s in sink.spans()] == [StatusCode.OK]
 
 
+def test_an_endpoint_failing_before_it_answers_is_a_500_on_both_sides(
+        upstream: RawUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    from otel_responses.proxy.forward import Proxy
+
+    async def broken(self: Proxy, *args: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Proxy, "_forward", broken)
+    with traced_proxy(upstream.url + "/v1") as (base, sink):
+        resp = httpx.post(base + "/v1/responses", json={"model": "m", "input": "x"})
+        span = sink.one()
+    assert resp.status_code == 500
+    # The client's 500 went through the telemetry tee, so the span says what the client saw.
+    assert span.status.status_code is StatusCode.ERROR
+    assert (span.attributes or {})["error.type"] == "500"
+
+
 # -- masking ------------------------------------------------------------------------------
 
 def _masked_span(upstream: RawUpstream, monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
