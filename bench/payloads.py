@@ -97,8 +97,8 @@ def scenarios() -> dict[str, Scenario]:
         "large": Scenario("large", f"non-stream, {len(big) // 1000} KB request", big, False),
         "stream": Scenario("stream", "stream, 201 deltas", streamed, True),
         # The same stream with the machine idle between requests: at c=1 in a closed loop the
-        # load generator, the upstream and the proxy contend for 2 cores, so the TTFT added
-        # there is mostly CPU contention; 5 ms apart, it is the proxy's own latency.
+        # load generator, the upstream and the proxy contend for 2 cores. Spacing removes that
+        # but runs every hop cold instead; ttft_trace.py measures the proxy's own share.
         "spaced": Scenario("spaced", "stream, 201 deltas, one at a time, 5 ms apart",
                            streamed, True, pause_s=0.005, levels=(1,)),
     }

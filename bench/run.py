@@ -271,9 +271,9 @@ def _method(args: argparse.Namespace, suite: Suite) -> list[str]:
           "after the previous reply ended. In the closed loop at c=1 the next stream starts "
           "the instant the last one ends, so the load generator, the upstream (which spends "
           "CPU on every delta it generates) and the proxy contend for the 2 cores, and the "
-          "stream scenario's added TTFT is mostly that contention; spaced requests, with the "
-          "machine idle in between, are there to measure the proxy's own latency to the "
-          "first token."
+          "stream scenario's added TTFT is mostly that contention. Spaced requests avoid it, "
+          "but with the machine idle in between every hop runs cold (direct TTFT rises too); "
+          "`bench/ttft_trace.py` times the proxy's own share from inside."
           for s in suite.scenarios.values() if s.pause_s],
         "Added latency = configuration − direct, taken per repetition, median over "
         "repetitions. Server CPU = utime + stime from `/proc/<pid>/stat` over the run "
