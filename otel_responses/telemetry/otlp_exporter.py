@@ -1,4 +1,4 @@
-"""The SDK's OTLP/HTTP span exporter with spans encoded by `otlp` (4 to 6 times faster than
+"""The SDK's OTLP/HTTP span exporter with spans encoded by `otlp` (4 to 5 times faster than
 the SDK's encoder, which runs in the export thread holding the GIL)."""
 
 from __future__ import annotations
