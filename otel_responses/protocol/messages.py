@@ -329,14 +329,29 @@ _ITEMS: dict[str, Callable[[Mapping[str, Any]], list[Message]]] = {
 }
 
 
-def item_messages(item: Any) -> list[Message]:
-    """The message(s) for one input or output item; unknown items become a JSON message."""
+# Output items that are the model speaking: its messages and reasoning, and the calls it hands
+# to the client to run (the turn then waits for their results). Every other output item is
+# work the upstream did itself: a search, an MCP listing or call, interpreter runs, generated
+# images. Their payload is not what the model said, so it is kept out of the output messages.
+CLIENT_CALLS = frozenset({"function_call", "custom_tool_call", "computer_call",
+                          "local_shell_call", "shell_call", "apply_patch_call",
+                          "mcp_approval_request"})
+SPOKEN_ITEMS = CLIENT_CALLS | {"message", "reasoning"}
+
+
+def item_type(item: Any) -> str | None:
+    """An item's type; ``message`` for an EasyInputMessage ({role, content} without one)."""
     if not isinstance(item, _MAPPING):
-        return _unknown(item)
+        return None
     kind = item.get("type")
     if kind is None and "role" in item:
-        kind = "message"  # EasyInputMessage: {role, content} without a type
-    handler = _ITEMS.get(kind) if isinstance(kind, str) else None
+        return "message"
+    return kind if isinstance(kind, str) else None
+
+
+def item_messages(item: Any) -> list[Message]:
+    """The message(s) for one input item; unknown items become a JSON message."""
+    handler = _ITEMS.get(item_type(item) or "")
     return handler(item) if handler is not None else _unknown(item)
 
 
@@ -345,6 +360,12 @@ def items_messages(items: Any) -> list[Message]:
     if isinstance(items, str):
         return [Message("user", content=items)]
     return [m for item in items_of(items) for m in item_messages(item)]
+
+
+def output_messages(items: Any) -> list[Message]:
+    """Messages for a response's ``output``: only the items the model spoke (`SPOKEN_ITEMS`)."""
+    return [m for item in items_of(items) if item_type(item) in SPOKEN_ITEMS
+            for m in item_messages(item)]
 
 
 def instruction_messages(instructions: Any) -> list[Message]:

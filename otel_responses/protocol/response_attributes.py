@@ -8,13 +8,15 @@ from typing import Any, NamedTuple
 from openinference.semconv.trace import OpenInferenceMimeTypeValues, SpanAttributes
 
 from otel_responses.protocol.messages import (
+    CLIENT_CALLS,
     Attributes,
     dumps,
     flatten_images,
     flatten_messages,
     generated_images,
-    items_messages,
+    item_type,
     mapping,
+    output_messages,
     str_or_none,
 )
 
@@ -24,7 +26,6 @@ RESPONSE_ID = "gen_ai.response.id"
 RESPONSE_STATUS = "openai.response.status"
 INCOMPLETE_REASON = "openai.response.incomplete_reason"
 
-_CALL_ITEMS = ("function_call", "custom_tool_call")  # a tuple: item types need not be hashable
 _INCOMPLETE = {"max_output_tokens": "length", "content_filter": "content_filter"}
 
 
@@ -55,14 +56,15 @@ def usage(response: Mapping[str, Any]) -> Usage:
 def finish_reason(response: Mapping[str, Any]) -> str | None:
     """The GenAI FinishReason for a response (none is native to the Responses API).
 
-    completed → ``stop`` (``tool_call`` when it calls a client tool); incomplete → ``length``
-    or ``content_filter`` (other reasons verbatim); failed/cancelled → ``error``; else None.
+    completed → ``stop`` (``tool_call`` when it hands a call to the client, `CLIENT_CALLS`);
+    incomplete → ``length`` or ``content_filter`` (other reasons verbatim); failed/cancelled →
+    ``error``; else None.
     """
     status = response.get("status")
     if status == "completed":
         output = response.get("output")
-        calls = isinstance(output, list) and any(
-            isinstance(item, Mapping) and item.get("type") in _CALL_ITEMS for item in output)
+        calls = isinstance(output, list) and any(item_type(item) in CLIENT_CALLS
+                                                 for item in output)
         return "tool_call" if calls else "stop"
     if status == "incomplete":
         reason = str_or_none(mapping(response.get("incomplete_details")).get("reason"))
@@ -85,7 +87,7 @@ def _token_attributes(counts: Usage) -> Attributes:
 
 
 def response_attributes(response: Mapping[str, Any]) -> Attributes:
-    """Output messages and images, token counts, model, id, status and finish reason."""
+    """Output messages (what the model said) and images, token counts, model, id, status and finish reason."""
     attrs: Attributes = {
         SpanAttributes.OUTPUT_VALUE: dumps(response),
         SpanAttributes.OUTPUT_MIME_TYPE: OpenInferenceMimeTypeValues.JSON.value,
@@ -103,6 +105,6 @@ def response_attributes(response: Mapping[str, Any]) -> Attributes:
     attrs.update({key: value for key, value in identifiers if value})
     attrs.update(_token_attributes(usage(response)))
     output = response.get("output")
-    attrs.update(flatten_messages(SpanAttributes.LLM_OUTPUT_MESSAGES, items_messages(output)))
+    attrs.update(flatten_messages(SpanAttributes.LLM_OUTPUT_MESSAGES, output_messages(output)))
     attrs.update(flatten_images(SpanAttributes.OUTPUT_IMAGES, generated_images(output)))
     return attrs
