@@ -91,6 +91,13 @@ def message_texts(message: Mapping[str, Any]) -> str:
                    if c["message_content.type"] == "text")
 
 
+def part_of(value: Any, sent: Any) -> bool:
+    """``value`` is ``sent``, or an object keeping some of ``sent``'s fields, each a part."""
+    if isinstance(value, dict) and isinstance(sent, dict):
+        return all(k in sent and part_of(v, sent[k]) for k, v in value.items())
+    return value == sent
+
+
 # ---- every recording ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("rec", recordings_params(lambda r: r.request_body is not None))
@@ -105,7 +112,9 @@ def test_request_attributes_of_recording(rec: Recording | None) -> None:
     assert attrs["input.value"] == raw
     assert attrs["input.mime_type"] == "application/json"
     params = json.loads(attrs["llm.invocation_parameters"])
-    assert params == {k: v for k, v in body.items() if k not in ("input", "instructions", "tools")}
+    assert params["model"] == body["model"]
+    assert part_of(params, body)  # settings as sent, or the settings part of an object
+    assert not {"input", "instructions", "tools", "metadata", "user"} & set(params)
     tools = [json.loads(t["tool.json_schema"]) for t in indexed(attrs, "llm.tools")]
     assert tools == body.get("tools", [])
 
@@ -549,6 +558,45 @@ def test_missing_input_and_model() -> None:
     assert messages(attrs, IN) == []
     assert "llm.model_name" not in attrs
     assert json.loads(attrs["llm.invocation_parameters"]) == {"prompt": {"id": "pmpt_1"}}
+
+
+def test_invocation_parameters_are_settings_never_content() -> None:
+    body = {
+        "model": "gpt-5", "input": "SECRET-input", "instructions": "SECRET-instructions",
+        "tools": [{"type": "function", "name": "f", "description": "SECRET-tool"}],
+        "temperature": 0.2, "top_p": 1, "max_output_tokens": 50, "max_tool_calls": 3,
+        "tool_choice": {"type": "function", "name": "f"}, "parallel_tool_calls": False,
+        "reasoning": {"effort": "low", "summary": "auto", "context": "SECRET-future"},
+        "text": {"verbosity": "low", "format": {"type": "json_schema", "name": "answer",
+                                               "strict": True, "description": "SECRET-desc",
+                                               "schema": {"title": "SECRET-schema"}}},
+        "store": False, "truncation": "auto", "service_tier": "flex", "stream": True,
+        "stream_options": {"include_obfuscation": False}, "background": False,
+        "include": ["reasoning.encrypted_content"], "previous_response_id": "resp_0",
+        "conversation": {"id": "conv_1", "note": "SECRET-conv"},
+        "prompt": {"id": "pmpt_1", "version": "2", "variables": {"city": "SECRET-var"}},
+        "metadata": {"k": "v"}, "user": "u-1", "safety_identifier": "s-1",
+        "prompt_cache_key": "pck", "brand_new_field": "SECRET-new",
+    }
+    attrs = request_attributes(body)
+    assert json.loads(attrs["llm.invocation_parameters"]) == {
+        "model": "gpt-5", "temperature": 0.2, "top_p": 1, "max_output_tokens": 50,
+        "max_tool_calls": 3, "tool_choice": {"type": "function", "name": "f"},
+        "parallel_tool_calls": False, "reasoning": {"effort": "low", "summary": "auto"},
+        "text": {"verbosity": "low", "format": {"type": "json_schema", "name": "answer",
+                                                "strict": True}},
+        "store": False, "truncation": "auto", "service_tier": "flex", "stream": True,
+        "stream_options": {"include_obfuscation": False}, "background": False,
+        "include": ["reasoning.encrypted_content"], "previous_response_id": "resp_0",
+        "conversation": {"id": "conv_1"}, "prompt": {"id": "pmpt_1", "version": "2"},
+        "prompt_cache_key": "pck"}
+    assert attrs["prompt.id"] == "pmpt_1"
+    assert attrs["prompt.vendor"] == "openai"
+    assert attrs["llm.prompt_template.version"] == "2"
+    assert json.loads(attrs["llm.prompt_template.variables"]) == {"city": "SECRET-var"}
+    plain = request_attributes({"model": "m", "conversation": "conv_2", "input": "hi"})
+    assert json.loads(plain["llm.invocation_parameters"]) == {"model": "m",
+                                                              "conversation": "conv_2"}
 
 
 # ---- response specifics -------------------------------------------------------------------

@@ -87,7 +87,8 @@ def _token_attributes(counts: Usage) -> Attributes:
 
 
 def response_attributes(response: Mapping[str, Any]) -> Attributes:
-    """Output messages (what the model said) and images, token counts, model, id, status and finish reason."""
+    """Output messages (what the model said) and images, token counts, model, id, status and
+    finish reason."""
     attrs: Attributes = {
         SpanAttributes.OUTPUT_VALUE: dumps(response),
         SpanAttributes.OUTPUT_MIME_TYPE: OpenInferenceMimeTypeValues.JSON.value,

@@ -71,13 +71,20 @@ class MaskingConfig:
             values[f.name] = _parse_bool(raw, name, f.default)
         return cls(**values)
 
+    # input.value and output.value hold every message and its text: hiding either hides them.
     @property
     def redacts_input_value(self) -> bool:
-        return self.hide_inputs or self.hide_input_text
+        return self.hide_inputs or self.hide_input_messages or self.hide_input_text
 
     @property
     def redacts_output_value(self) -> bool:
-        return self.hide_outputs or self.hide_output_text
+        return self.hide_outputs or self.hide_output_messages or self.hide_output_text
+
+    @property
+    def hides_content(self) -> bool:
+        """Whether anything the user or the model wrote is hidden: an upstream's error message
+        can echo either (a 400 quoting the prompt), so it is left out of the span status."""
+        return self.redacts_input_value or self.redacts_output_value
 
     @property
     def hides_anything(self) -> bool:
@@ -133,7 +140,7 @@ def _drop(key: str, cfg: MaskingConfig) -> bool:
 
 
 def _redact(key: str, value: Any, cfg: MaskingConfig) -> bool:
-    if key == "input.value":
+    if key in ("input.value", "llm.prompt_template.variables"):
         return cfg.redacts_input_value
     if key == "output.value":
         return cfg.redacts_output_value

@@ -86,7 +86,8 @@ class SpanWriter:
             span.add_event(_terminal_event_name(record.terminal_event),
                            timestamp=record.terminal_ns or record.end_ns)
         if record.is_error:
-            span.set_status(Status(StatusCode.ERROR, _describe_error(record)))
+            span.set_status(Status(StatusCode.ERROR, _describe_error(
+                record, with_message=not self.options.masking.hides_content)))
         else:
             span.set_status(Status(StatusCode.OK))
         span.end(end_time=record.end_ns)
@@ -169,10 +170,11 @@ def error_type(record: CallRecord) -> str:
     return str(code) if code else record.outcome
 
 
-def _describe_error(record: CallRecord) -> str:
+def _describe_error(record: CallRecord, with_message: bool) -> str:
+    """The outcome, the error code and, unless content is masked, the error's message."""
     error = record.error or {}
-    detail = ": ".join(str(x) for x in (error.get("code") or error.get("type"),
-                                        error.get("message")) if x)
+    message = error.get("message") if with_message else None
+    detail = ": ".join(str(x) for x in (error.get("code") or error.get("type"), message) if x)
     prefix = {
         outcomes.HTTP_ERROR: f"HTTP {record.status}",
         outcomes.FAILED: "response.failed",
