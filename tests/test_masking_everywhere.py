@@ -91,6 +91,8 @@ def _exported(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
     """Replay every secret-laden recording through a proxy exporting to a real OTLP receiver;
     the bytes it received, the log text, and the spans."""
     recordings = _secret_recordings(fields)
+    # The OTel GenAI attributes too: they carry the same messages in their own shape.
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "gen_ai_latest_experimental")
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     caplog.set_level(logging.DEBUG)
