@@ -292,7 +292,7 @@ def test_every_span_is_exported_dropped_or_queued(monkeypatch: pytest.MonkeyPatc
     assert exporter.entered.wait(10)
     _end_spans(provider, 4 + 3)  # the queue fills up; the last three find it full
     assert (pipeline.queued, pipeline.exported, pipeline.dropped) == \
-        (4, 0, {"queue_full": 3, "export_failed": 0})
+        (4, 0, {"queue_full": 3, "export_failed": 0, "unencodable": 0})
     assert sample("otel_responses_span_queue_size") == 4
     assert sample("otel_responses_span_queue_capacity") == 4
     assert sample("otel_responses_spans_dropped_total", reason="queue_full") == 3
@@ -303,7 +303,7 @@ def test_every_span_is_exported_dropped_or_queued(monkeypatch: pytest.MonkeyPatc
     exporter.release.set()  # then: success, failure, an exception
     assert provider.force_flush()
     assert (pipeline.queued, pipeline.exported, pipeline.dropped) == \
-        (0, 2, {"queue_full": 3, "export_failed": 4})
+        (0, 2, {"queue_full": 3, "export_failed": 4, "unencodable": 0})
     assert sample("otel_responses_spans_exported_total") == 2
     assert sample("otel_responses_spans_dropped_total", reason="export_failed") == 4
     assert sample("otel_responses_span_queue_size") == 0

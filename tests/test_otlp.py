@@ -26,7 +26,7 @@ from opentelemetry.trace import (
     set_span_in_context,
 )
 
-from otel_responses.telemetry.otlp import encode_requests, encode_spans
+from otel_responses.telemetry.otlp import encode_requests, encode_spans, span_field
 
 _KEYS = st.text(min_size=1, max_size=12)
 _INTS = st.one_of(st.integers(-(1 << 63), (1 << 63) - 1),
@@ -145,7 +145,7 @@ def test_requests_split_a_batch_in_order_under_the_limit(sizes: list[int], limit
                     "parent": None, "trace_state": None, "status": None, "times": (0, 0),
                     "scope": n % 2, "attributes": {"v": "x" * size}}
                    for n, size in enumerate(sizes)], [Resource.create({})])
-    requests = encode_requests(spans, limit)
+    requests = encode_requests([(span, span_field(span)) for span in spans], limit)
     order = [span.context.span_id.to_bytes(8, "big") for span in spans]
     # Each request holds the next spans of the batch (grouped by scope inside it).
     taken = 0

@@ -34,7 +34,8 @@ SHUTDOWN_FLUSH_SECONDS = 5.0
 DEFAULT_MAX_QUEUE_SIZE = 2048  # the SDK's default for OTEL_BSP_MAX_QUEUE_SIZE
 QUEUE_FULL = "queue_full"
 EXPORT_FAILED = "export_failed"
-DROP_REASONS = (QUEUE_FULL, EXPORT_FAILED)
+UNENCODABLE = "unencodable"
+DROP_REASONS = (QUEUE_FULL, EXPORT_FAILED, UNENCODABLE)
 # A dead collector drops spans continuously: say so in the log now and then, the count is
 # otel_responses_spans_dropped_total.
 DROP_WARNING_INTERVAL_S = 60.0
@@ -59,7 +60,8 @@ def _otlp_exporter(env: Mapping[str, str]) -> SpanExporter:
 
 class SpanPipeline(SpanProcessor):
     """A BatchSpanProcessor that accounts for every sampled span it is given: exported,
-    dropped (``queue_full``, ``export_failed``) or still queued; read at scrape time.
+    dropped (``queue_full``, ``export_failed``, ``unencodable``) or still queued; read at
+    scrape time.
 
     Public SDK interfaces only. The SDK counts its own drops only when the process-wide
     ``OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED`` is set and never exposes its queue length, so
@@ -124,8 +126,9 @@ class SpanPipeline(SpanProcessor):
         with self._lock:
             self.queued -= count
 
-    def _settled(self, count: int, ok: bool) -> None:
+    def _settled(self, count: int, ok: bool, unencodable: int = 0) -> None:
         with self._lock:
+            self.dropped[UNENCODABLE] += unencodable
             if ok:
                 self.exported += count
             else:
@@ -148,13 +151,17 @@ class _CountingExporter(SpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         self._pipeline._handed_over(len(spans))
+        # An exporter that drops a span it cannot encode (and sends the rest) counts it in
+        # `unencodable`; exports run one at a time, so the difference is this batch's.
+        before = getattr(self._exporter, "unencodable", 0)
         ok = False
         try:
             result = self._exporter.export(spans)
             ok = result is SpanExportResult.SUCCESS
             return result
         finally:  # an exception is a failed export too (the batch processor logs it)
-            self._pipeline._settled(len(spans), ok)
+            unencodable = getattr(self._exporter, "unencodable", 0) - before
+            self._pipeline._settled(len(spans) - unencodable, ok, unencodable)
 
     def shutdown(self, timeout_millis: float = 30_000) -> None:
         # The batch processor passes what is left of its shutdown time to exporters that take

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from otel_responses.protocol.text import encodable
 from otel_responses.telemetry import recorder as outcomes
 from otel_responses.telemetry.recorder import CallRecord
 from otel_responses.telemetry.spans import error_type
@@ -110,7 +111,8 @@ def current_exemplar() -> dict[str, str] | None:
 
 
 def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ""
+    # Label values come from clients: a lone surrogate would fail every later scrape.
+    return encodable(value) if isinstance(value, str) else ""
 
 
 def _status_class(status: int) -> str:
@@ -255,7 +257,7 @@ class ProxyMetrics:
         labels = (
             "chat", self.provider,
             self._model(_text(request.get("model"))), self._model(_text(response.get("model"))),
-            self._error_type(error_type(record)) if record.is_error else "",
+            self._error_type(_text(error_type(record))) if record.is_error else "",
             "true" if record.stream or request.get("stream") is True else "false",
         )
         exemplar = current_exemplar()

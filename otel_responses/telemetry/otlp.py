@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.sdk.trace import Event, ReadableSpan
@@ -182,15 +182,14 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     return _request([(span, span_field(span)) for span in spans])
 
 
-def encode_requests(spans: Sequence[ReadableSpan], max_bytes: int,
-                    field_of: Callable[[ReadableSpan], bytes] = span_field) -> list[bytes]:
-    """The spans, in order, as serialized requests whose spans take at most `max_bytes` each
-    (resource and scope add a few hundred bytes); a larger span goes alone. `field_of` gives
-    each span's `span_field` (one encoded earlier, say)."""
+def encode_requests(fields: Iterable[tuple[ReadableSpan, bytes]],
+                    max_bytes: int) -> list[bytes]:
+    """Spans with their `span_field`, in order, as serialized requests whose spans take at
+    most `max_bytes` each (resource and scope add a few hundred bytes); a larger span goes
+    alone."""
     chunks: list[list[tuple[ReadableSpan, bytes]]] = []
     size = max_bytes + 1  # the first span opens a chunk
-    for span in spans:
-        field = field_of(span)
+    for span, field in fields:
         if size + len(field) > max_bytes:
             chunks.append([])
             size = 0

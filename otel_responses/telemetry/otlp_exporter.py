@@ -38,6 +38,7 @@ class DirectOTLPSpanExporter(OTLPSpanExporter):
 
     def __init__(self) -> None:
         super().__init__()
+        self.unencodable = 0  # spans left out of their batch: they could not be encoded
         self._prepared: dict[ReadableSpan, bytes] = {}
         self._prepared_bytes = 0
         self._lock = threading.Lock()  # spans end in one thread and are exported in another
@@ -76,15 +77,23 @@ class DirectOTLPSpanExporter(OTLPSpanExporter):
                 self._prepared_bytes -= len(field)
         return field if field is not None else span_field(span)
 
+    def _fields(self, spans: Sequence[ReadableSpan]) -> list[tuple[ReadableSpan, bytes]]:
+        """Each span with its encoding; one that cannot be encoded is dropped alone (counted
+        in `unencodable`), never failing the batch of other calls' spans."""
+        fields = []
+        for span in spans:
+            try:
+                fields.append((span, self._field(span)))
+            except Exception:
+                self.unencodable += 1  # only the export thread counts: no lock
+                log.exception("dropping span %r: it cannot be encoded", span.name)
+        return fields
+
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if not self.direct or self._shutdown:
             return super().export(spans)
         limit = self._max_request_size if self._max_request_size > 0 else REQUEST_BYTES
-        try:
-            requests = encode_requests(spans, min(REQUEST_BYTES, limit), self._field)
-        except Exception as error:
-            log.error("Failed to encode span batch: %s", error)
-            return SpanExportResult.FAILURE
+        requests = encode_requests(self._fields(spans), min(REQUEST_BYTES, limit))
         result = SpanExportResult.SUCCESS
         for data in requests:
             if 0 < self._max_request_size < len(data):  # one span alone is that large

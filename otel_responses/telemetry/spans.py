@@ -18,6 +18,7 @@ from otel_responses.protocol.attributes import (
     request_attributes,
     response_attributes,
 )
+from otel_responses.protocol.text import encodable
 from otel_responses.telemetry import recorder as outcomes
 from otel_responses.telemetry.masking import mask, request_text
 from otel_responses.telemetry.options import TelemetryOptions, genai_provider_name
@@ -79,15 +80,15 @@ class SpanWriter:
                 _ordered(attrs, self.options.max_attribute_length), span))
         model = record.request.get("model") if record.request else None
         if isinstance(model, str):
-            span.update_name(f"chat {model}")
+            span.update_name(encodable(f"chat {model}"))
         if record.first_token_ns is not None:
             span.add_event(FIRST_TOKEN_EVENT, timestamp=record.first_token_ns)
         if record.terminal_event is not None:
             span.add_event(_terminal_event_name(record.terminal_event),
                            timestamp=record.terminal_ns or record.end_ns)
         if record.is_error:
-            span.set_status(Status(StatusCode.ERROR, _describe_error(
-                record, with_message=not self.options.masking.hides_content)))
+            span.set_status(Status(StatusCode.ERROR, encodable(_describe_error(
+                record, with_message=not self.options.masking.hides_content))))
         else:
             span.set_status(Status(StatusCode.OK))
         span.end(end_time=record.end_ns)
@@ -125,7 +126,7 @@ class SpanWriter:
         previous = request.get("previous_response_id")
         link = self.sessions.get(previous) if isinstance(previous, str) else None
         if link is not None:
-            span.add_link(link.span_context, {"openai.previous_response_id": previous})
+            span.add_link(link.span_context, {"openai.previous_response_id": encodable(previous)})
         response_id = (record.response or {}).get("id")
         session = (next(filter(None, (_header(headers, h) for h in self._session_headers)), None)
                    or _conversation_id(request)
@@ -188,18 +189,26 @@ def _describe_error(record: CallRecord, with_message: bool) -> str:
 
 
 def _ordered(attrs: Attributes, max_length: int) -> list[tuple[str, AttributeValue]]:
-    """Capped to ``max_length``, most expendable first.
+    """Encodable, capped to ``max_length``, most expendable first.
 
     The input messages, in the order flatten_messages wrote them (oldest first), then the keys
     of each of the ``_LATE_PREFIXES`` in turn, then the rest (identity, counts) as they came.
+    Every string is made `encodable` here, the one way into the span: a lone surrogate from a
+    request would otherwise fail the encoding of the whole export batch, other calls' included.
     """
     messages: list[tuple[str, AttributeValue]] = []
     late: list[tuple[str, AttributeValue]] = []
     rest: list[tuple[str, AttributeValue]] = []
     for item in attrs.items():
         key, value = item
-        if isinstance(value, str) and len(value) > max_length:
-            item = (key, value[:max_length - len(_TRUNCATED)] + _TRUNCATED)
+        if isinstance(value, str):  # keys are ours, ASCII
+            if len(value) > max_length:
+                value = value[:max_length - len(_TRUNCATED)] + _TRUNCATED
+            value = encodable(value)
+            if value is not item[1]:
+                item = (key, value)
+        elif isinstance(value, list | tuple):
+            item = (key, [encodable(v) if isinstance(v, str) else v for v in value])
         if key.startswith(_INPUT_MESSAGES):
             messages.append(item)
         elif key.startswith(_LATE_PREFIXES):
