@@ -429,6 +429,15 @@ def test_mask_nothing_by_default_but_oversized_images(upstream: RawUpstream,
     assert "AAAA" not in attrs["input.value"]
 
 
+def test_oversized_images_are_masked_in_the_genai_messages_too(
+        upstream: RawUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    attrs = _masked_span(upstream, monkeypatch,
+                         {"OTEL_SEMCONV_STABILITY_OPT_IN": "gen_ai_latest_experimental"},
+                         _rich_request())
+    assert "hidden words" in attrs["gen_ai.input.messages"]
+    assert [k for k, v in attrs.items() if "AAAAAAAA" in str(v)] == []
+
+
 def test_base64_image_max_length(upstream: RawUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
     attrs = _masked_span(upstream, monkeypatch,
                          {"OPENINFERENCE_BASE64_IMAGE_MAX_LENGTH": "100000"}, _rich_request())

@@ -35,3 +35,30 @@ class ParsedBody:
             self._value = json_object(raw)
             self._raw = raw
         return self._value
+
+
+TOO_DEEP = "…[nested too deep]"
+"""What stands for a value nested past `cut_depth`'s bound."""
+
+
+def cut_depth(value: Any, max_depth: int) -> tuple[Any, bool]:
+    """A copy of ``value`` with each container nested more than ``max_depth`` deep replaced by
+    `TOO_DEEP`, and whether any was. Iterative: the value may nest deeper than Python's stack,
+    which is why it is cut (JSON parses far deeper than the encoders and walks can go)."""
+    cut = False
+    root: list[Any] = [None]
+    stack: list[tuple[Any, Any, Any, int]] = [(value, root, 0, 0)]  # node, holder, key, depth
+    while stack:
+        node, holder, key, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth >= max_depth:
+                holder[key], cut = TOO_DEEP, True
+                continue
+            copy: Any = dict(node) if isinstance(node, dict) else list(node)
+            holder[key] = copy
+            pairs = copy.items() if isinstance(copy, dict) else enumerate(copy)
+            stack.extend((child, copy, k, depth + 1) for k, child in pairs
+                         if isinstance(child, dict | list))
+        else:
+            holder[key] = node
+    return root[0], cut

@@ -27,6 +27,8 @@ _TEXT_LEAVES = (".message.content", ".message_content.text", ".tool_call.functio
                 ".message_content.encrypted_content", ".document.document.content")
 _IMAGE_LEAF = ".message_content.image.image.url"
 _DATA_IMAGE = re.compile(r"^data:image/[^;,]*;base64,")
+# The same inside JSON text, with its data (a JSON writer may escape "/" as "\\/").
+_BASE64_IMAGE = re.compile(r"data:image/[^;,\"]*;base64,[A-Za-z0-9+/=\\]*")
 # A JSON string can spell "input_image" without its bytes doing so, and masking must not be
 # dodged that way: with a \u escape of one of its letters (U+005F to U+0075), or in UTF-16 or
 # UTF-32, which json.loads also reads and whose ASCII characters all carry a NUL byte.
@@ -178,17 +180,32 @@ def mask(attributes: Attributes, cfg: MaskingConfig) -> Attributes:
     return out
 
 
-def request_text(raw: bytes, body: Any, cfg: MaskingConfig) -> str:
-    """``input.value``: the request as sent, or re-serialised from ``body`` if images must go.
+def masked_request(raw: bytes, body: Any, cfg: MaskingConfig) -> tuple[Any, str]:
+    """The request with hidden or oversized images replaced, and its text for ``input.value``:
+    the request as sent, or re-serialised if images had to go.
 
-    ``body`` is ``raw`` parsed. Most requests hold no image at all, which the bytes tell far
-    faster than walking (and copying) the parsed body.
+    ``body`` is ``raw`` parsed, or None when it is not JSON the parser could read (too deep,
+    say). Most requests hold no image at all, which the bytes tell far faster than walking
+    (and copying) the parsed body. Every attribute made from the request (the GenAI messages
+    too) is made from what this returns, so an image hidden in one is hidden in all.
     """
     if _may_hold_input_image(raw):
+        if body is None:
+            return None, _unparsed_text(raw, cfg)
         masked = mask_images_in_request(body, cfg)
         if masked is not None:
-            return json.dumps(masked, separators=(",", ":"), ensure_ascii=False)
-    return raw.decode("utf-8", "replace")
+            return masked, json.dumps(masked, separators=(",", ":"), ensure_ascii=False)
+    return body, raw.decode("utf-8", "replace")
+
+
+def _unparsed_text(raw: bytes, cfg: MaskingConfig) -> str:
+    """A request that may hold an image but could not be parsed: every image hidden with
+    ``hide_input_images`` (which an unparsed body cannot single out), else long base64 image
+    data cut out of the text as it stands."""
+    if cfg.hide_input_images:
+        return REDACTED
+    text = raw.decode("utf-8", "replace")
+    return _BASE64_IMAGE.sub(lambda m: REDACTED if _oversized_image(m[0], cfg) else m[0], text)
 
 
 def _may_hold_input_image(raw: bytes) -> bool:
@@ -202,21 +219,51 @@ def mask_images_in_request(body: Any, cfg: MaskingConfig) -> Any | None:
     """The request with hidden or oversized images replaced, or None when nothing changes.
 
     ``input.value`` is the raw request; when images must go, it is re-serialised from this.
+    The walk is iterative (a request can nest deeper than Python's stack), and only the
+    containers on the way to a replaced image are copied.
     """
-    changed = False
-
-    def walk(node: Any) -> Any:
-        nonlocal changed
+    found: list[tuple[int, Any]] = []  # (parent entry, key) of each image to hide
+    steps: list[tuple[int, Any]] = [(-1, None)]  # (parent entry, key) of every container
+    stack: list[tuple[Any, int]] = [(body, 0)]
+    while stack:
+        node, entry = stack.pop()
         if isinstance(node, dict):
-            if node.get("type") == "input_image" and isinstance(node.get("image_url"), str):
-                url = node["image_url"]
-                if cfg.hide_input_images or _oversized_image(url, cfg):
-                    changed = True
-                    return {**node, "image_url": REDACTED}
-            return {k: walk(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
+            url = node.get("image_url")
+            if (node.get("type") == "input_image" and isinstance(url, str)
+                    and (cfg.hide_input_images or _oversized_image(url, cfg))):
+                found.append((entry, "image_url"))
+                continue
+            pairs: Any = node.items()
+        elif isinstance(node, list):
+            pairs = enumerate(node)
+        else:
+            continue
+        for key, child in pairs:
+            if isinstance(child, dict | list):
+                steps.append((entry, key))
+                stack.append((child, len(steps) - 1))
+    if not found:
+        return None
+    copies: dict[int, Any] = {0: _shallow_copy(body)}  # entry -> its copy
 
-    masked = walk(body)
-    return masked if changed else None
+    def copy_of(entry: int) -> Any:
+        """The copy of a container, copying those above it that are not yet copied."""
+        chain = []
+        while entry not in copies:
+            chain.append(entry)
+            entry = steps[entry][0]
+        holder = copies[entry]
+        for below in reversed(chain):
+            key = steps[below][1]
+            copy = _shallow_copy(holder[key])
+            holder[key] = copies[below] = copy
+            holder = copy
+        return holder
+
+    for entry, key in found:
+        copy_of(entry)[key] = REDACTED
+    return copies[0]
+
+
+def _shallow_copy(node: Any) -> Any:
+    return dict(node) if isinstance(node, dict) else list(node)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from openinference.semconv.trace import OpenInferenceSpanKindValues, SpanAttributes
@@ -18,9 +19,10 @@ from otel_responses.protocol.attributes import (
     request_attributes,
     response_attributes,
 )
+from otel_responses.protocol.body import cut_depth
 from otel_responses.protocol.text import encodable
 from otel_responses.telemetry import recorder as outcomes
-from otel_responses.telemetry.masking import mask, request_text
+from otel_responses.telemetry.masking import mask, masked_request
 from otel_responses.telemetry.options import TelemetryOptions, genai_provider_name
 from otel_responses.telemetry.recorder import CallRecord
 from otel_responses.telemetry.sessions import ChainLink, SessionIndex
@@ -75,7 +77,13 @@ class SpanWriter:
     def finish(self, span: Span, record: CallRecord, headers: list[tuple[bytes, bytes]]) -> None:
         context = self._context(record, headers, span)  # sampled or not: sessions chain on
         if span.is_recording():  # else sampled out: the attributes would go nowhere
-            attrs = mask(self._attributes(record, context), self.options.masking)
+            try:
+                attrs = self._attributes(record, context)
+            except RecursionError:
+                # A payload nested deeper than the encoders' stack: recorded cut, flagged.
+                shallow, flags = _shallower(record)
+                attrs = {**self._attributes(shallow, context), **flags}
+            attrs = mask(attrs, self.options.masking)
             span.set_attributes(_within_count_limit(
                 _ordered(attrs, self.options.max_attribute_length), span))
         model = record.request.get("model") if record.request else None
@@ -97,10 +105,11 @@ class SpanWriter:
         request, response = record.request, record.response
         attrs: Attributes = dict(self._start_attributes)
         if request is not None:
-            raw = request_text(record.request_raw, request, self.options.masking)
+            request, raw = masked_request(record.request_raw, request, self.options.masking)
             attrs.update(request_attributes(request, raw))
         elif record.request_raw:
-            attrs[SpanAttributes.INPUT_VALUE] = record.request_raw.decode("utf-8", "replace")
+            attrs[SpanAttributes.INPUT_VALUE] = masked_request(record.request_raw, None,
+                                                               self.options.masking)[1]
             attrs[SpanAttributes.INPUT_MIME_TYPE] = "text/plain"
         if response is not None:
             attrs.update(response_attributes(response))
@@ -143,7 +152,8 @@ class SpanWriter:
             out[SpanAttributes.USER_ID] = user
         metadata = request.get("metadata")
         if isinstance(metadata, dict) and metadata:
-            out[SpanAttributes.METADATA] = json.dumps(metadata, ensure_ascii=False)
+            out[SpanAttributes.METADATA] = json.dumps(cut_depth(metadata, MAX_DEPTH)[0],
+                                                      ensure_ascii=False)
         return out
 
 
@@ -162,20 +172,27 @@ def _terminal_event_name(outcome: str) -> str:
     return "error" if outcome == "error" else f"response.{outcome}"
 
 
+def _scalar(value: Any) -> str | None:
+    """An error field as text: upstreams send strings (or numbers); anything else is junk."""
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return str(value) or None
+    return None
+
+
 def error_type(record: CallRecord) -> str:
     """``error.type`` of a failed call: the HTTP status, else the error code, else the outcome."""
     error = record.error or {}
     if record.outcome == outcomes.HTTP_ERROR:
         return str(record.status)
-    code = error.get("code") or error.get("type")
-    return str(code) if code else record.outcome
+    return _scalar(error.get("code")) or _scalar(error.get("type")) or record.outcome
 
 
 def _describe_error(record: CallRecord, with_message: bool) -> str:
     """The outcome, the error code and, unless content is masked, the error's message."""
     error = record.error or {}
-    message = error.get("message") if with_message else None
-    detail = ": ".join(str(x) for x in (error.get("code") or error.get("type"), message) if x)
+    message = _scalar(error.get("message")) if with_message else None
+    code = _scalar(error.get("code")) or _scalar(error.get("type"))
+    detail = ": ".join(x for x in (code, message) if x)
     prefix = {
         outcomes.HTTP_ERROR: f"HTTP {record.status}",
         outcomes.FAILED: "response.failed",
@@ -186,6 +203,24 @@ def _describe_error(record: CallRecord, with_message: bool) -> str:
         outcomes.APP_ERROR: "application error",
     }.get(record.outcome, record.outcome)
     return f"{prefix}: {detail}" if detail else prefix
+
+
+# JSON nesting kept when a payload is too deep to record whole (no real one comes near).
+MAX_DEPTH = 64
+REQUEST_TRUNCATED = "otel_responses.request.truncated"
+RESPONSE_TRUNCATED = "otel_responses.response.truncated"
+
+
+def _shallower(record: CallRecord) -> tuple[CallRecord, Attributes]:
+    """``record`` with its request and response cut at `MAX_DEPTH`, and the flags that say so."""
+    request, request_cut = cut_depth(record.request, MAX_DEPTH)
+    response, response_cut = cut_depth(record.response, MAX_DEPTH)
+    flags: Attributes = {}
+    if request_cut:
+        flags[REQUEST_TRUNCATED] = True
+    if response_cut:
+        flags[RESPONSE_TRUNCATED] = True
+    return replace(record, request=request, response=response), flags
 
 
 def _ordered(attrs: Attributes, max_length: int) -> list[tuple[str, AttributeValue]]:
