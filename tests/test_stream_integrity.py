@@ -14,16 +14,19 @@ import json
 import logging
 import socket
 import struct
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import httpx
 import pytest
+import uvloop
 from opentelemetry.trace import StatusCode
 
 from otel_responses.app import create_app
 from otel_responses.config import Settings
 from otel_responses.proxy import upstream as upstream_client
+from otel_responses.proxy.target import UpstreamTarget
 from tests.faults import dechunk_raw, poll, raw_connect, raw_post, read_until_closed
 from tests.servers import serve_asgi, serve_tcp
 from tests.spans import SpanSink
@@ -417,3 +420,36 @@ def test_the_access_log_says_who_failed(status: int, outcome: str,
                   if r.name == "otel_responses.access")
     assert (fields["status"], fields["outcome"], fields["bytes_out"]) == (status, outcome,
                                                                            len(body))
+
+
+@pytest.mark.parametrize("loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop],
+                         ids=["asyncio", "uvloop"])
+def test_a_post_whose_connection_was_reset_before_writing_is_sent_on_a_new_one(
+        loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
+    """Nothing reached the wire: the reset pooled connection fails the first send at once."""
+    with ScriptedUpstream([[OK, 0.05, RESET], [OK]]).running() as up:
+        pool = upstream_client.UpstreamPool(UpstreamTarget.parse(up.url), connect_timeout=5,
+                                            read_timeout=5)
+
+        async def post(body: bytes) -> upstream_client.UpstreamResponse:
+            response = await pool.request("POST", "/v1/responses", [], body)
+            assert b"".join([chunk async for chunk in response.body()]) == b'{"ok":true}'
+            response.close()
+            return response
+
+        async def main() -> upstream_client.UpstreamResponse:
+            await post(b"{}")
+            # Block the loop while the reset arrives: the pool cannot have seen it.
+            time.sleep(0.3)
+            try:
+                return await post(b'{"billed":1}')
+            finally:
+                pool.close()
+
+        loop = loop_factory()
+        try:
+            second = loop.run_until_complete(main())
+        finally:
+            loop.close()
+    assert second.retried
+    assert [(r.connection, r.body) for r in up.received] == [(1, b"{}"), (2, b'{"billed":1}')]
