@@ -28,7 +28,7 @@ from otel_responses.config import Settings
 from otel_responses.proxy import upstream as upstream_client
 from otel_responses.proxy.target import UpstreamTarget
 from tests.faults import dechunk_raw, poll, raw_connect, raw_post, read_until_closed
-from tests.servers import serve_asgi, serve_tcp
+from tests.servers import LoopbackServer, serve_asgi
 from tests.spans import SpanSink
 from tests.test_metrics import scrape, value
 
@@ -44,7 +44,7 @@ class Received:
 
 
 @dataclass
-class ScriptedUpstream:
+class ScriptedUpstream(LoopbackServer):
     """Answers the n-th request it reads with the n-th script (a list of steps), byte exact.
 
     A script that does not end with CLOSE, RESET or STALL leaves the connection open for the
@@ -55,15 +55,6 @@ class ScriptedUpstream:
     received: list[Received] = field(default_factory=list)
     connections: int = 0
     port: int = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[ScriptedUpstream]:
-        with serve_tcp(self._connection) as (self.port, _):
-            yield self
 
     async def _connection(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:

@@ -23,7 +23,7 @@ from otel_responses.config import Settings
 from otel_responses.demo.app import create_demo_app
 from otel_responses.proxy import upstream as upstream_client
 from otel_responses.proxy.target import UpstreamTarget
-from tests.servers import serve_asgi, serve_tcp
+from tests.servers import LoopbackServer, serve_asgi
 from tests.upstreams import RawUpstream
 
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
@@ -71,7 +71,7 @@ def raw_upstream() -> Iterator[RawUpstream]:
 
 
 @dataclass
-class ForwardProxyServer:
+class ForwardProxyServer(LoopbackServer):
     """A minimal HTTP proxy: CONNECT tunnels, and absolute-form requests sent on to the origin.
 
     ``seen`` holds the first request line of every proxy connection and its
@@ -81,15 +81,6 @@ class ForwardProxyServer:
     refuse: bool = False  # answer every request 407
     seen: list[tuple[str, str | None]] = field(default_factory=list)
     port: int = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[ForwardProxyServer]:
-        with serve_tcp(self._connection) as (self.port, _):
-            yield self
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
