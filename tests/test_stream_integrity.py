@@ -181,6 +181,23 @@ def test_a_chunked_body_the_upstream_cut_is_cut_for_the_client(
         assert proxied.server_errors == [], [r.getMessage() for r in proxied.server_errors]
 
 
+@pytest.mark.parametrize(("ending", "complete"), [(CLOSE, True), (RESET, False)])
+def test_a_body_delimited_by_the_close_ends_with_a_fin_and_is_cut_by_a_reset(
+        ending: str, complete: bool) -> None:
+    """No length, no chunking: the upstream's FIN ends the body, its RST cuts it."""
+    script = [head(200, "Content-Type: text/event-stream", "Connection: close"), SSE, 0.05,
+              ending]
+    with ScriptedUpstream([script]).running() as up, proxy_for(up) as proxied:
+        sock = raw_connect(proxied.base)
+        sock.sendall(raw_post("/v1/responses", b'{"model":"m","stream":true}',
+                              extra=b"Connection: close\r\n"))
+        raw = read_until_closed(sock)
+        sock.close()
+        assert dechunk_raw(raw) == (SSE, complete)
+        assert proxied.sink.one().attributes["error.type"] == "upstream_cut"
+        assert proxied.server_errors == []
+
+
 def test_a_truncated_stream_the_upstream_ended_cleanly_still_ends_cleanly() -> None:
     """A proper end of a chunked body is passed on: the bytes say it ended, so does the proxy."""
     script = [head(200, "Content-Type: text/event-stream", "Transfer-Encoding: chunked")
@@ -228,7 +245,7 @@ def test_bytes_arriving_on_an_idle_connection_poison_it() -> None:
                            [fixed(b'{"second":true}')]]).running() as up, \
             proxy_for(up) as proxied, _client() as client:
         assert client.post(proxied.base + "/v1/responses", content=b"{}").status_code == 200
-        assert poll(lambda: False, 0.2) is False  # the stray bytes arrive while idle
+        time.sleep(0.2)  # the stray bytes arrive while idle
         again = client.post(proxied.base + "/v1/responses", content=b"{}")
         assert again.json() == {"second": True} and "x-evil" not in again.headers
     assert [r.connection for r in up.received] == [1, 2]
@@ -330,7 +347,7 @@ def test_a_post_on_a_connection_the_upstream_closed_while_idle_goes_on_a_new_one
             proxy_for(up) as proxied, _client() as client:
         assert client.post(proxied.base + "/v1/responses", content=b"{}").status_code == 200
         assert poll(lambda: up.connections == 1 and len(up.received) == 1, 2)
-        assert poll(lambda: False, 0.2) is False  # the proxy's loop sees the FIN
+        time.sleep(0.2)  # the proxy's loop sees the FIN
         assert client.post(proxied.base + "/v1/responses", content=b"{}").status_code == 200
     assert [r.connection for r in up.received] == [1, 2]
 

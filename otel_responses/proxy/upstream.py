@@ -143,9 +143,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.head_done and not self.complete and self.error is None \
+        if self.head_done and not self.complete and self.error is None and exc is None \
                 and not self._delimited():
-            self.complete = True  # a body without length ends when the connection closes
+            self.complete = True  # a body without length ends when the upstream's FIN comes
         elif not self.complete:
             self._fail(UpstreamError(f"upstream closed the connection ({exc or 'EOF'})"))
         self._wake()
