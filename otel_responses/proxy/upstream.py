@@ -29,7 +29,7 @@ HIGH_WATER = 256 * 1024
 # keep-alive timeout (uvicorn: 5 s), and reusing one they are closing loses the request.
 KEEPALIVE_EXPIRY = 4.0
 MAX_IDLE = 256
-# Bounds on a response head (informational heads and trailers count too), as Envoy's defaults.
+# Bounds on a response head (informational heads count too), as Envoy's defaults.
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
 # Informational (1xx) heads skipped before the answer; past this the upstream is looping (Go's).
@@ -56,7 +56,7 @@ class UpstreamInvalid(UpstreamError):
 
 
 class UpstreamHeadTooLarge(UpstreamInvalid):
-    """The response head (or its trailers) is over MAX_HEAD_BYTES or MAX_HEADERS."""
+    """The response head is over MAX_HEAD_BYTES (1xx heads included) or MAX_HEADERS."""
 
 
 class _NotSent(UpstreamError):
@@ -92,9 +92,9 @@ class _Connection(asyncio.Protocol):
     """One upstream connection; holds the state of the response being read on it."""
 
     # Slots: one lives as long as each held stream, and an instance dict is ~4x their size.
-    __slots__ = ("buffered", "chunks", "closed", "complete", "error", "fields", "head_done",
-                 "head_size", "headers", "idle_since", "informational", "keep_alive", "loop",
-                 "parser", "paused", "received", "status", "transport", "waiter")
+    __slots__ = ("buffered", "chunks", "closed", "complete", "error", "head_bytes", "head_done",
+                 "headers", "idle_since", "informational", "keep_alive", "loop", "parser",
+                 "paused", "received", "status", "transport", "waiter")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -112,9 +112,8 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = False
         self.complete = False
         self.received = 0
-        self.fields = 0
-        self.head_size = 0
         self.informational = 0
+        self.head_bytes = 0
         self.chunks: list[bytes] = []  # a list: a deque's first block costs 0.5 KB per stream
         self.buffered = 0
         self.paused = False
@@ -158,23 +157,27 @@ class _Connection(asyncio.Protocol):
             raise UpstreamInvalid("upstream sent bytes after its response")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.fields += 1
-        self.head_size += len(name) + len(value) + 4
-        if self.fields > MAX_HEADERS or self.head_size > MAX_HEAD_BYTES:
-            raise UpstreamHeadTooLarge(
-                f"response head over {MAX_HEADERS} fields or {MAX_HEAD_BYTES} bytes")
         if not self.head_done:  # else a trailer: dropped, never promoted to a header
             self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        headers = self.headers
         status = self.parser.get_status_code()
-        if 100 <= status < 200:
+        informational = 100 <= status < 200
+        # The bytes read so far bound the heads' size: only a big read (or a rare 1xx, which
+        # counts too) needs the exact sum.
+        if informational or self.received > MAX_HEAD_BYTES:
+            self.head_bytes += sum(len(name) + len(value) + 4 for name, value in headers)
+        if len(headers) > MAX_HEADERS or self.head_bytes > MAX_HEAD_BYTES:
+            raise UpstreamHeadTooLarge(
+                f"response head over {MAX_HEADERS} fields or {MAX_HEAD_BYTES} bytes")
+        if informational:
             self.informational += 1
             if self.informational > MAX_INFORMATIONAL:
                 raise UpstreamInvalid(f"more than {MAX_INFORMATIONAL} informational responses")
             self.headers = []  # 1xx (103 Early Hints): informational, the real head follows
             return
-        codings = [c.strip().lower() for n, v in self.headers
+        codings = [c.strip().lower() for n, v in headers
                    if n.lower() == b"transfer-encoding" for c in v.split(b",")]
         if codings and codings != [b"chunked"]:
             # The client would get the body still transfer-coded, labelled as plain bytes.
