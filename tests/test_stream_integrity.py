@@ -123,12 +123,12 @@ def proxy_for(upstream: ScriptedUpstream, http: str = "auto",
     errors: list[logging.LogRecord] = []
     handler = _Collect(errors)
     server_log = logging.getLogger("uvicorn.error")
-    server_log.addHandler(handler)
-    try:
-        with serve_asgi(app, http=http) as base:
+    with serve_asgi(app, http=http) as base:
+        server_log.addHandler(handler)  # after uvicorn's logging set-up, which resets handlers
+        try:
             yield Proxied(base, sink, errors)
-    finally:
-        server_log.removeHandler(handler)
+        finally:
+            server_log.removeHandler(handler)
 
 
 def _client() -> httpx.Client:
@@ -277,6 +277,7 @@ def test_a_response_with_framing_anomalies_is_a_502_on_a_closed_connection(
         assert again.json() == {"second": True}
         assert proxied.server_errors == []
     assert [r.connection for r in up.received] == [1, 2]
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     # The detail is in the proxy's log, not in the client's error.
     assert any("UpstreamInvalid: " in r.getMessage() for r in caplog.records)
 
