@@ -131,6 +131,18 @@ def proxy_for(upstream: ScriptedUpstream, http: str = "auto",
             server_log.removeHandler(handler)
 
 
+def post_raw(base: str) -> tuple[bytes, bool]:
+    """A stream request over a raw socket: the 200's body as far as it came, and whether it
+    had its terminating chunk."""
+    sock = raw_connect(base)
+    sock.sendall(raw_post("/v1/responses", b'{"model":"m","input":"x","stream":true}',
+                          extra=b"Connection: close\r\n"))
+    raw = read_until_closed(sock)
+    sock.close()
+    assert raw.startswith(b"HTTP/1.1 200 "), raw[:100]
+    return dechunk_raw(raw)
+
+
 def _client() -> httpx.Client:
     return httpx.Client(trust_env=False, timeout=10)
 
@@ -166,12 +178,7 @@ def test_a_chunked_body_the_upstream_cut_is_cut_for_the_client(
               b"%x\r\n%s\r\n" % (len(first), first), *ending]
     with ScriptedUpstream([script]).running() as up, \
             proxy_for(up, http=http, read_timeout=0.5) as proxied:
-        sock = raw_connect(proxied.base)
-        sock.sendall(raw_post("/v1/responses", b'{"model":"m","input":"x","stream":true}'))
-        raw = read_until_closed(sock)
-        sock.close()
-        assert raw.startswith(b"HTTP/1.1 200 "), raw[:100]
-        body, complete = dechunk_raw(raw)
+        body, complete = post_raw(proxied.base)
         assert body == first  # every byte the upstream sent, nothing after the cut
         assert not complete, "the client got a terminating chunk for a cut body"
         span = proxied.sink.one()
@@ -188,12 +195,7 @@ def test_a_body_delimited_by_the_close_ends_with_a_fin_and_is_cut_by_a_reset(
     script = [head(200, "Content-Type: text/event-stream", "Connection: close"), SSE, 0.05,
               ending]
     with ScriptedUpstream([script]).running() as up, proxy_for(up) as proxied:
-        sock = raw_connect(proxied.base)
-        sock.sendall(raw_post("/v1/responses", b'{"model":"m","stream":true}',
-                              extra=b"Connection: close\r\n"))
-        raw = read_until_closed(sock)
-        sock.close()
-        assert dechunk_raw(raw) == (SSE, complete)
+        assert post_raw(proxied.base) == (SSE, complete)
         assert proxied.sink.one().attributes["error.type"] == "upstream_cut"
         assert proxied.server_errors == []
 
@@ -203,12 +205,7 @@ def test_a_truncated_stream_the_upstream_ended_cleanly_still_ends_cleanly() -> N
     script = [head(200, "Content-Type: text/event-stream", "Transfer-Encoding: chunked")
               + chunked(SSE)]
     with ScriptedUpstream([script]).running() as up, proxy_for(up) as proxied:
-        sock = raw_connect(proxied.base)
-        sock.sendall(raw_post("/v1/responses", b'{"model":"m","stream":true}',
-                              extra=b"Connection: close\r\n"))
-        raw = read_until_closed(sock)
-        sock.close()
-        assert dechunk_raw(raw) == (SSE, True)
+        assert post_raw(proxied.base) == (SSE, True)
         assert proxied.sink.one().attributes["error.type"] == "upstream_cut"
 
 
