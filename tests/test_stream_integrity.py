@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import httpx
+import openai
 import pytest
 import uvloop
 from opentelemetry.trace import StatusCode
@@ -199,6 +200,20 @@ def test_a_chunked_body_the_upstream_cut_is_cut_for_the_client(
         assert span.attributes["error.type"] == "upstream_cut", dict(span.attributes)
         # One line from the proxy, no traceback from the server.
         assert proxied.server_errors == [], [r.getMessage() for r in proxied.server_errors]
+
+
+def test_the_openai_sdk_sees_a_cut_stream_fail() -> None:
+    """Before, the SDK's iteration just ended: a truncated answer taken for a whole one."""
+    script = [head(200, "Content-Type: text/event-stream", "Transfer-Encoding: chunked"),
+              b"%x\r\n%s\r\n" % (len(SSE), SSE), 0.05, RESET]
+    with ScriptedUpstream([script]).running() as up, proxy_for(up) as proxied:
+        client = openai.OpenAI(base_url=proxied.base + "/v1", api_key="sk-test", max_retries=0,
+                               http_client=_client())
+        events = []
+        with pytest.raises((httpx.RemoteProtocolError, openai.APIConnectionError)):
+            for event in client.responses.create(model="m", input="x", stream=True):
+                events.append(event.type)
+        assert events == ["response.created"]
 
 
 @pytest.mark.parametrize(("ending", "complete"), [(CLOSE, True), (RESET, False)])
