@@ -681,3 +681,17 @@ def hard_close(sock: socket.socket) -> None:
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
+
+
+def dechunk_raw(data: bytes) -> tuple[bytes, bool]:
+    """The body of a raw chunked HTTP/1.1 response as far as it arrived, and whether it had
+    its terminating chunk."""
+    pos = data.index(b"\r\n\r\n") + 4
+    out = bytearray()
+    while (eol := data.find(b"\r\n", pos)) >= 0:
+        size = int(data[pos:eol].split(b";")[0], 16)
+        if size == 0:
+            return bytes(out), data[eol + 2:].startswith(b"\r\n")
+        out += data[eol + 2:eol + 2 + size]
+        pos = eol + 4 + size
+    return bytes(out), False

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import uvicorn
@@ -86,6 +86,26 @@ def serve_tcp(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Aw
         loop.call_soon_threadsafe(stop.set)
         thread.join(10)
         loop.close()
+
+
+class LoopbackServer:
+    """A raw asyncio TCP server on a loopback port, in a thread, while ``running``: subclasses
+    answer each connection in ``_connection``."""
+
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Self]:
+        with serve_tcp(self._connection) as (self.port, _):
+            yield self
+
+    async def _connection(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
 
 
 def wait_http_ok(url: str, timeout: float = 15.0, proc: subprocess.Popen | None = None) -> None:

@@ -286,7 +286,8 @@ def test_stream_endings_and_upstream_faults_by_kind(upstream: RawUpstream) -> No
     synthetic = {r.name: r for r in SYNTHETIC}
     with metered_proxy(upstream.url + "/v1", read_timeout=0.5) as (base, _, _):
         stream = b'{"model":"gpt-4o","input":"x","stream":true}'
-        httpx.post(base + "/v1/responses", content=stream, headers={"x-scenario": "cut"})
+        with pytest.raises(httpx.RemoteProtocolError):  # a cut body is cut for the client too
+            httpx.post(base + "/v1/responses", content=stream, headers={"x-scenario": "cut"})
         with httpx.stream("POST", base + "/v1/responses", content=stream,
                           headers={"x-scenario": "drip"}) as resp:
             next(resp.iter_raw())
@@ -299,7 +300,7 @@ def test_stream_endings_and_upstream_faults_by_kind(upstream: RawUpstream) -> No
         "completed": 0, "incomplete": 0, "cancelled": 0, "failed": 1, "error_event": 1,
         "upstream_cut": 1, "client_disconnect": 1}
     assert by_label(samples, "otel_responses_upstream_faults_total", "kind") == {
-        "connect": 0, "timeout": 1, "reset": 1, "5xx": 1}
+        "connect": 0, "timeout": 1, "reset": 1, "5xx": 1, "invalid": 0, "header_limit": 0}
     assert by_label(samples, "gen_ai_client_operation_duration_seconds_count", "error_type") == {
         "upstream_cut": 1, "client_disconnect": 1, "504": 1, "503": 1, "server_error": 1,
         "rate_limit_exceeded": 1}
@@ -317,7 +318,7 @@ def test_unreachable_upstream_is_a_connect_fault() -> None:
             assert httpx.post(base + "/v1/responses", json={"model": "m"}).status_code == 502
             samples = wait_for_calls(base, 1)
     assert by_label(samples, "otel_responses_upstream_faults_total", "kind") == {
-        "connect": 1, "timeout": 0, "reset": 0, "5xx": 0}
+        "connect": 1, "timeout": 0, "reset": 0, "5xx": 0, "invalid": 0, "header_limit": 0}
     assert by_label(samples, "gen_ai_client_operation_duration_seconds_count", "error_type") == \
         {"502": 1}
 

@@ -310,12 +310,15 @@ def test_body_over_limit_is_413(proxy_url: str, upstream: RawUpstream) -> None:
         assert ok.status_code == 200
 
 
-def test_upstream_cutting_a_stream_ends_the_clients_stream(
+def test_upstream_cutting_a_stream_cuts_the_clients_stream(
         proxy_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    body = b""
     with caplog.at_level(logging.WARNING, "otel_responses.proxy"), httpx.stream(
             "POST", proxy_url + "/v1/responses", content=b"{}",
-            headers={"x-scenario": "cut"}, timeout=5) as resp:
-        body = b"".join(resp.iter_raw())  # ends, no hang, no exception
+            headers={"x-scenario": "cut"}, timeout=5) as resp, \
+            pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
+        for chunk in resp.iter_raw():  # ends, no hang; the missing end is an error
+            body += chunk
     assert body.startswith(b"event: response.created\n")
     assert body.endswith(b'data: {"ty')
     assert any("ended" in r.getMessage() and "early" in r.getMessage() for r in caplog.records)

@@ -18,9 +18,10 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Self
 
 from tests.recordings import Recording
-from tests.servers import serve_tcp
+from tests.servers import LoopbackServer
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
 
@@ -37,7 +38,7 @@ class SeenRequest:
 
 
 @dataclass
-class RawUpstream:
+class RawUpstream(LoopbackServer):
     """Serve in a background thread; the test reads ``seen`` and ``closed_at`` afterwards."""
 
     recordings: dict[str, Recording] = field(default_factory=dict)
@@ -49,13 +50,9 @@ class RawUpstream:
     connections: int = 0  # TCP connections accepted
     dropped: int = 0  # requests closed unanswered by ``drop-once``
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
     @contextlib.contextmanager
-    def running(self) -> Iterator[RawUpstream]:
-        with serve_tcp(self._connection) as (self.port, _):
+    def running(self) -> Iterator[Self]:
+        with super().running():
             try:
                 yield self
             finally:

@@ -23,7 +23,8 @@ class ProxyError(Exception):
                  "code": self.code}
         return json.dumps({"error": error}).encode()
 
-    async def send(self, send: Send) -> None:
+    async def send(self, send: Send) -> int:
+        """Answer with this error; return the body's size (for the access log)."""
         body = self.body()
         await send({
             "type": "http.response.start",
@@ -32,6 +33,7 @@ class ProxyError(Exception):
                         (b"content-length", str(len(body)).encode())],
         })
         await send({"type": "http.response.body", "body": body})
+        return len(body)
 
 
 def body_too_large(limit: int) -> ProxyError:
@@ -39,11 +41,24 @@ def body_too_large(limit: int) -> ProxyError:
                       "invalid_request_error", "request_too_large")
 
 
-def upstream_unreachable(detail: str) -> ProxyError:
-    return ProxyError(502, f"The upstream could not be reached: {detail}", "upstream_error",
-                      "upstream_unreachable")
+# Upstream failures: a stable code, and no internal detail (addresses, errno, TLS or parser
+# text), which goes to the proxy's log instead.
+
+def upstream_unreachable() -> ProxyError:
+    return ProxyError(502, "The upstream could not be reached, or closed the connection "
+                      "before answering.", "upstream_error", "upstream_unreachable")
 
 
-def upstream_timeout(detail: str) -> ProxyError:
-    return ProxyError(504, f"The upstream did not answer in time: {detail}", "upstream_error",
+def upstream_timeout() -> ProxyError:
+    return ProxyError(504, "The upstream did not answer in time.", "upstream_error",
                       "upstream_timeout")
+
+
+def upstream_invalid_response() -> ProxyError:
+    return ProxyError(502, "The upstream's response is not valid HTTP the proxy can relay.",
+                      "upstream_error", "upstream_invalid_response")
+
+
+def upstream_headers_too_large() -> ProxyError:
+    return ProxyError(502, "The upstream's response headers exceed the proxy's limits.",
+                      "upstream_error", "upstream_headers_too_large")

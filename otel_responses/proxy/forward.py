@@ -19,6 +19,8 @@ from otel_responses.proxy.target import UpstreamTarget
 from otel_responses.proxy.upstream import (
     Headers,
     UpstreamError,
+    UpstreamHeadTooLarge,
+    UpstreamInvalid,
     UpstreamPool,
     UpstreamResponse,
     UpstreamTimeout,
@@ -35,7 +37,29 @@ class ClientGone(Exception):
 
 
 class UpstreamCut(Exception):
-    """The upstream ended a fixed-length body early; only dropping the connection is honest."""
+    """The upstream ended a body early: raised so the server drops the client's connection.
+
+    Ending the body cleanly (a terminating chunk) would make the truncated answer look
+    complete to every HTTP client; an ASGI server aborts the connection instead when the app
+    raises after the response started (uvicorn: closes it, no terminating chunk).
+    """
+
+
+class _CutLoggedOnce(logging.Filter):
+    """Drops the server's traceback for an UpstreamCut: the proxy logged it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], UpstreamCut))
+
+
+_CUT_LOGGED_ONCE = _CutLoggedOnce()
+# Most specific first: what the client is told for each upstream failure.
+_FAILURES: tuple[tuple[type[UpstreamError], Callable[[], errors.ProxyError]], ...] = (
+    (UpstreamTimeout, errors.upstream_timeout),
+    (UpstreamHeadTooLarge, errors.upstream_headers_too_large),
+    (UpstreamInvalid, errors.upstream_invalid_response),
+    (UpstreamError, errors.upstream_unreachable),
+)
 
 
 @dataclass(slots=True)
@@ -60,6 +84,7 @@ class Exchange:
     overhead: float = 0.0
     finished: float = 0.0
     responded: bool = False  # the client has the whole response
+    retried: bool = False  # sent upstream a second time (on a new connection)
     parsed: ParsedBody = field(default_factory=ParsedBody)  # shared with telemetry, if there
 
     @property
@@ -116,6 +141,8 @@ class Proxy:
         return self._client is not None
 
     async def start(self) -> None:
+        # uvicorn logs an app's exception with its traceback; for a cut that is noise.
+        logging.getLogger("uvicorn.error").addFilter(_CUT_LOGGED_ONCE)
         s = self.settings
         self._client = UpstreamPool(self.target, connect_timeout=s.connect_timeout,
                                     read_timeout=s.read_timeout)
@@ -154,7 +181,7 @@ class Proxy:
             return
         except errors.ProxyError as err:
             ex.status, ex.outcome = err.status, "rejected"
-            await err.send(send)
+            ex.bytes_out = await err.send(send)
             return
         ex.body, ex.bytes_in = body, len(body)
         assert self._client is not None, "Proxy.start() was not awaited"
@@ -203,13 +230,14 @@ class Proxy:
         assert self._client is not None
         try:
             response = await self._client.request(*request)
-        except UpstreamTimeout as exc:
-            await self._fail(send, ex, errors.upstream_timeout(_describe(exc)), "upstream_timeout")
-            return
         except UpstreamError as exc:
-            await self._fail(send, ex, errors.upstream_unreachable(_describe(exc)),
-                             "upstream_unreachable")
+            ex.retried = exc.retried
+            err = next(answer() for kind, answer in _FAILURES if isinstance(exc, kind))
+            ex.status, ex.outcome = err.status, err.code or "upstream_error"
+            log.warning("%s %s: %s (%s)", ex.method, ex.path, err.message, _describe(exc))
+            ex.bytes_out = await err.send(send)
             return
+        ex.retried = response.retried
         try:
             await self._relay(response, send, ex)
         finally:
@@ -217,6 +245,8 @@ class Proxy:
 
     async def _relay(self, response: UpstreamResponse, send: Send, ex: Exchange) -> None:
         ex.status = response.status
+        if ex.status >= 400:
+            ex.outcome = "upstream_error" if ex.status >= 500 else "client_error"
         headers = client_response_headers(response.headers)
         ex.stream = any(name == b"content-type" and value.startswith(b"text/event-stream")
                         for name, value in headers)
@@ -227,9 +257,7 @@ class Proxy:
         await send({"type": "http.response.start", "status": response.status,
                     "headers": headers})
         ex.overhead += time.perf_counter() - handed
-        # Not the header list itself: a held stream would keep it alive to the end.
-        fixed_length = any(name == b"content-length" for name, _ in headers)
-        del headers
+        del headers  # a held stream would keep it alive to the end
         try:
             async for chunk in response.body():
                 handed = time.perf_counter()
@@ -238,17 +266,11 @@ class Proxy:
                 ex.overhead += time.perf_counter() - handed
         except UpstreamError as exc:
             ex.outcome = "upstream_cut"
-            log.warning("upstream ended %s %s early after %d bytes: %s", ex.method, ex.path,
-                        ex.bytes_out, _describe(exc))
-            if fixed_length:
-                raise UpstreamCut(_describe(exc)) from exc
+            log.warning("upstream ended %s %s early after %d bytes: %s; client connection "
+                        "dropped", ex.method, ex.path, ex.bytes_out, _describe(exc))
+            raise UpstreamCut(_describe(exc)) from exc
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         ex.responded = True
-
-    async def _fail(self, send: Send, ex: Exchange, err: errors.ProxyError, outcome: str) -> None:
-        ex.status, ex.outcome = err.status, outcome
-        log.warning("%s %s: %s", ex.method, ex.path, err.message)
-        await err.send(send)
 
 
 @dataclass(frozen=True, slots=True)

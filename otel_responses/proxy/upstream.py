@@ -29,6 +29,14 @@ HIGH_WATER = 256 * 1024
 # keep-alive timeout (uvicorn: 5 s), and reusing one they are closing loses the request.
 KEEPALIVE_EXPIRY = 4.0
 MAX_IDLE = 256
+# Bounds on a response head (informational heads count too), as Envoy's defaults.
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADERS = 100
+# Informational (1xx) heads skipped before the answer; past this the upstream is looping (Go's).
+MAX_INFORMATIONAL = 5
+# Methods re-sent after a reused connection failed with no byte of answer, as Go's net/http
+# does: safe ones without a body. Any method is re-sent when no byte of it left (_NotSent).
+_REPLAYABLE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # A proxy's answer to CONNECT is a short head; anything longer is not an HTTP proxy.
 _MAX_TUNNEL_HEAD = 64 * 1024
 
@@ -36,9 +44,23 @@ _MAX_TUNNEL_HEAD = 64 * 1024
 class UpstreamError(Exception):
     """Connection refused or reset, invalid HTTP, or closed before a complete response."""
 
+    retried = False  # set on the error of a request that was sent a second time
+
 
 class UpstreamTimeout(UpstreamError):
     """Connecting, or waiting for the next bytes of the response, took too long."""
+
+
+class UpstreamInvalid(UpstreamError):
+    """The response is not HTTP/1.1 the proxy understands fully; its connection is closed."""
+
+
+class UpstreamHeadTooLarge(UpstreamInvalid):
+    """The response head is over MAX_HEAD_BYTES (1xx heads included) or MAX_HEADERS."""
+
+
+class _NotSent(UpstreamError):
+    """The connection failed before a byte of the request was written: safe to send again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +92,9 @@ class _Connection(asyncio.Protocol):
     """One upstream connection; holds the state of the response being read on it."""
 
     # Slots: one lives as long as each held stream, and an instance dict is ~4x their size.
-    __slots__ = ("buffered", "chunks", "closed", "complete", "error", "head_done", "headers",
-                 "idle_since", "keep_alive", "loop", "parser", "paused", "received", "status",
-                 "transport", "waiter")
+    __slots__ = ("buffered", "chunks", "closed", "complete", "error", "head_bytes", "head_done",
+                 "headers", "idle_since", "informational", "keep_alive", "loop", "parser",
+                 "paused", "received", "status", "transport", "waiter")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -90,6 +112,8 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = False
         self.complete = False
         self.received = 0
+        self.informational = 0
+        self.head_bytes = 0
         self.chunks: list[bytes] = []  # a list: a deque's first block costs 0.5 KB per stream
         self.buffered = 0
         self.paused = False
@@ -104,27 +128,60 @@ class _Connection(asyncio.Protocol):
         self.received += len(data)
         try:
             self.parser.feed_data(data)
+            if not self.head_done and self.received > MAX_HEAD_BYTES:
+                # httptools buffers a field until it ends: only the bytes read bound an endless one
+                raise UpstreamHeadTooLarge(f"no complete head in {self.received} bytes")
+        except httptools.HttpParserUpgrade:
+            self._invalid(UpstreamInvalid("upstream switched protocols unasked (101)"))
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamError(f"invalid HTTP from upstream: {exc}"))
-            self.abort()
+            cause = exc.__context__  # what a callback raised
+            self._invalid(cause if isinstance(cause, UpstreamError)
+                          else UpstreamInvalid(f"invalid HTTP from upstream: {exc}"))
+        except UpstreamError as exc:
+            self._invalid(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.head_done and not self.complete and not self._delimited():
-            self.complete = True  # a body without length ends when the connection closes
+        if self.head_done and not self.complete and self.error is None and exc is None \
+                and not self._delimited():
+            self.complete = True  # a body without length ends when the upstream's FIN comes
         elif not self.complete:
             self._fail(UpstreamError(f"upstream closed the connection ({exc or 'EOF'})"))
         self._wake()
 
-    # httptools callbacks
+    # httptools callbacks; what they raise ends the parse and closes the connection
+    def on_message_begin(self) -> None:
+        if self.head_done:
+            # A second answer to one request, or bytes while idle: whatever the upstream meant,
+            # the next request on this connection would read it.
+            raise UpstreamInvalid("upstream sent bytes after its response")
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        if not self.head_done:  # else a trailer: dropped, never promoted to a header
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        headers = self.headers
         status = self.parser.get_status_code()
-        if 100 <= status < 200:
+        informational = 100 <= status < 200
+        # The bytes read so far bound the heads' size: only a big read (or a rare 1xx, which
+        # counts too) needs the exact sum.
+        if informational or self.received > MAX_HEAD_BYTES:
+            self.head_bytes += sum(len(name) + len(value) + 4 for name, value in headers)
+        if len(headers) > MAX_HEADERS or self.head_bytes > MAX_HEAD_BYTES:
+            raise UpstreamHeadTooLarge(
+                f"response head over {MAX_HEADERS} fields or {MAX_HEAD_BYTES} bytes")
+        if informational:
+            self.informational += 1
+            if self.informational > MAX_INFORMATIONAL:
+                raise UpstreamInvalid(f"more than {MAX_INFORMATIONAL} informational responses")
             self.headers = []  # 1xx (103 Early Hints): informational, the real head follows
             return
+        codings = [c.strip().lower() for n, v in headers
+                   if n.lower() == b"transfer-encoding" for c in v.split(b",")]
+        if codings and codings != [b"chunked"]:
+            # The client would get the body still transfer-coded, labelled as plain bytes.
+            raise UpstreamInvalid(f"unsupported transfer coding {b', '.join(codings)!r}")
         self.status = status
         # Asked now: once the message is complete llhttp has reset and always says False.
         self.keep_alive = self.parser.should_keep_alive()
@@ -151,6 +208,11 @@ class _Connection(asyncio.Protocol):
     def _fail(self, exc: UpstreamError) -> None:
         if self.error is None:
             self.error = exc
+
+    def _invalid(self, exc: UpstreamError) -> None:
+        self._fail(exc)
+        self.abort()
+        self._wake()
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -201,13 +263,14 @@ class _Connection(asyncio.Protocol):
 class UpstreamResponse:
     """Status, headers (as received) and the body as an async iterator of raw bytes."""
 
-    __slots__ = ("_conn", "_pool", "headers", "status")  # lives as long as the stream
+    __slots__ = ("_conn", "_pool", "headers", "retried", "status")  # lives as long as the stream
 
     def __init__(self, pool: UpstreamPool, conn: _Connection) -> None:
         self._pool = pool
         self._conn: _Connection | None = conn
         self.status = conn.status
         self.headers = conn.headers
+        self.retried = False  # sent a second time, on a new connection
 
     async def body(self) -> AsyncIterator[bytes]:
         """Body bytes as they arrive: transfer-decoded (chunked), never content-decoded."""
@@ -266,17 +329,20 @@ class UpstreamPool:
         head.append(b"\r\n")
         payload = b"".join(head)
         conn = self._reuse()
-        if conn is not None:
-            try:
-                return await self._exchange(conn, payload, body, method)
-            except UpstreamTimeout:
+        if conn is None:
+            return await self._exchange(await self._connect(), payload, body, method)
+        try:
+            return await self._exchange(conn, payload, body, method)
+        except UpstreamError as exc:
+            if not _may_resend(exc, conn, method, body):
                 raise
-            except UpstreamError:
-                # The upstream closed this idle connection as we wrote to it. With not a byte
-                # of answer, one retry on a new connection is what every HTTP client does.
-                if conn.received:
-                    raise
-        return await self._exchange(await self._connect(), payload, body, method)
+        try:
+            response = await self._exchange(await self._connect(), payload, body, method)
+        except UpstreamError as exc:
+            exc.retried = True
+            raise
+        response.retried = True
+        return response
 
     def release(self, conn: _Connection) -> None:
         if conn.reusable() and len(self._idle) < self.max_idle:
@@ -294,7 +360,9 @@ class UpstreamPool:
         while self._idle:
             conn = self._idle.pop()
             fresh = conn.loop.time() - conn.idle_since < KEEPALIVE_EXPIRY
-            if fresh and not conn.closed and not conn.received:
+            # is_closing: the loop has seen the upstream's FIN or RST, connection_lost is queued
+            if (fresh and not conn.closed and not conn.received and conn.transport is not None
+                    and not conn.transport.is_closing()):
                 return conn
             conn.abort()
         return None
@@ -340,11 +408,17 @@ class UpstreamPool:
     async def _exchange(self, conn: _Connection, head: bytes, body: bytes | None,
                         method: str) -> UpstreamResponse:
         conn.reset()
-        assert conn.transport is not None
+        transport = conn.transport
+        assert transport is not None
         if body:
-            conn.transport.writelines((head, body))
+            transport.writelines((head, body))
         else:
-            conn.transport.write(head)
+            transport.write(head)
+        if transport.is_closing():
+            # The first send failed at once (a reset the loop had not seen yet): a failed send
+            # writes nothing, and a partial one leaves the rest buffered, not an error.
+            conn.abort()
+            raise _NotSent("upstream connection failed before the request was written")
         try:
             while not conn.head_done:
                 if conn.error is not None:
@@ -357,6 +431,19 @@ class UpstreamPool:
             # The parser cannot know a HEAD answer has no body: end it here, never reuse.
             conn.complete = conn.closed = True
         return UpstreamResponse(self, conn)
+
+
+def _may_resend(exc: UpstreamError, conn: _Connection, method: str, body: bytes | None) -> bool:
+    """Go's net/http rule for a request that failed on a reused (so maybe stale) connection.
+
+    Sent again on a new connection: any request none of which was written; a safe one without
+    a body when the connection closed with not a byte of answer. A POST the upstream may have
+    read is never sent twice: that could double a billed call.
+    """
+    if isinstance(exc, _NotSent):
+        return True
+    stale = not isinstance(exc, UpstreamTimeout | UpstreamInvalid) and not conn.received
+    return stale and method in _REPLAYABLE and body is None
 
 
 class _Tunnel(asyncio.Protocol):

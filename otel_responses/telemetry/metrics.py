@@ -58,7 +58,8 @@ TOKEN_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 # Exchange outcomes that are the upstream's fault; an upstream status >= 500 is "5xx".
 FAULT_KINDS = {"upstream_unreachable": "connect", "upstream_timeout": "timeout",
-               "upstream_cut": "reset"}
+               "upstream_cut": "reset", "upstream_invalid_response": "invalid",
+               "upstream_headers_too_large": "header_limit"}
 STREAM_OUTCOMES = (outcomes.COMPLETED, outcomes.INCOMPLETE, outcomes.FAILED,
                    outcomes.CANCELLED, outcomes.ERROR_EVENT, outcomes.UPSTREAM_CUT,
                    outcomes.CLIENT_DISCONNECT)
@@ -228,6 +229,10 @@ class ProxyMetrics:
         self.upstream_faults = _Children(Counter(
             "otel_responses_upstream_faults", "Upstream failures, by kind.", ("kind",),
             registry=registry))
+        self.upstream_retries = Counter(
+            "otel_responses_upstream_retries",
+            "Requests sent upstream a second time, on a new connection, after a stale one.",
+            registry=registry)
         self.overhead = _Children(Histogram(
             "otel_responses_proxy_overhead", "Time the proxy itself added to a request.",
             ("route",), unit="seconds", buckets=OVERHEAD_BUCKETS, registry=registry))
@@ -249,6 +254,8 @@ class ProxyMetrics:
         kind = FAULT_KINDS.get(ex.outcome) or ("5xx" if ex.status >= 500 else None)
         if kind is not None:
             self.upstream_faults.labels(kind).inc()
+        if ex.retried:
+            self.upstream_retries.inc()
         if ex.overhead > 0:  # zero: nothing was forwarded (rejected, or the client left early)
             self.overhead.labels(ex.route).observe(ex.overhead, current_exemplar())
 

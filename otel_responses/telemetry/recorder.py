@@ -142,7 +142,12 @@ class CallRecorder:
             self._finish_body(record, json_object(b"".join(self._body)))
         if self._end_ns is None:
             # The response never completed: say why, over whatever the bytes suggested.
-            if self._app_error is not None:
+            if self._app_error is not None and self._status:
+                # Raised after the response started: the server drops the connection, so the
+                # client's body is cut (the proxy does this when the upstream ends early).
+                if record.outcome != HTTP_ERROR:
+                    record.outcome = UPSTREAM_CUT
+            elif self._app_error is not None:
                 record.outcome = APP_ERROR
                 record.error = record.error or {"type": type(self._app_error).__name__,
                                                 "message": str(self._app_error)}
