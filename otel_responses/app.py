@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from otel_responses.config import Settings
 from otel_responses.proxy.forward import Endpoint, Proxy
+from otel_responses.proxy.paths import PathGuard
 from otel_responses.proxy.target import UpstreamTarget
 from otel_responses.telemetry.export import (
     build_tracer_provider,
@@ -84,6 +85,8 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> JSONResponse:
+        # Ready means this process can forward (its upstream client is up), not that the
+        # upstream answers: otel_responses_upstream_up says that.
         ready = proxy.ready
         return JSONResponse({"status": "ready" if ready else "starting"},
                             status_code=200 if ready else 503)
@@ -110,8 +113,9 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     ]
     provider = tracer_provider or owned
     app = ResponsesTelemetryMiddleware(
-        metrics.track_streams(_ExactRoutes(Starlette(routes=routes, lifespan=lifespan),
-                                           routes)),
+        # Inside the telemetry: a refused path is neither forwarded nor a span.
+        metrics.track_streams(PathGuard(_ExactRoutes(Starlette(routes=routes, lifespan=lifespan),
+                                                     routes))),
         tracer_provider=provider, tracing=provider is not None, options=options,
         sinks=(metrics.observe_call,))
     metrics.watch(in_flight=lambda: proxy.in_flight,

@@ -15,8 +15,17 @@ import uvicorn
 
 from otel_responses import __version__
 from otel_responses.app import create_app
-from otel_responses.config import SERVE_OPTIONS, Option, Settings, parse_bool, settings_from
+from otel_responses.config import (
+    SERVE_OPTIONS,
+    Option,
+    SettingError,
+    Settings,
+    parse_bool,
+    settings_from,
+)
 from otel_responses.logs import configure_logging
+from otel_responses.server import Server, uvicorn_config
+from otel_responses.telemetry.export import describe_span_export
 
 log = logging.getLogger("otel_responses")
 
@@ -24,6 +33,7 @@ log = logging.getLogger("otel_responses")
 GIL_SWITCH_INTERVAL = 0.0005
 DEMO_TOKEN_DELAY = Option("token_delay", "seconds between streamed deltas of the demo upstream",
                           float)
+DEMO_OPTIONS = ("host", "log_format", "log_level")
 
 
 def _env_value(option: Option, env: Mapping[str, str]) -> Any:
@@ -41,51 +51,90 @@ def _env_value(option: Option, env: Mapping[str, str]) -> Any:
 
 def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option],
                  env: Mapping[str, str], defaults: Mapping[str, Any] | None = None) -> None:
-    """Each flag defaults to its env var, else to the Settings default (shown in --help)."""
+    """A flag per option; its default (shown in --help) is its env var, else the Settings one.
+
+    The flags themselves default to None: :func:`_option_values` fills in the environment
+    afterwards, so it knows which of the two the user typed.
+    """
     for opt in options:
         default = defaults[opt.name] if defaults and opt.name in defaults else opt.default
-        shown = "unset" if default is None else default
-        if "key" in opt.name and default is not None:
+        shown = env.get(opt.env) or ("unset" if default is None else default)
+        if "key" in opt.name and shown != "unset":
             shown = "***"
         help_text = f"{opt.help} [env {opt.env}; default {shown}]"
         if opt.parse is parse_bool:
             parser.add_argument(opt.flag, dest=opt.name, action=argparse.BooleanOptionalAction,
-                                default=_env_value(opt, env), help=help_text)
+                                help=help_text)
             continue
-        parser.add_argument(
-            opt.flag, dest=opt.name, type=opt.parse, choices=opt.choices, metavar=opt.metavar,
-            default=_env_value(opt, env), help=help_text,
-        )
+        parser.add_argument(opt.flag, dest=opt.name, type=opt.parse, choices=opt.choices,
+                            metavar=opt.metavar, help=help_text)
+
+
+class _HelpWithServe(argparse.Action):
+    """``otel-responses --help``: the commands, then the flags of ``serve``, the default one."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str,
+                 serve: argparse.ArgumentParser | None = None, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show this help (the commands and the serve flags) and exit")
+        self.serve = serve
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        parser.print_help()
+        if self.serve is not None:
+            print("\nWith no command, or flags only, the command is serve:\n")
+            self.serve.print_help()
+        parser.exit()
 
 
 def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     env = os.environ if env is None else env
+    # allow_abbrev=False everywhere: a prefix of a flag (--upstream-api for --upstream-api-key)
+    # must be an error, not a silently different setting.
     parser = argparse.ArgumentParser(
-        prog="otel-responses",
-        description="Observability-first proxy for the OpenAI Responses API.",
-    )
-    parser.add_argument("--version", action="version", version=f"otel-responses {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{serve,demo-upstream}")
+        prog="otel-responses", allow_abbrev=False, add_help=False,
+        description="Observability-first proxy for the OpenAI Responses API.")
+    commands = parser.add_subparsers(dest="command", title="commands",
+                                     metavar="{serve,demo-upstream}")
     serve = commands.add_parser(
-        "serve", help="run the proxy (the default command)",
+        "serve", help="run the proxy (the default command)", allow_abbrev=False,
         description="Run the proxy. Every flag can also be set by the env var shown.")
     _add_options(serve, SERVE_OPTIONS, env)
     demo = commands.add_parser(
         "demo-upstream", help="run only the built-in deterministic demo upstream",
+        allow_abbrev=False,
         description="Run the deterministic demo Responses server (model 'demo').")
-    _add_options(demo, [o for o in SERVE_OPTIONS if o.name in ("host", "log_format", "log_level")]
-                 + [DEMO_TOKEN_DELAY], env, {"token_delay": 0.0})
+    _add_options(demo, [o for o in SERVE_OPTIONS if o.name in DEMO_OPTIONS] + [DEMO_TOKEN_DELAY],
+                 env, {"token_delay": 0.0})
     demo.add_argument("--port", type=int, default=8081, help="port to listen on [default 8081]")
+    parser.add_argument("-h", "--help", action=_HelpWithServe, serve=serve)
+    parser.add_argument("--version", action="version", version=f"otel-responses {__version__}")
     return parser
 
 
-def _uvicorn_config(app: Any, settings: Settings, **extra: Any) -> uvicorn.Config:
-    return uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-        # The client must see the upstream's Server and Date headers, not ours.
-        server_header=False, date_header=False,
-        timeout_graceful_shutdown=settings.shutdown_grace, lifespan="on", **extra,
-    )
+def _option_values(args: Mapping[str, Any], options: Sequence[Option],
+                   env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Each option's value (its flag, else its env var) and, for those set, the name the user
+    typed to set it."""
+    values = dict(args)
+    typed: dict[str, str] = {}
+    for opt in options:
+        if values.get(opt.name) is not None:
+            typed[opt.name] = opt.flag
+        elif (from_env := _env_value(opt, env)) is not None:
+            values[opt.name], typed[opt.name] = from_env, opt.env
+    return values, typed
+
+
+def _settings(values: Mapping[str, Any], typed: Mapping[str, str]) -> Settings:
+    try:
+        return settings_from(values)
+    except SettingError as exc:
+        # Named as the user set it, never echoing the value (it may be the API key).
+        option = next((o for o in SERVE_OPTIONS if o.name == exc.name), None)
+        name = typed.get(exc.name) or (option.flag if option else exc.name)
+        raise SystemExit(f"otel-responses: {name} {exc.problem}") from None
 
 
 def _start_demo_upstream(token_delay: float) -> tuple[str, uvicorn.Server]:
@@ -114,14 +163,25 @@ def serve(settings: Settings) -> None:
     if settings.upstream is None:
         url, demo_server = _start_demo_upstream(token_delay=0.02)
         settings = settings.replace(upstream=url)
-    else:
-        log.info("forwarding to upstream %s", settings.upstream)
     try:
-        app = create_app(settings, demo=demo_server is not None)
-        uvicorn.Server(_uvicorn_config(app, settings)).run()
+        try:
+            app = create_app(settings, demo=demo_server is not None)
+        except ValueError as exc:  # an OTEL_* variable the exporter cannot use
+            raise SystemExit(f"otel-responses: {exc}") from None
+        log.info("%s", startup_summary(settings, demo=demo_server is not None))
+        Server(uvicorn_config(app, settings)).run()
     finally:
         if demo_server is not None:
             demo_server.should_exit = True
+
+
+def startup_summary(settings: Settings, *, demo: bool) -> str:
+    """One line: what the proxy forwards to, where its spans go, where its metrics are."""
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    metrics_port = settings.metrics_port or settings.port
+    return (f"otel-responses {__version__} on http://{host}:{settings.port}: upstream "
+            f"{settings.upstream}; spans: {describe_span_export(os.environ, demo=demo)}; "
+            f"metrics: http://{host}:{metrics_port}/metrics")
 
 
 def demo_upstream(host: str, port: int, token_delay: float) -> None:
@@ -139,13 +199,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         argv.insert(0, "serve")
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
-    try:
-        settings = settings_from(args)
-    except ValueError as exc:
-        raise SystemExit(f"otel-responses: {exc}") from exc
+    options = ([o for o in SERVE_OPTIONS if o.name in DEMO_OPTIONS] + [DEMO_TOKEN_DELAY]
+               if command == "demo-upstream" else SERVE_OPTIONS)
+    values, typed = _option_values(args, options, os.environ)
+    settings = _settings(values, typed)
     configure_logging(settings.log_level, settings.log_format)
     if command == "demo-upstream":
-        demo_upstream(settings.host, args["port"], args["token_delay"] or 0.0)
+        demo_upstream(settings.host, values["port"], values["token_delay"] or 0.0)
     else:
         serve(settings)
 

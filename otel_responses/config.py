@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from otel_responses.proxy.target import UpstreamTarget
+
 ENV_PREFIX = "OTEL_RESPONSES_"
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -24,6 +26,7 @@ class Settings:
     read_timeout: float = 600.0
     max_body_bytes: int = 32 * 1024 * 1024
     shutdown_grace: float = 30.0
+    client_header_timeout: float = 10.0
     log_format: str = "text"
     log_level: str = "info"
     provider: str | None = None
@@ -39,22 +42,43 @@ class Settings:
 
     def __post_init__(self) -> None:
         if self.log_format not in LOG_FORMATS:
-            raise ValueError(f"log_format must be one of {LOG_FORMATS}, not {self.log_format!r}")
+            raise SettingError("log_format", f"must be one of {', '.join(LOG_FORMATS)}")
         if self.log_level not in LOG_LEVELS:
-            raise ValueError(f"log_level must be one of {LOG_LEVELS}, not {self.log_level!r}")
-        for name in ("connect_timeout", "read_timeout", "shutdown_grace"):
+            raise SettingError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+        for name in ("connect_timeout", "read_timeout", "shutdown_grace", "client_header_timeout",
+                     "max_body_bytes", "max_attribute_length", "metrics_max_models"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0")
-        for name in ("max_body_bytes", "max_attribute_length", "metrics_max_models"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0")
-        if self.upstream is not None and not self.upstream.startswith(("http://", "https://")):
-            raise ValueError(f"upstream must be an http:// or https:// URL, not {self.upstream!r}")
+                raise SettingError(name, "must be > 0")
+        if self.upstream is not None:
+            try:
+                UpstreamTarget.parse(self.upstream)
+            except ValueError as exc:
+                raise SettingError("upstream", str(exc)) from None
+        if self.upstream_api_key is not None and not is_header_value(self.upstream_api_key):
+            # Sent upstream as a header: a line break would end it and start one of its own.
+            raise SettingError("upstream_api_key", "must be printable ASCII, without CR, LF, "
+                               "NUL or other control characters (it is sent as a header)")
         if self.metrics_port is not None and self.metrics_port == self.port:
-            raise ValueError("metrics_port must differ from port")
+            raise SettingError("metrics_port", "must differ from the port")
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+class SettingError(ValueError):
+    """A setting's value is unusable; ``name`` is its Settings field (the CLI names the flag or
+    environment variable it came from)."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name} {problem}")
+        self.name = name
+        self.problem = problem
+
+
+def is_header_value(value: str) -> bool:
+    """True when ``value`` can go into an HTTP header as it is: printable ASCII, spaces and
+    tabs (RFC 9110 field-value, less obs-text), nothing that would end the header line."""
+    return all(" " <= ch <= "~" or ch == "\t" for ch in value)
 
 
 def parse_bool(raw: str) -> bool:
@@ -105,6 +129,8 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("read_timeout", "seconds to wait for each upstream read (exceeded: 504)", float),
     Option("max_body_bytes", "largest request body accepted (larger: 413)", int),
     Option("shutdown_grace", "seconds to drain in-flight streams on SIGTERM", float),
+    Option("client_header_timeout", "seconds a client connection has to send a whole request "
+           "head (exceeded: the connection is closed)", float),
     Option("log_format", "log line format", choices=LOG_FORMATS),
     Option("log_level", "log level", choices=LOG_LEVELS),
     Option("provider", "llm.provider on spans (unset: inferred from the upstream host)"),

@@ -20,9 +20,29 @@ class UpstreamTarget:
 
     @classmethod
     def parse(cls, url: str) -> UpstreamTarget:
+        """The target of ``url``; ValueError for anything that is not plainly an http(s) URL.
+
+        The origin becomes the Host header and the path the request line, so both must be
+        printable ASCII: ``urlsplit`` would silently drop a CR, LF or tab, and pass a NUL or a
+        space on to the request line. Credentials (``user:password@``) are refused: the
+        ``Authorization`` header already carries the client's key or ``--upstream-api-key``,
+        and a URL with a password ends up in process listings and logs.
+        """
+        bad = next((ch for ch in url if not "!" <= ch <= "~"), None)
+        if bad is not None:
+            raise ValueError(f"must be a URL of printable ASCII characters; it contains "
+                             f"{bad!r} (a space, a control character such as CR, LF or NUL, "
+                             f"or non-ASCII: use the xn-- form of an international host name)")
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"not an http(s) URL: {url!r}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http:// or https:// URL with a host, not {url!r}")
+        if "@" in parts.netloc:
+            raise ValueError("must not contain credentials (user:password@): give the key with "
+                             "--upstream-api-key (OTEL_RESPONSES_UPSTREAM_API_KEY)")
+        try:
+            parts.port  # noqa: B018 (validates it)
+        except ValueError:
+            raise ValueError(f"has an invalid port: {url!r}") from None
         return cls(f"{parts.scheme}://{parts.netloc}", parts.path.rstrip("/"))
 
     @property

@@ -10,6 +10,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 from openinference.semconv.trace import SpanAttributes
 from opentelemetry.context import Context
@@ -39,15 +40,48 @@ DROP_REASONS = (QUEUE_FULL, EXPORT_FAILED, UNENCODABLE)
 # A dead collector drops spans continuously: say so in the log now and then, the count is
 # otel_responses_spans_dropped_total.
 DROP_WARNING_INTERVAL_S = 60.0
+# The SDK's OTLP exporters log every failed batch, and every retry of it, themselves.
+_SDK_EXPORTER_LOGGERS = ("opentelemetry.exporter.otlp.proto.http.trace_exporter",
+                         "opentelemetry.exporter.otlp.proto.grpc.exporter")
+_SDK_BATCH_FAILURES = ("Failed to export", "Transient error")
 
 
 def _env(env: Mapping[str, str], *names: str, default: str = "") -> str:
     return next((env[n].strip() for n in names if env.get(n, "").strip()), default)
 
 
+def _otlp_protocol(env: Mapping[str, str]) -> str:
+    return _env(env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL",
+                default="http/protobuf")
+
+
+def _otlp_endpoint(env: Mapping[str, str], protocol: str) -> str:
+    """Where the SDK's exporter for ``protocol`` sends spans, by its own rules."""
+    if protocol == "grpc":
+        return _env(env, *_ENDPOINT_VARS, default="http://localhost:4317")
+    if endpoint := _env(env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        return endpoint  # used as given
+    base = _env(env, "OTEL_EXPORTER_OTLP_ENDPOINT", default="http://localhost:4318")
+    return base.rstrip("/") + "/v1/traces"
+
+
+def describe_span_export(env: Mapping[str, str], *, demo: bool = False) -> str:
+    """Where spans go, as a newcomer needs to read it at startup."""
+    if _env(env, "OTEL_SDK_DISABLED").lower() == "true":
+        return "off (OTEL_SDK_DISABLED=true)"
+    described = []
+    for name in exporter_names(env, demo):
+        if name == "otlp":
+            protocol = _otlp_protocol(env)
+            described.append(f"OTLP {protocol} to {_otlp_endpoint(env, protocol)}")
+        else:
+            described.append({"log": "a summary line per call in this log",
+                              "console": "stdout (console exporter)"}.get(name, name))
+    return ", ".join(described) or "no exporter (OTEL_TRACES_EXPORTER=none)"
+
+
 def _otlp_exporter(env: Mapping[str, str]) -> SpanExporter:
-    protocol = _env(env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL",
-                    default="http/protobuf")
+    protocol = _otlp_protocol(env)
     # The exporters read endpoint, headers, timeout and compression from the same variables.
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -70,7 +104,8 @@ class SpanPipeline(SpanProcessor):
     (of the same capacity) therefore never overflows on its own.
     """
 
-    def __init__(self, exporter: SpanExporter, name: str, capacity: int) -> None:
+    def __init__(self, exporter: SpanExporter, name: str, capacity: int,
+                 report_interval: float = DROP_WARNING_INTERVAL_S) -> None:
         self.exporter = exporter
         self.name = name
         # An exporter that can encode a span ahead does so as the span ends (see on_end).
@@ -80,7 +115,8 @@ class SpanPipeline(SpanProcessor):
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
         self.queued = 0
         self._lock = threading.Lock()
-        self._next_warning = 0.0
+        self._full = DropTally(report_interval)
+        self._failed = DropTally(report_interval)
         self._batch = BatchSpanProcessor(_CountingExporter(exporter, self),
                                          max_queue_size=capacity)
         if hasattr(os, "register_at_fork"):
@@ -98,23 +134,22 @@ class SpanPipeline(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         if not (span.context and span.context.trace_flags.sampled):
             return  # the batch processor ignores it too
-        warn = False
+        report = None
         with self._lock:
             admitted = self.queued < self.capacity
             if admitted:
                 self.queued += 1
             else:
                 self.dropped[QUEUE_FULL] += 1
-                now = time.monotonic()
-                if now >= self._next_warning:
-                    warn, self._next_warning = True, now + DROP_WARNING_INTERVAL_S
+                report = self._full.add(1, time.monotonic())
         if admitted:
             if self._prepare is not None:
                 self._prepare(span)
             self._batch.on_end(span)
-        elif warn:
-            log.warning("span export queue full (%d spans, exporter %s): dropping spans; "
-                        "see otel_responses_spans_dropped_total", self.capacity, self.name)
+        elif report is not None:
+            log.warning("span export queue full (%d spans, exporter %s): %d spans dropped "
+                        "since the last report; see otel_responses_spans_dropped_total",
+                        self.capacity, self.name, report.spans)
 
     def shutdown(self) -> None:
         self._batch.shutdown()
@@ -127,12 +162,19 @@ class SpanPipeline(SpanProcessor):
             self.queued -= count
 
     def _settled(self, count: int, ok: bool, unencodable: int = 0) -> None:
+        report = None
         with self._lock:
             self.dropped[UNENCODABLE] += unencodable
             if ok:
                 self.exported += count
             else:
                 self.dropped[EXPORT_FAILED] += count
+                report = self._failed.add(count, time.monotonic())
+        if report is not None:
+            log.warning("span export failed (exporter %s): %d batches, %d spans dropped since "
+                        "the last report (at most one a %.0fs); last error: %s; see "
+                        "otel_responses_spans_dropped_total", self.name, report.events,
+                        report.spans, self._failed.interval, _SDK_FAILURES.last or "none logged")
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
@@ -140,6 +182,51 @@ class SpanPipeline(SpanProcessor):
         discard = getattr(self.exporter, "discard_prepared", None)
         if discard is not None:
             discard()
+
+
+class DropReport(NamedTuple):
+    events: int  # batches (or single spans) dropped since the last report
+    spans: int
+
+
+class DropTally:
+    """Counts drops between log lines, allowing one line per ``interval`` seconds: the first
+    drop is reported at once, later ones with the count of the drops they stand for."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._events = self._spans = 0
+        self._next = float("-inf")
+
+    def add(self, spans: int, now: float) -> DropReport | None:
+        """Count a drop of ``spans`` at ``now``; the report to log, if one is due."""
+        self._events += 1
+        self._spans += spans
+        if now < self._next:
+            return None
+        self._next = now + self.interval
+        report = DropReport(self._events, self._spans)
+        self._events = self._spans = 0
+        return report
+
+
+class _SDKFailureLines(logging.Filter):
+    """Keeps the SDK exporters' per-batch failure and retry lines out of the log, remembering
+    the last one for the pipeline's own report: a collector that is down would otherwise add
+    a line or more per batch, every few seconds, for as long as it is down."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last = ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith(_SDK_BATCH_FAILURES):
+            self.last = record.getMessage()
+            return False
+        return True
+
+
+_SDK_FAILURES = _SDKFailureLines()
 
 
 class _CountingExporter(SpanExporter):
@@ -226,6 +313,9 @@ def build_tracer_provider(env: Mapping[str, str] | None = None, *,
         if name == "log":
             provider.add_span_processor(SummaryLogProcessor())
         elif name in ("otlp", "console"):
+            if name == "otlp":  # its pipeline reports failures: not the SDK per batch
+                for logger_name in _SDK_EXPORTER_LOGGERS:
+                    logging.getLogger(logger_name).addFilter(_SDK_FAILURES)
             exporter = _otlp_exporter(env) if name == "otlp" else ConsoleSpanExporter()
             pipelines.append(SpanPipeline(exporter, name, _max_queue_size(env)))
             provider.add_span_processor(pipelines[-1])

@@ -60,6 +60,8 @@ TOKEN_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
 FAULT_KINDS = {"upstream_unreachable": "connect", "upstream_timeout": "timeout",
                "upstream_cut": "reset", "upstream_invalid_response": "invalid",
                "upstream_headers_too_large": "header_limit"}
+# Exchange outcomes where the upstream could not be reached or gave no answer in time.
+UNREACHED = ("upstream_unreachable", "upstream_timeout")
 STREAM_OUTCOMES = (outcomes.COMPLETED, outcomes.INCOMPLETE, outcomes.FAILED,
                    outcomes.CANCELLED, outcomes.ERROR_EVENT, outcomes.UPSTREAM_CUT,
                    outcomes.CLIENT_DISCONNECT)
@@ -233,6 +235,11 @@ class ProxyMetrics:
             "otel_responses_upstream_retries",
             "Requests sent upstream a second time, on a new connection, after a stale one.",
             registry=registry)
+        self.upstream_up = Gauge(
+            "otel_responses_upstream_up",
+            "1 if the latest forwarded request got a response from the upstream, 0 if it could "
+            "not connect or had no answer in time; 1 before any request.", registry=registry)
+        self.upstream_up.set(1)
         self.overhead = _Children(Histogram(
             "otel_responses_proxy_overhead", "Time the proxy itself added to a request.",
             ("route",), unit="seconds", buckets=OVERHEAD_BUCKETS, registry=registry))
@@ -256,6 +263,10 @@ class ProxyMetrics:
             self.upstream_faults.labels(kind).inc()
         if ex.retried:
             self.upstream_retries.inc()
+        if ex.outcome in UNREACHED:
+            self.upstream_up.set(0)
+        elif ex.status and ex.overhead > 0:  # forwarded, and the upstream answered
+            self.upstream_up.set(1)
         if ex.overhead > 0:  # zero: nothing was forwarded (rejected, or the client left early)
             self.overhead.labels(ex.route).observe(ex.overhead, current_exemplar())
 
