@@ -1,7 +1,12 @@
-"""Test-wide settings: deterministic hypothesis runs without wall-clock deadlines."""
+"""Test-wide settings: deterministic hypothesis runs without wall-clock deadlines, and a closing
+summary of the tests that were skipped and what would run them."""
+
+from __future__ import annotations
 
 import os
+from collections import Counter
 
+import pytest
 from hypothesis import settings
 
 settings.register_profile("default", deadline=None, max_examples=100)
@@ -12,3 +17,28 @@ settings.load_profile("ci" if os.environ.get("CI") == "true" else "default")
 # No test exports spans to a collector it did not start (the default OTLP endpoint on
 # localhost would only add retries and a shutdown flush wait); export tests opt back in.
 os.environ.setdefault("OTEL_TRACES_EXPORTER", "none")
+
+# What turns each kind of skip into a run, by a phrase of its reason.
+ENABLERS = (
+    ("shared fixtures", "the recorded traffic at ../shared/fixtures, next to the repository"),
+    ("install-e2e", "bash .ci/install-e2e  (Codex CLI, Arize Phoenix, openai-agents)"),
+    ("unshare", "a kernel and user that allow `unshare -n` (network namespaces)"),
+    ("prometheus", "apt-get install -y --no-install-recommends prometheus  (prometheus, promtool)"),
+)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The last lines of a run: how many tests were skipped, and what enables each kind."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    needs: Counter[str] = Counter()
+    for report in skipped:
+        reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else ""
+        reason = reason.removeprefix("Skipped: ")
+        needs[next((how for phrase, how in ENABLERS if phrase in reason), reason)] += 1
+    terminalreporter.section("skipped tests, and what enables them")
+    for how, count in needs.most_common():
+        terminalreporter.line(f"{count:4d} skipped, to run them: {how}")
+    terminalreporter.line("CI (.ci/run, CI=true) installs all of these; there a missing one "
+                          "fails instead of skipping.")
