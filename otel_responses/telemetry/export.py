@@ -43,7 +43,7 @@ DROP_WARNING_INTERVAL_S = 60.0
 # The SDK's OTLP exporters log every failed batch, and every retry of it, themselves.
 _SDK_EXPORTER_LOGGERS = ("opentelemetry.exporter.otlp.proto.http.trace_exporter",
                          "opentelemetry.exporter.otlp.proto.grpc.exporter")
-_SDK_BATCH_FAILURES = ("Failed to export", "Transient error")
+_SDK_BATCH_FAILURES = ("Failed to export", "Transient error")  # record.msg prefixes
 
 
 def _env(env: Mapping[str, str], *names: str, default: str = "") -> str:
@@ -212,18 +212,23 @@ class DropTally:
 
 class _SDKFailureLines(logging.Filter):
     """Keeps the SDK exporters' per-batch failure and retry lines out of the log, remembering
-    the last one for the pipeline's own report: a collector that is down would otherwise add
-    a line or more per batch, every few seconds, for as long as it is down."""
+    the last failure (with the retry line that said why) for the pipeline's own report: a
+    collector that is down would otherwise add lines per batch, every few seconds."""
 
     def __init__(self) -> None:
         super().__init__()
         self.last = ""
+        self._retry = ""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str) and record.msg.startswith(_SDK_BATCH_FAILURES):
-            self.last = record.getMessage()
-            return False
-        return True
+        if not (isinstance(record.msg, str) and record.msg.startswith(_SDK_BATCH_FAILURES)):
+            return True
+        if record.msg.startswith("Transient error"):
+            self._retry = record.getMessage()
+        else:
+            self.last = record.getMessage() + (f" ({self._retry})" if self._retry else "")
+            self._retry = ""
+        return False
 
 
 _SDK_FAILURES = _SDKFailureLines()
