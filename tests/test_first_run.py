@@ -19,13 +19,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from otel_responses.app import create_app
 from otel_responses.config import SERVE_OPTIONS, Settings
-from otel_responses.telemetry.export import (
-    EXPORT_FAILED,
-    DropReport,
-    DropTally,
-    build_tracer_provider,
-    span_pipelines,
-)
+from otel_responses.telemetry.export import EXPORT_FAILED, build_tracer_provider, span_pipelines
 from tests.servers import free_port, run_cli, serve_asgi
 from tests.upstreams import RawUpstream
 
@@ -153,6 +147,8 @@ def test_a_collector_that_is_down_is_logged_once_with_a_count_not_per_batch(
 
 
 def test_drop_tally_reports_at_once_then_once_per_interval_with_the_count() -> None:
+    from otel_responses.telemetry.export import DropReport, DropTally
+
     tally = DropTally(60.0)
     assert tally.add(3, now=100.0) == DropReport(1, 3)
     assert [tally.add(2, now=100.0 + t) for t in (1, 30, 59.9)] == [None, None, None]
