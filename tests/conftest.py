@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import settings
+
+from tests.upstreams import RawUpstream
 
 settings.register_profile("default", deadline=None, max_examples=100)
 settings.register_profile("ci", deadline=None, max_examples=100, derandomize=True,
@@ -17,6 +20,14 @@ settings.load_profile("ci" if os.environ.get("CI") == "true" else "default")
 # No test exports spans to a collector it did not start (the default OTLP endpoint on
 # localhost would only add retries and a shutdown flush wait); export tests opt back in.
 os.environ.setdefault("OTEL_TRACES_EXPORTER", "none")
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[RawUpstream]:
+    """A raw-socket upstream (tests/upstreams.py) for the tests of one module."""
+    raw = RawUpstream()
+    with raw.running():
+        yield raw
+
 
 # What turns each kind of skip into a run, by a phrase of its reason.
 ENABLERS = (

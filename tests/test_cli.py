@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -18,13 +17,6 @@ from otel_responses import __version__
 from otel_responses.config import SERVE_OPTIONS
 from tests.servers import run_cli
 from tests.upstreams import RawUpstream
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[RawUpstream]:
-    raw = RawUpstream()
-    with raw.running():
-        yield raw
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -25,13 +24,6 @@ from tests.upstreams import RawUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[RawUpstream]:
-    raw = RawUpstream()
-    with raw.running():
-        yield raw
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -206,7 +198,6 @@ def test_the_readme_openai_snippet_works_as_pasted() -> None:
 
 def test_the_test_command_ends_with_the_skipped_tests_and_what_enables_them(
         tmp_path: Path) -> None:
-    (tmp_path / "conftest.py").write_text((ROOT / "tests" / "conftest.py").read_text())
     (tmp_path / "test_skips.py").write_text(
         "import pytest\n"
         "def test_a(): pytest.skip('shared fixtures not found at /x (clone without ../shared)')\n"
@@ -217,9 +208,10 @@ def test_the_test_command_ends_with_the_skipped_tests_and_what_enables_them(
         ".ci/install-e2e`')\n"
         "def test_e(): pass\n")
     env = {k: v for k, v in os.environ.items() if k != "CI"}
-    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
-                             str(tmp_path)], capture_output=True, text=True, timeout=60,
-                            cwd=tmp_path, env=env)
+    env["PYTHONPATH"] = str(ROOT)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p",
+                             "tests.conftest", "-q", str(tmp_path)], capture_output=True,
+                            text=True, timeout=60, cwd=tmp_path, env=env)
     tail = result.stdout.splitlines()
     section = next(i for i, line in enumerate(tail) if "what enables them" in line)
     summary = "\n".join(tail[section:])

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -19,13 +18,6 @@ from otel_responses.app import create_app
 from otel_responses.config import Settings
 from tests.servers import free_port, run_cli, serve_asgi
 from tests.upstreams import RawUpstream
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[RawUpstream]:
-    raw = RawUpstream()
-    with raw.running():
-        yield raw
 
 
 def _start(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -151,6 +143,16 @@ def _closed_within(socks: list[socket.socket], seconds: float) -> int:
     return closed
 
 
+def _dribble(sock: socket.socket, times: int) -> None:
+    """A byte every quarter second, ``times`` times or until the server has closed."""
+    for _ in range(times):
+        time.sleep(0.25)
+        try:
+            sock.send(b"x")
+        except OSError:
+            return
+
+
 def _connect(port: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
     sock.setblocking(False)
@@ -172,13 +174,9 @@ def test_slow_loris_connections_are_closed_and_others_still_served(
             dribbler.send(b"GET /healthz HTTP/1.1\r\n")
             # Meanwhile a normal client is served.
             assert httpx.get(base + "/healthz", timeout=5).status_code == 200
-            for _ in range(8):
-                time.sleep(0.25)
-                try:
-                    dribbler.send(b"x")
-                except OSError:
-                    break
-            assert _closed_within([*socks, silent, dribbler], 8) == len(socks) + 2
+            socks += [silent, dribbler]
+            _dribble(dribbler, 8)
+            assert _closed_within(socks, 8) == len(socks)
             assert httpx.get(base + "/healthz", timeout=5).status_code == 200
         finally:
             for sock in socks:
@@ -197,10 +195,5 @@ def test_a_kept_alive_connection_dribbling_its_next_head_is_closed(
             sock.setblocking(False)
             sock.send(b"GET /healthz HTTP/1.1\r\n")
             # Each byte would restart uvicorn's keep-alive timer; the head bound still holds.
-            for _ in range(12):
-                time.sleep(0.25)
-                try:
-                    sock.send(b"x")
-                except OSError:
-                    break
+            _dribble(sock, 12)
             assert _closed_within([sock], 5) == 1
