@@ -34,11 +34,11 @@ class UpstreamTarget:
                              f"{bad!r} (a space, a control character such as CR, LF or NUL, "
                              f"or non-ASCII: use the xn-- form of an international host name)")
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"must be an http:// or https:// URL with a host, not {url!r}")
-        if "@" in parts.netloc:
+        if "@" in parts.netloc:  # checked first: the messages below quote the URL
             raise ValueError("must not contain credentials (user:password@): give the key with "
                              "--upstream-api-key (OTEL_RESPONSES_UPSTREAM_API_KEY)")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http:// or https:// URL with a host, not {url!r}")
         try:
             parts.port  # noqa: B018 (validates it)
         except ValueError:
