@@ -297,8 +297,8 @@ def test_every_span_is_exported_dropped_or_queued(monkeypatch: pytest.MonkeyPatc
     assert sample("otel_responses_span_queue_capacity") == 4
     assert sample("otel_responses_spans_dropped_total", reason="queue_full") == 3
     assert [r.getMessage() for r in caplog.records if "queue full" in r.getMessage()] == [
-        "span export queue full (4 spans, exporter test): dropping spans; "
-        "see otel_responses_spans_dropped_total"]  # once, not per span
+        "span export queue full (4 spans, exporter test): 1 spans dropped since the last "
+        "report; see otel_responses_spans_dropped_total"]  # once, not per span
 
     exporter.release.set()  # then: success, failure, an exception
     assert provider.force_flush()
