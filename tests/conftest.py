@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import pytest
 from hypothesis import settings
@@ -38,8 +38,11 @@ ENABLERS = (
 )
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The last lines of a run: how many tests were skipped, and what enables each kind."""
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Generator[None]:
+    """The last lines of a run, after pytest's own summary (which lists the skipped tests):
+    how many were skipped, and what enables each kind."""
+    yield
     skipped = terminalreporter.stats.get("skipped", [])
     if not skipped:
         return

@@ -210,10 +210,12 @@ def test_the_test_command_ends_with_the_skipped_tests_and_what_enables_them(
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     env["PYTHONPATH"] = str(ROOT)
     result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p",
-                             "tests.conftest", "-q", str(tmp_path)], capture_output=True,
+                             "tests.conftest", "-q", "-ra", str(tmp_path)], capture_output=True,
                             text=True, timeout=60, cwd=tmp_path, env=env)
     tail = result.stdout.splitlines()
     section = next(i for i, line in enumerate(tail) if "what enables them" in line)
+    # After pytest's own list of the skipped tests (-ra, as pyproject.toml sets it).
+    assert section > next(i for i, line in enumerate(tail) if "short test summary" in line)
     summary = "\n".join(tail[section:])
     assert "2 skipped, to run them: the recorded traffic at ../shared/fixtures" in summary
     assert "1 skipped, to run them: apt-get install" in summary
