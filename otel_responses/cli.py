@@ -74,7 +74,7 @@ class _HelpWithServe(argparse.Action):
     """``otel-responses --help``: the commands, then the flags of ``serve``, the default one."""
 
     def __init__(self, option_strings: Sequence[str], dest: str,
-                 serve: argparse.ArgumentParser | None = None, **kwargs: Any) -> None:
+                 serve: argparse.ArgumentParser | None = None) -> None:
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
                          help="show this help (the commands and the serve flags) and exit")
         self.serve = serve

@@ -104,8 +104,7 @@ class SpanPipeline(SpanProcessor):
     (of the same capacity) therefore never overflows on its own.
     """
 
-    def __init__(self, exporter: SpanExporter, name: str, capacity: int,
-                 report_interval: float = DROP_WARNING_INTERVAL_S) -> None:
+    def __init__(self, exporter: SpanExporter, name: str, capacity: int) -> None:
         self.exporter = exporter
         self.name = name
         # An exporter that can encode a span ahead does so as the span ends (see on_end).
@@ -115,8 +114,8 @@ class SpanPipeline(SpanProcessor):
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
         self.queued = 0
         self._lock = threading.Lock()
-        self._full = DropTally(report_interval)
-        self._failed = DropTally(report_interval)
+        self._full = DropTally(DROP_WARNING_INTERVAL_S)
+        self._failed = DropTally(DROP_WARNING_INTERVAL_S)
         self._batch = BatchSpanProcessor(_CountingExporter(exporter, self),
                                          max_queue_size=capacity)
         if hasattr(os, "register_at_fork"):
