@@ -21,7 +21,8 @@ KEEP_ALIVE_TIMEOUT = 5
 
 class HeaderTimeoutProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, closing a connection that has not sent a complete request
-    head ``header_timeout`` seconds after it opened or after its request's first byte.
+    head ``header_timeout`` seconds after it opened, or after its first byte since the last
+    response.
 
     uvicorn bounds only the silence between requests (``timeout_keep_alive``), and any byte
     restarts that: a client sending a header byte now and then, or nothing at all on a new
@@ -48,9 +49,16 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._disarm()
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        # Bytes between requests start the bound even before a request begins: the parser
+        # skips blank lines there, and uvicorn's keep-alive timer stops at any byte.
+        if self._head_timer is None and (self.cycle is None or self.cycle.response_complete):
+            self._arm()
+        super().data_received(data)
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._head_timer is None:  # on a new connection it runs from the connection
+        if self._head_timer is None:  # a request pipelined behind one still answering
             self._arm()
 
     def on_headers_complete(self) -> None:

@@ -145,12 +145,12 @@ def _closed_within(socks: list[socket.socket], seconds: float) -> int:
     return closed
 
 
-def _dribble(sock: socket.socket, times: int) -> None:
-    """A byte every quarter second, ``times`` times or until the server has closed."""
+def _dribble(sock: socket.socket, times: int, byte: bytes = b"x") -> None:
+    """``byte`` every quarter second, ``times`` times or until the server has closed."""
     for _ in range(times):
         time.sleep(0.25)
         try:
-            sock.send(b"x")
+            sock.send(byte)
         except OSError:
             return
 
@@ -185,8 +185,10 @@ def test_slow_loris_connections_are_closed_and_others_still_served(
                 sock.close()
 
 
+@pytest.mark.parametrize(("start", "byte"), [(b"GET /healthz HTTP/1.1\r\n", b"x"),
+                                            (b"", b"\r\n")])  # blank lines: no request begins
 def test_a_kept_alive_connection_dribbling_its_next_head_is_closed(
-        upstream: RawUpstream) -> None:
+        upstream: RawUpstream, start: bytes, byte: bytes) -> None:
     port = free_port()
     with run_cli("--upstream", upstream.url + "/v1", "--client-header-timeout", "1",
                  port=port) as _:
@@ -195,7 +197,7 @@ def test_a_kept_alive_connection_dribbling_its_next_head_is_closed(
             sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
             assert sock.recv(4096).startswith(b"HTTP/1.1 200")
             sock.setblocking(False)
-            sock.send(b"GET /healthz HTTP/1.1\r\n")
+            sock.send(start)
             # Each byte would restart uvicorn's keep-alive timer; the head bound still holds.
-            _dribble(sock, 12)
+            _dribble(sock, 12, byte)
             assert _closed_within([sock], 5) == 1
