@@ -49,6 +49,10 @@ class Settings:
                      "max_body_bytes", "max_attribute_length", "metrics_max_models"):
             if getattr(self, name) <= 0:
                 raise SettingError(name, "must be > 0")
+        for name, lowest in (("port", 0), ("metrics_port", 1)):  # port 0: any free one
+            value = getattr(self, name)
+            if value is not None and not lowest <= value <= 65535:
+                raise SettingError(name, f"must be {lowest} to 65535")
         if self.upstream is not None:
             try:
                 UpstreamTarget.parse(self.upstream)

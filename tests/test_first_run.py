@@ -82,13 +82,15 @@ def test_top_level_help_lists_the_commands_and_every_serve_flag() -> None:
 
 @pytest.mark.parametrize(("option", "value"), [
     ("read_timeout", "0"), ("client_header_timeout", "-1"), ("max_body_bytes", "0"),
-    ("upstream", "ftp://example.com"), ("metrics_max_models", "0")])
+    ("upstream", "ftp://example.com"), ("metrics_max_models", "0"), ("port", "99999"),
+    ("metrics_port", "70000")])
 def test_a_bad_setting_names_the_flag_or_env_var_the_user_typed(option: str, value: str) -> None:
     opt = next(o for o in SERVE_OPTIONS if o.name == option)
-    by_flag = _cli(opt.flag, value, "--port", str(free_port()))
+    port = () if option == "port" else ("--port", str(free_port()))
+    by_flag = _cli(opt.flag, value, *port)
     assert by_flag.returncode != 0
     assert f"otel-responses: {opt.flag} " in by_flag.stderr
-    by_env = _cli("--port", str(free_port()), env={opt.env: value})
+    by_env = _cli(*port, env={opt.env: value})
     assert by_env.returncode != 0
     assert f"otel-responses: {opt.env} " in by_env.stderr
     for result in (by_flag, by_env):  # never the internal field name
