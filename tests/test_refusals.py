@@ -185,8 +185,11 @@ def test_slow_loris_connections_are_closed_and_others_still_served(
                 sock.close()
 
 
-@pytest.mark.parametrize(("start", "byte"), [(b"GET /healthz HTTP/1.1\r\n", b"x"),
-                                            (b"", b"\r\n")])  # blank lines: no request begins
+@pytest.mark.parametrize(("start", "byte"), [
+    (b"GET /healthz HTTP/1.1\r\n", b"x"),
+    (b"", b"\r\n"),  # blank lines: the parser begins no request for them
+    (b"", b""),  # idle: uvicorn's keep-alive timeout (5 s)
+])
 def test_a_kept_alive_connection_dribbling_its_next_head_is_closed(
         upstream: RawUpstream, start: bytes, byte: bytes) -> None:
     port = free_port()
