@@ -4,6 +4,7 @@ credentials in the upstream URL, dot-segment paths however encoded, and slow-lor
 from __future__ import annotations
 
 import json
+import logging
 import os
 import selectors
 import socket
@@ -105,7 +106,8 @@ SAFE = ["/v1/models/gpt-4o", "/v1/files/report.v2.json", "/v1/models/org%2Fmodel
 
 
 def test_dot_segments_are_refused_with_an_openai_error_and_never_forwarded(
-        upstream: RawUpstream) -> None:
+        upstream: RawUpstream, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "otel_responses.proxy")
     with serve_asgi(create_app(Settings(upstream=upstream.url + "/v1"))) as base:
         seen = len(upstream.seen)
         for target in UNSAFE:
@@ -116,6 +118,9 @@ def test_dot_segments_are_refused_with_an_openai_error_and_never_forwarded(
             assert error["type"] == "invalid_request_error"
             assert error["code"] == "invalid_path"
         assert len(upstream.seen) == seen, "a refused path reached the upstream"
+        refused = [r.getMessage() for r in caplog.records if "invalid_path" in r.getMessage()]
+        assert len(refused) == len(UNSAFE)
+        assert "refused GET b'/v1/a%0d%0aX-Injected:%201'" in refused[-1]
         for target in SAFE:
             status, _ = _raw_request(base, target)
             assert status == 200, target

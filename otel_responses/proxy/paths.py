@@ -3,12 +3,15 @@ segments (``..``, ``.``), however encoded, and encoded NUL, CR or LF."""
 
 from __future__ import annotations
 
+import logging
 import re
 from urllib.parse import unquote_to_bytes
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from otel_responses.proxy.errors import ProxyError
+
+log = logging.getLogger("otel_responses.proxy")
 
 # Percent-decoding is repeated this often: a server that decodes twice turns %252e into ".".
 _DECODE_ROUNDS = 3
@@ -54,8 +57,11 @@ class PathGuard:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and unsafe_path(
-                scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")):
-            await invalid_path().send(send)
-            return
+        if scope["type"] == "http":
+            raw_path = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
+            if unsafe_path(raw_path):
+                # repr: the path may hold encoded line breaks, which must not reach the log.
+                log.info("refused %s %r: 400 invalid_path", scope["method"], raw_path)
+                await invalid_path().send(send)
+                return
         await self.app(scope, receive, send)
