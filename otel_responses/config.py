@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,8 +48,8 @@ class Settings:
             raise SettingError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
         for name in ("connect_timeout", "read_timeout", "shutdown_grace", "client_header_timeout",
                      "max_body_bytes", "max_attribute_length", "metrics_max_models"):
-            if getattr(self, name) <= 0:
-                raise SettingError(name, "must be > 0")
+            if not 0 < getattr(self, name) < math.inf:  # NaN fails this too
+                raise SettingError(name, "must be a finite number > 0")
         for name, lowest in (("port", 0), ("metrics_port", 1)):  # port 0: any free one
             value = getattr(self, name)
             if value is not None and not lowest <= value <= 65535:
