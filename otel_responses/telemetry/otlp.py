@@ -11,6 +11,8 @@ from typing import Any
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.trace import Link, SpanContext, SpanKind
 
+from otel_responses.telemetry.sdk_private import attribute_items
+
 log = logging.getLogger("otel_responses.telemetry")
 
 # Field tags, (field number << 3) | wire type, from opentelemetry-proto's trace.proto and
@@ -88,18 +90,11 @@ def _key_value(key: str, value: Any) -> bytes:
     return _keys[key] + _delimited(b"\x12", _any_value(value))
 
 
-def _items(owner: Any, attributes: Mapping[str, Any] | None) -> Any:
-    """The attributes' items; straight from the plain dict inside the SDK's BoundedAttributes
-    where there is one (its Mapping interface runs Python code per item)."""
-    inner = getattr(getattr(owner, "_attributes", None), "_dict", None)
-    return inner.items() if isinstance(inner, dict) else (attributes or {}).items()
-
-
 def _attributes(tag: bytes, attributes: Mapping[str, Any] | None, owner: Any = None) -> list[bytes]:
     """The repeated KeyValue field `tag`; an attribute that cannot be encoded
-    is logged and left out, as the SDK's encoder does. `owner`: the span, for `_items`."""
+    is logged and left out, as the SDK's encoder does. `owner`: the span, for its store."""
     fields = []
-    for key, value in _items(owner, attributes):
+    for key, value in attribute_items(owner, attributes):
         try:
             fields.append(_delimited(tag, _key_value(key, value)))
         except Exception as error:

@@ -12,6 +12,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from otel_responses.telemetry.otlp import encode_requests, span_field
+from otel_responses.telemetry.sdk_private import exporter_client
 
 log = logging.getLogger("otel_responses.telemetry")
 
@@ -28,9 +29,9 @@ class DirectOTLPSpanExporter(OTLPSpanExporter):
     """Everything but the encoding is the SDK's: endpoint, headers, TLS, compression, timeout
     and retries from the same OTEL_EXPORTER_OTLP_* variables, and its HTTP client.
 
-    The HTTP client is a private part of the SDK exporter (``_client.export(bytes)``, since
-    1.45). Where it is missing or different, the SDK's own `export` runs instead, and
-    `direct` is False. A batch goes out as requests of at most `REQUEST_BYTES`; if one fails,
+    The HTTP client is a private part of the SDK exporter (`sdk_private.exporter_client`).
+    Where it is missing or different, the SDK's own `export` runs instead, and `direct` is
+    False. A batch goes out as requests of at most `REQUEST_BYTES`; if one fails,
     the batch counts as failed. The SDK's opt-in self-metrics
     (OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED) are not recorded on the direct path: the
     proxy's /metrics counts exported and dropped spans itself.
@@ -42,10 +43,8 @@ class DirectOTLPSpanExporter(OTLPSpanExporter):
         self._prepared: dict[ReadableSpan, bytes] = {}
         self._prepared_bytes = 0
         self._lock = threading.Lock()  # spans end in one thread and are exported in another
-        client = getattr(self, "_client", None)
-        self.direct = (callable(getattr(client, "export", None))
-                       and isinstance(getattr(self, "_max_request_size", None), int)
-                       and isinstance(getattr(self, "_shutdown", None), bool))
+        self._sender = exporter_client(self)
+        self.direct = self._sender is not None
         if not self.direct:
             log.info("this OTLP exporter version has no known HTTP client: spans are encoded "
                      "by the SDK's encoder")
@@ -90,16 +89,17 @@ class DirectOTLPSpanExporter(OTLPSpanExporter):
         return fields
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        if not self.direct or self._shutdown:
+        sender = self._sender
+        if sender is None or sender.shut_down:
             return super().export(spans)
-        limit = self._max_request_size if self._max_request_size > 0 else REQUEST_BYTES
+        limit = sender.max_request_size if sender.max_request_size > 0 else REQUEST_BYTES
         requests = encode_requests(self._fields(spans), min(REQUEST_BYTES, limit))
         result = SpanExportResult.SUCCESS
         for data in requests:
-            if 0 < self._max_request_size < len(data):  # one span alone is that large
+            if 0 < sender.max_request_size < len(data):  # one span alone is that large
                 log.warning("Dropping a span: serialized size %d bytes exceeds "
-                            "max_request_size %d bytes.", len(data), self._max_request_size)
+                            "max_request_size %d bytes.", len(data), sender.max_request_size)
                 result = SpanExportResult.FAILURE
-            elif not self._client.export(data).success:
+            elif not sender.send(data).success:
                 return SpanExportResult.FAILURE  # the rest would wait out the same retries
         return result

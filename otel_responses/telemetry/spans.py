@@ -8,7 +8,6 @@ from typing import Any
 
 from openinference.semconv.trace import OpenInferenceSpanKindValues, SpanAttributes
 from opentelemetry import propagate
-from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, set_span_in_context
 
@@ -25,6 +24,7 @@ from otel_responses.telemetry import recorder as outcomes
 from otel_responses.telemetry.masking import mask, masked_request
 from otel_responses.telemetry.options import TelemetryOptions, genai_provider_name
 from otel_responses.telemetry.recorder import CallRecord
+from otel_responses.telemetry.sdk_private import attribute_store
 from otel_responses.telemetry.sessions import ChainLink, SessionIndex
 
 FIRST_TOKEN_EVENT = "First Token Stream Event"  # the OpenInference name, fired at the first delta
@@ -267,10 +267,10 @@ def _within_count_limit(items: list[tuple[str, AttributeValue]], span: Span) -> 
     kept (the SDK's own count would also count those set at start that it evicts early, then
     sets again).
     """
-    store = getattr(span, "_attributes", None)  # the SDK's own: it exposes no limit otherwise
-    limit = store.maxlen if isinstance(store, BoundedAttributes) else None
-    if not limit or len(items) <= limit:
+    store = attribute_store(span)
+    if store is None or not store.maxlen or len(items) <= store.maxlen:
         return dict(items)
+    limit = store.maxlen
     kept = dict(items[-limit:])
     # The SDK evicts (and counts) the span's earlier attributes that are not kept itself.
     earlier = set(store)
