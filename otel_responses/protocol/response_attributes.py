@@ -30,7 +30,8 @@ _INCOMPLETE = {"max_output_tokens": "length", "content_filter": "content_filter"
 
 
 class Usage(NamedTuple):
-    """Token counts as reported; cache and reasoning counts are subsets of input and output."""
+    """Token counts as reported; cache and reasoning counts are subsets of input and output.
+    None where the upstream did not report the count."""
 
     input: int | None
     output: int | None
@@ -41,10 +42,12 @@ class Usage(NamedTuple):
 
 
 def _count(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """A reported count: a non-negative integer (bool is an int subclass; not a count)."""
+    return value if type(value) is int and value >= 0 else None
 
 
 def usage(response: Mapping[str, Any]) -> Usage:
+    """The response's ``usage`` object; the one reader of it (span, GenAI and metrics)."""
     u = mapping(response.get("usage"))
     inputs = mapping(u.get("input_tokens_details"))
     outputs = mapping(u.get("output_tokens_details"))

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from otel_responses.protocol.response_attributes import usage
 from otel_responses.protocol.text import encodable
 from otel_responses.telemetry import recorder as outcomes
 from otel_responses.telemetry.recorder import CallRecord
@@ -46,16 +47,12 @@ MAX_ERROR_TYPES = 50
 # only backs that up (past it, children are still found, just not cached).
 MAX_CACHED_CHILDREN = 4096
 
-# gen_ai_token_type → where the Responses API reports it. cached_input and
-# cache_creation_input are already inside input, reasoning inside output: each is its own
-# series and is never added on top of the totals.
-TOKEN_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("input", ("input_tokens",)),
-    ("output", ("output_tokens",)),
-    ("cached_input", ("input_tokens_details", "cached_tokens")),
-    ("cache_creation_input", ("input_tokens_details", "cache_write_tokens")),
-    ("reasoning", ("output_tokens_details", "reasoning_tokens")),
-)
+# gen_ai_token_type → its field of the parsed `Usage`. cached_input and cache_creation_input
+# are already inside input, reasoning inside output: each is its own series and is never
+# added on top of the totals.
+TOKEN_TYPES: tuple[tuple[str, str], ...] = (
+    ("input", "input"), ("output", "output"), ("cached_input", "cache_read"),
+    ("cache_creation_input", "cache_write"), ("reasoning", "reasoning"))
 # Exchange outcomes that are the upstream's fault; an upstream status >= 500 is "5xx".
 FAULT_KINDS = {"upstream_unreachable": "connect", "upstream_timeout": "timeout",
                "upstream_cut": "reset", "upstream_invalid_response": "invalid",
@@ -91,16 +88,13 @@ class LabelGuard:
         return self.overflow
 
 
-def reported_tokens(usage: Any) -> Iterator[tuple[str, int]]:
-    """(gen_ai_token_type, count) for each count the usage object actually carries."""
-    if not isinstance(usage, Mapping):
-        return
-    for token_type, path in TOKEN_FIELDS:
-        value: Any = usage
-        for key in path:
-            value = value.get(key) if isinstance(value, Mapping) else None
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            yield token_type, value
+def reported_tokens(response: Mapping[str, Any]) -> Iterator[tuple[str, int]]:
+    """(gen_ai_token_type, count) for each count the response's usage actually carries."""
+    counts = usage(response)
+    for token_type, field in TOKEN_TYPES:
+        count = getattr(counts, field)
+        if count is not None:
+            yield token_type, count
 
 
 def current_exemplar() -> dict[str, str] | None:
@@ -280,7 +274,7 @@ class ProxyMetrics:
         )
         exemplar = current_exemplar()
         self.duration.labels(*labels).observe(record.duration_s, exemplar)
-        tokens = dict(reported_tokens(response.get("usage")))
+        tokens = dict(reported_tokens(response))
         for token_type, count in tokens.items():
             self.token_usage.labels(*labels, token_type).observe(count, exemplar)
         ttft = record.ttft_s
