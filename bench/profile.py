@@ -41,7 +41,7 @@ OWNERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("recording (request/response JSON, SSE parsing)", ("CallRecorder", "ResponseStream")),
 )
 INFRASTRUCTURE: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("upstream HTTP client", ("proxy/upstream.py", "httpx/", "httpcore/", "anyio/", "h11/")),
+    ("upstream HTTP client", ("transport/", "httpx/", "httpcore/", "anyio/", "h11/")),
     ("uvicorn (client-side HTTP)", ("uvicorn/",)),
     ("Starlette routing + middleware", ("starlette/",)),
     ("metrics stream tracker", ("telemetry/metrics",)),

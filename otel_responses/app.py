@@ -18,7 +18,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from otel_responses.config import Settings
 from otel_responses.proxy.forward import Endpoint, Proxy
 from otel_responses.proxy.paths import PathGuard
-from otel_responses.proxy.target import UpstreamTarget
 from otel_responses.telemetry.export import (
     build_tracer_provider,
     shutdown_provider,
@@ -32,6 +31,7 @@ from otel_responses.telemetry.options import (
     genai_opted_in,
     genai_provider_name,
 )
+from otel_responses.transport.target import UpstreamTarget
 
 _ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 

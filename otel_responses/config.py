@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from otel_responses.proxy.target import UpstreamTarget
+from otel_responses.transport.target import UpstreamTarget
 
 ENV_PREFIX = "OTEL_RESPONSES_"
 LOG_FORMATS = ("text", "json")

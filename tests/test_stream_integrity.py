@@ -26,8 +26,9 @@ from opentelemetry.trace import StatusCode
 
 from otel_responses.app import create_app
 from otel_responses.config import Settings
-from otel_responses.proxy import upstream as upstream_client
-from otel_responses.proxy.target import UpstreamTarget
+from otel_responses.transport import connection
+from otel_responses.transport.pool import UpstreamPool, UpstreamResponse
+from otel_responses.transport.target import UpstreamTarget
 from tests.faults import (
     dechunk_raw,
     fd_counts,
@@ -381,9 +382,9 @@ def test_a_post_on_a_connection_the_upstream_closed_while_idle_goes_on_a_new_one
 # -- bounds on the response head -------------------------------------------------------------
 
 HEAD_BOUNDS = {
-    "too-many-fields": head(200, *(f"X-F{i}: v" for i in range(upstream_client.MAX_HEADERS + 1)),
+    "too-many-fields": head(200, *(f"X-F{i}: v" for i in range(connection.MAX_HEADERS + 1)),
                             "Content-Length: 0"),
-    "one-huge-field": head(200, "X-Big: " + "b" * upstream_client.MAX_HEAD_BYTES,
+    "one-huge-field": head(200, "X-Big: " + "b" * connection.MAX_HEAD_BYTES,
                            "Content-Length: 0"),
     "many-1xx": (head(103, "Link: " + "l" * 20_000) * 4) + OK,
     # never finished: the bound, not the read timeout, ends it
@@ -406,7 +407,7 @@ def test_a_response_head_over_the_bounds_is_a_counted_502(case: str) -> None:
 
 
 def test_a_head_at_the_bounds_passes() -> None:
-    fields = [f"X-F{i}: " + "v" * 100 for i in range(upstream_client.MAX_HEADERS - 1)]
+    fields = [f"X-F{i}: " + "v" * 100 for i in range(connection.MAX_HEADERS - 1)]
     with ScriptedUpstream([[head(200, *fields, "Content-Length: 2") + b"{}"]]).running() as up, \
             proxy_for(up) as proxied, _client() as client:
         resp = client.post(proxied.base + "/v1/responses", content=b"{}")
@@ -462,16 +463,16 @@ def test_a_post_whose_connection_was_reset_before_writing_is_sent_on_a_new_one(
         loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
     """Nothing reached the wire: the reset pooled connection fails the first send at once."""
     with ScriptedUpstream([[OK, 0.05, RESET], [OK]]).running() as up:
-        pool = upstream_client.UpstreamPool(UpstreamTarget.parse(up.url), connect_timeout=5,
+        pool = UpstreamPool(UpstreamTarget.parse(up.url), connect_timeout=5,
                                             read_timeout=5)
 
-        async def post(body: bytes) -> upstream_client.UpstreamResponse:
+        async def post(body: bytes) -> UpstreamResponse:
             response = await pool.request("POST", "/v1/responses", [], body)
             assert b"".join([chunk async for chunk in response.body()]) == b'{"ok":true}'
             response.close()
             return response
 
-        async def main() -> upstream_client.UpstreamResponse:
+        async def main() -> UpstreamResponse:
             await post(b"{}")
             # Block the loop while the reset arrives: the pool cannot have seen it.
             time.sleep(0.3)

@@ -21,8 +21,9 @@ import trustme
 from otel_responses.app import create_app
 from otel_responses.config import Settings
 from otel_responses.demo.app import create_demo_app
-from otel_responses.proxy import upstream as upstream_client
-from otel_responses.proxy.target import UpstreamTarget
+from otel_responses.transport import pool
+from otel_responses.transport.forward_proxy import ForwardProxy
+from otel_responses.transport.target import UpstreamTarget
 from tests.servers import LoopbackServer, serve_asgi
 from tests.upstreams import RawUpstream
 
@@ -231,7 +232,7 @@ def test_proxy_refusing_connect_is_a_clear_502(tls_demo: str, monkeypatch: pytes
 def test_https_proxy_url_is_rejected_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTPS_PROXY", "socks5://127.0.0.1:1080")
     with pytest.raises(ValueError, match="only http:// proxies"):
-        upstream_client.ForwardProxy.for_target(UpstreamTarget.parse("https://api.openai.com/v1"))
+        ForwardProxy.for_target(UpstreamTarget.parse("https://api.openai.com/v1"))
 
 
 # -- keep-alive pool ---------------------------------------------------------------------------
@@ -247,7 +248,7 @@ def test_sequential_requests_share_one_upstream_connection(raw_upstream: RawUpst
 
 def test_idle_connections_past_their_expiry_are_not_reused(
         raw_upstream: RawUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(upstream_client, "KEEPALIVE_EXPIRY", 0.0)
+    monkeypatch.setattr(pool, "KEEPALIVE_EXPIRY", 0.0)
     with proxy_to(raw_upstream.url) as base, _http() as client:
         for _ in range(3):
             assert client.post(base + "/v1/responses", content=b"{}").status_code == 200

@@ -15,14 +15,14 @@ from otel_responses.config import Settings
 from otel_responses.protocol.body import SCOPE_KEY, ParsedBody
 from otel_responses.proxy import errors
 from otel_responses.proxy.headers import client_response_headers, upstream_request_headers
-from otel_responses.proxy.target import UpstreamTarget
-from otel_responses.proxy.upstream import (
+from otel_responses.transport import (
     Headers,
     UpstreamError,
     UpstreamHeadTooLarge,
     UpstreamInvalid,
     UpstreamPool,
     UpstreamResponse,
+    UpstreamTarget,
     UpstreamTimeout,
 )
 
