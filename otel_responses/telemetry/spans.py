@@ -113,6 +113,14 @@ class SpanWriter:
                 attrs["gen_ai.response.time_to_first_chunk"] = record.ttft_s
         if record.is_error:
             attrs["error.type"] = error_type(record)
+        # Bodies not (wholly) read: a coding that could not be decoded, or a kept prefix.
+        for side, unreadable, truncated in (
+                ("request", record.request_unreadable, record.request_truncated),
+                ("response", record.response_unreadable, record.response_truncated)):
+            if unreadable:
+                attrs[f"otel_responses.{side}.unreadable"] = unreadable
+            if truncated:
+                attrs[f"otel_responses.{side}.truncated"] = True
         attrs.update(context)
         return attrs
 
