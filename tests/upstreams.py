@@ -3,7 +3,12 @@
 The scenario is picked per request by the ``x-scenario`` header (which the proxy forwards):
 ``replay:<recording>``, ``echo``, ``stall``, ``cut``, ``gzip``, ``held``, ``drip``,
 ``close`` (answer, then close the kept-alive connection), ``early-hints`` (103 before 200),
-``drop-once`` (the first such request: close without an answer; later ones: ``echo``).
+``drop-once`` (the first such request: close without an answer; later ones: ``echo``),
+``gzip-bomb`` (1 GiB of zeros, gzipped). A replay is compressed when the request's
+``x-compress`` names codings (applied in that order, e.g. ``gzip, br``) that its
+accept-encoding accepts: ``gzip``, ``deflate``, ``raw-deflate`` (sent as ``deflate``), ``br``,
+``zstd``; ``corrupt`` sends a broken gzip, ``compress`` a coding nobody decodes. ``sent`` keeps
+each replay's body bytes as written.
 """
 
 from __future__ import annotations
@@ -16,9 +21,14 @@ import json
 import random
 import threading
 import time
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Self
+
+import brotli
+import zstandard
 
 from tests.recordings import Recording
 from tests.servers import LoopbackServer
@@ -49,6 +59,7 @@ class RawUpstream(LoopbackServer):
     port: int = 0
     connections: int = 0  # TCP connections accepted
     dropped: int = 0  # requests closed unanswered by ``drop-once``
+    sent: list[bytes] = field(default_factory=list)  # each replay's body, as written
 
     @contextlib.contextmanager
     def running(self) -> Iterator[Self]:
@@ -79,7 +90,7 @@ class RawUpstream(LoopbackServer):
         scenario = req.header("x-scenario") or "echo"
         rng = random.Random(f"{self.seed}:{scenario}")
         if scenario.startswith("replay:"):
-            await self._replay(self.recordings[scenario[7:]], writer, rng)
+            await self._replay(self.recordings[scenario[7:]], writer, rng, _coder(req))
             return True
         if scenario == "drop-once" and not self.dropped:
             self.dropped += 1
@@ -108,6 +119,10 @@ class RawUpstream(LoopbackServer):
             body = gzip.compress(b'{"object":"response","id":"resp_gz"}' * 50)
             await _write_fixed(writer, 200, [("Content-Type", "application/json"),
                                              ("Content-Encoding", "gzip")], body, rng)
+            return True
+        if scenario == "gzip-bomb":
+            await _write_fixed(writer, 200, [("Content-Type", "application/json"),
+                                             ("Content-Encoding", "gzip")], gzip_bomb(), rng)
             return True
         if scenario == "stall":
             await asyncio.sleep(3600)
@@ -149,16 +164,94 @@ class RawUpstream(LoopbackServer):
             self.closed_at.append(time.monotonic())
 
     async def _replay(self, rec: Recording, writer: asyncio.StreamWriter,
-                      rng: random.Random) -> None:
+                      rng: random.Random, coder: _Coder) -> None:
         headers = [(k, v) for k, v in rec.headers.items() if k.lower() not in _HOP]
+        headers += [("Content-Encoding", coder.header)] if coder.header else []
         if rec.is_sse:
+            pieces = [*map(coder.piece, _split(rec.body_bytes, rng)), coder.end()]
+            self.sent.append(b"".join(pieces))
             await _start_chunked(writer, rec.status, headers)
-            for piece in _split(rec.body_bytes, rng):
+            for piece in filter(None, pieces):  # an empty chunk would end the body
                 await _write_chunk(writer, piece)
                 await asyncio.sleep(rng.random() * 0.002)
             await _write_chunk(writer, b"")
         else:
-            await _write_fixed(writer, rec.status, headers, rec.body_bytes, rng)
+            self.sent.append(coder.piece(rec.body_bytes) + coder.end())
+            await _write_fixed(writer, rec.status, headers, self.sent[-1], rng)
+
+
+# Per coding: its Content-Encoding name, a new compressor, how to flush what it holds so far
+# (each streamed piece reaches the client whole), how to end it.
+_CODINGS: dict[str, tuple[str, Callable[[], object], Callable[[object], bytes],
+                          Callable[[object], bytes]]] = {
+    "gzip": ("gzip", lambda: zlib.compressobj(wbits=31),
+             lambda c: c.flush(zlib.Z_SYNC_FLUSH), lambda c: c.flush()),
+    "deflate": ("deflate", zlib.compressobj, lambda c: c.flush(zlib.Z_SYNC_FLUSH),
+                lambda c: c.flush()),
+    "raw-deflate": ("deflate", lambda: zlib.compressobj(wbits=-15),
+                    lambda c: c.flush(zlib.Z_SYNC_FLUSH), lambda c: c.flush()),
+    "br": ("br", brotli.Compressor, lambda c: c.flush(), lambda c: c.finish()),
+    "zstd": ("zstd", lambda: zstandard.ZstdCompressor().compressobj(),
+             lambda c: c.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK), lambda c: c.flush()),
+}
+
+
+class _Coder:
+    """Compresses a body piece by piece with stacked codings (none: the bytes as they are)."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.header = ", ".join(_CODINGS[n][0] for n in names)
+        self._coders = [(_CODINGS[n], _CODINGS[n][1]()) for n in names]
+
+    def piece(self, data: bytes) -> bytes:
+        for (_, _, flush, _), c in self._coders:
+            data = (c.process if isinstance(c, brotli.Compressor) else c.compress)(data)
+            data += flush(c)
+        return data
+
+    def end(self) -> bytes:
+        data = b""
+        for (_, _, flush, end), c in self._coders:
+            if data:
+                data = (c.process if isinstance(c, brotli.Compressor) else c.compress)(data)
+                data += flush(c)
+            data += end(c)
+        return data
+
+
+class _Broken(_Coder):
+    """``corrupt``: gzip with a compression method byte no decoder knows; ``compress``: the
+    bytes as they are, labelled with a coding nobody decodes."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__([])
+        self.header = "gzip" if kind == "corrupt" else kind
+        self._kind = kind
+        self._first = True
+
+    def piece(self, data: bytes) -> bytes:
+        if self._kind == "corrupt" and self._first:
+            data = b"\x1f\x8b\x07" + data  # method 7: undefined
+        self._first = False
+        return data
+
+
+def _coder(req: SeenRequest) -> _Coder:
+    names = [n.strip() for n in (req.header("x-compress") or "").split(",") if n.strip()]
+    if names in (["corrupt"], ["compress"]):
+        return _Broken(names[0])
+    accepted = {a.split(";")[0].strip()
+                for a in (req.header("accept-encoding") or "").lower().split(",")}
+    if not all(_CODINGS[n][0] in accepted for n in names):
+        return _Coder([])
+    return _Coder(names)
+
+
+@cache
+def gzip_bomb() -> bytes:
+    """1 GiB of zeros, gzipped (about 1 MB), made a MiB at a time."""
+    c, mib = zlib.compressobj(9, wbits=31), bytes(1 << 20)
+    return b"".join([*(c.compress(mib) for _ in range(1024)), c.flush()])
 
 
 def _split(data: bytes, rng: random.Random) -> list[bytes]:

@@ -61,7 +61,7 @@ class ResponsesTelemetryMiddleware:
             return
         parsed = ParsedBody()
         scope = {**scope, SCOPE_KEY: parsed}  # the app's access log reuses the parsed body
-        call = CallRecorder(time.time_ns(), parsed)
+        call = CallRecorder(time.time_ns(), parsed, scope["headers"])
         span: Span | None = None
         token = None
         try:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from otel_responses.protocol.body import ParsedBody, json_object
+from otel_responses.protocol.encoding import ContentDecoder, decoder
 from otel_responses.protocol.stream import ResponseStream
 
 # How a call ended. Streams: the terminal event, else how the bytes stopped.
@@ -46,6 +47,12 @@ class CallRecord:
     terminal_ns: int | None = None
     events: int = 0
     malformed_events: int = 0
+    # Why a body could not be read (an unknown coding, corrupt data), and whether only a
+    # prefix of it was kept (past MAX_KEPT_BODY, decoded or plain).
+    request_unreadable: str | None = None
+    response_unreadable: str | None = None
+    request_truncated: bool = False
+    response_truncated: bool = False
 
     @property
     def is_error(self) -> bool:
@@ -67,15 +74,20 @@ class CallRecorder:
     """Fed by the middleware's receive/send wrappers; per-chunk work is O(chunk)."""
 
     # Slots: one lives as long as each held stream, and an instance dict is ~4x their size.
-    __slots__ = ("_app_error", "_body", "_body_size", "_disconnected", "_end_ns",
-                 "_first_token_ns", "_request", "_request_size", "_response_size", "_status",
-                 "_stream", "_terminal_ns", "parsed", "start_ns")
+    __slots__ = ("_app_error", "_body", "_body_size", "_decoder", "_disconnected", "_end_ns",
+                 "_first_token_ns", "_request", "_request_decoder", "_request_kept",
+                 "_request_size", "_response_size", "_status", "_stream", "_terminal_ns",
+                 "parsed", "start_ns")
 
-    def __init__(self, start_ns: int, parsed: ParsedBody | None = None) -> None:
+    def __init__(self, start_ns: int, parsed: ParsedBody | None = None,
+                 request_headers: list[tuple[bytes, bytes]] | None = None) -> None:
         self.start_ns = start_ns
         self.parsed = parsed or ParsedBody()
         self._request: list[bytes] = []
         self._request_size = 0
+        self._request_kept = 0
+        self._request_decoder = _decoder_for(request_headers or [])
+        self._decoder: ContentDecoder | None = None
         self._status = 0
         self._stream: ResponseStream | None = None
         self._body: list[bytes] = []
@@ -88,9 +100,14 @@ class CallRecorder:
         self._app_error: BaseException | None = None
 
     def request_chunk(self, chunk: bytes) -> None:
-        if self._request_size + len(chunk) <= MAX_KEPT_BODY:
-            self._request.append(chunk)
         self._request_size += len(chunk)
+        if self._request_decoder is not None:
+            chunk = self._request_decoder.feed(chunk)
+        if self._request_kept + len(chunk) <= MAX_KEPT_BODY:
+            self._request.append(chunk)
+            self._request_kept += len(chunk)
+        else:
+            self._request_kept = MAX_KEPT_BODY + 1  # a prefix only: later chunks not kept
 
     def client_disconnected(self) -> None:
         if self._end_ns is None:
@@ -104,12 +121,15 @@ class CallRecorder:
         for name, value in headers:
             if name.lower() == b"content-type" and value.startswith(b"text/event-stream"):
                 self._stream = ResponseStream()
+        self._decoder = _decoder_for(headers)
 
     @property
     def bytes_seen(self) -> int:
         return self._request_size + self._response_size
 
     def response_chunk(self, chunk: bytes, more_body: bool) -> None:
+        if self._decoder is not None:
+            chunk = self._decoder.feed(chunk)
         self._response_size += len(chunk)
         stream = self._stream
         if stream is not None:
@@ -123,6 +143,8 @@ class CallRecorder:
         elif self._body_size + len(chunk) <= MAX_KEPT_BODY:
             self._body.append(chunk)
             self._body_size += len(chunk)
+        else:
+            self._body_size = MAX_KEPT_BODY + 1  # a prefix only: later chunks not kept
         if not more_body:
             self._end_ns = time.time_ns()
 
@@ -135,7 +157,14 @@ class CallRecorder:
             stream=self._stream is not None, response=None, error=None, outcome=COMPLETED,
             start_ns=self.start_ns, end_ns=end_ns, first_token_ns=self._first_token_ns,
             terminal_ns=self._terminal_ns,
+            request_truncated=self._request_kept > MAX_KEPT_BODY,
+            response_truncated=self._body_size > MAX_KEPT_BODY,
         )
+        for decoding, side in ((self._request_decoder, "request"), (self._decoder, "response")):
+            if decoding is not None:
+                setattr(record, f"{side}_unreadable", decoding.unreadable)
+                if decoding.truncated:
+                    setattr(record, f"{side}_truncated", True)
         if self._stream is not None:
             self._finish_stream(record, self._stream)
         else:
@@ -185,3 +214,9 @@ class CallRecorder:
         if record.outcome == FAILED and body is not None and isinstance(body.get("error"), dict):
             record.error = body["error"]
 
+
+
+def _decoder_for(headers: list[tuple[bytes, bytes]]) -> ContentDecoder | None:
+    """A decoder when the body has a Content-Encoding (else None: plain bodies cost nothing)."""
+    values = [v for k, v in headers if k.lower() == b"content-encoding"]
+    return decoder(values, MAX_KEPT_BODY) if values else None

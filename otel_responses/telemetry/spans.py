@@ -81,8 +81,7 @@ class SpanWriter:
                 attrs = self._attributes(record, context)
             except RecursionError:
                 # A payload nested deeper than the encoders' stack: recorded cut, flagged.
-                shallow, flags = _shallower(record)
-                attrs = {**self._attributes(shallow, context), **flags}
+                attrs = self._attributes(_shallower(record), context)
             attrs = mask(attrs, self.options.masking)
             span.set_attributes(_within_count_limit(
                 _ordered(attrs, self.options.max_attribute_length), span))
@@ -124,6 +123,14 @@ class SpanWriter:
                 attrs["gen_ai.response.time_to_first_chunk"] = record.ttft_s
         if record.is_error:
             attrs["error.type"] = error_type(record)
+        # Bodies not (wholly) read: a coding that could not be decoded, or a kept prefix.
+        for side, unreadable, truncated in (
+                ("request", record.request_unreadable, record.request_truncated),
+                ("response", record.response_unreadable, record.response_truncated)):
+            if unreadable:
+                attrs[f"otel_responses.{side}.unreadable"] = unreadable
+            if truncated:
+                attrs[f"otel_responses.{side}.truncated"] = True
         attrs.update(context)
         return attrs
 
@@ -207,20 +214,15 @@ def _describe_error(record: CallRecord, with_message: bool) -> str:
 
 # JSON nesting kept when a payload is too deep to record whole (no real one comes near).
 MAX_DEPTH = 64
-REQUEST_TRUNCATED = "otel_responses.request.truncated"
-RESPONSE_TRUNCATED = "otel_responses.response.truncated"
 
 
-def _shallower(record: CallRecord) -> tuple[CallRecord, Attributes]:
-    """``record`` with its request and response cut at `MAX_DEPTH`, and the flags that say so."""
+def _shallower(record: CallRecord) -> CallRecord:
+    """``record`` with its request and response cut at `MAX_DEPTH`, flagged truncated if so."""
     request, request_cut = cut_depth(record.request, MAX_DEPTH)
     response, response_cut = cut_depth(record.response, MAX_DEPTH)
-    flags: Attributes = {}
-    if request_cut:
-        flags[REQUEST_TRUNCATED] = True
-    if response_cut:
-        flags[RESPONSE_TRUNCATED] = True
-    return replace(record, request=request, response=response), flags
+    return replace(record, request=request, response=response,
+                   request_truncated=record.request_truncated or request_cut,
+                   response_truncated=record.response_truncated or response_cut)
 
 
 def _ordered(attrs: Attributes, max_length: int) -> list[tuple[str, AttributeValue]]:

@@ -1,0 +1,234 @@
+"""Content-Encoding decoding, sans-IO: feed compressed chunks, get at most `limit` decoded bytes.
+
+Only the recorder reads it; the bytes relayed are never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import zlib
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+try:
+    import brotli
+except ImportError:  # the reason is reported per body, never raised
+    brotli = None
+try:
+    import zstandard
+except ImportError:
+    zstandard = None
+
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
+# A stage of a stacked coding is pulled for at most this many bytes at a time, so what one
+# coding expands to is bounded before the next one reads it.
+_STEP = 64 * 1024
+_MAX_CODINGS = 4  # more is no real server's doing
+
+
+class _Overflow(Exception):
+    """A stage would hold more than the decoder may ever return."""
+
+
+class _Undecodable(Exception):
+    """A coding's library refused the data."""
+
+
+class _Stage(Protocol):
+    @property
+    def has_more(self) -> bool:
+        """Holds input or output already given: call again with b"" before any new input."""
+
+    def decompress(self, data: bytes, limit: int) -> bytes: ...  # at most `limit` (> 0) bytes
+
+
+class _Zlib:
+    """gzip (members one after another), or deflate: zlib-wrapped, else raw (as browsers)."""
+
+    __slots__ = ("_d", "_gzip", "_head", "_tail", "has_more")
+
+    def __init__(self, gzip: bool) -> None:
+        self._gzip = gzip
+        self._d: Any = zlib.decompressobj(_GZIP_WBITS) if gzip else None
+        self._head = b""  # deflate: the first bytes, until they tell which kind it is
+        self._tail = b""
+        self.has_more = False
+
+    def decompress(self, data: bytes, limit: int) -> bytes:
+        if self._d is None:
+            data = self._head + data
+            if len(data) < 2:
+                self._head = data
+                return b""
+            self._d = zlib.decompressobj(zlib.MAX_WBITS if _zlib_header(data) else -zlib.MAX_WBITS)
+        data = self._tail + data if self._tail else data
+        out = []
+        while True:
+            d = self._d
+            if d.eof:
+                if not data or not self._gzip:
+                    data = b""  # bytes after the deflate stream: ignored, as zlib does
+                    break
+                d = self._d = zlib.decompressobj(_GZIP_WBITS)  # the next gzip member
+            piece = d.decompress(data, limit)  # never past `limit`: a bomb stops here
+            out.append(piece)
+            limit -= len(piece)
+            data = d.unused_data if d.eof else d.unconsumed_tail
+            if not (d.eof and data and limit):
+                break
+        self._tail = data
+        self.has_more = bool(data) or not limit  # at the limit, zlib may hold more back
+        return b"".join(out)
+
+
+def _zlib_header(data: bytes) -> bool:
+    return data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
+
+
+class _Brotli:
+    __slots__ = ("_d", "_extra")
+
+    def __init__(self) -> None:
+        self._d = brotli.Decompressor()
+        self._extra = b""
+
+    @property
+    def has_more(self) -> bool:
+        return bool(self._extra) or not self._d.can_accept_more_data()
+
+    def decompress(self, data: bytes, limit: int) -> bytes:
+        out = self._extra or self._d.process(data, output_buffer_limit=limit)
+        self._extra = out[limit:]  # the limit is where the buffer stops growing: a bit past
+        return out[:limit]
+
+
+class _Zstd:
+    """Every frame in turn. The library's streaming API has no output limit: it writes to this
+    object, which keeps at most `bound` bytes and then stops it (`_Overflow`)."""
+
+    __slots__ = ("_bound", "_full", "_pending", "_writer")
+
+    def __init__(self, bound: int) -> None:
+        self._bound = bound
+        self._full = False
+        self._pending = bytearray()
+        self._writer = zstandard.ZstdDecompressor().stream_writer(self, write_size=_STEP)
+
+    @property
+    def has_more(self) -> bool:
+        return bool(self._pending)
+
+    def write(self, data: bytes) -> int:
+        self._pending += data[:self._bound - len(self._pending)]
+        if len(self._pending) >= self._bound:
+            self._full = True
+            raise _Overflow
+        return len(data)
+
+    def decompress(self, data: bytes, limit: int) -> bytes:
+        if data:
+            if self._full:
+                raise _Overflow  # the decoder could never return what this would add
+            with contextlib.suppress(_Overflow):  # what was kept is returned first
+                self._writer.write(data)
+        out = bytes(self._pending[:limit])
+        del self._pending[:limit]
+        return out
+
+
+def codings(header_values: Iterable[bytes]) -> list[str]:
+    """The codings of Content-Encoding header lines, in the order applied; `identity` dropped."""
+    names = (name.strip().lower() for value in header_values
+             for name in value.decode("latin-1").split(","))
+    return [name for name in names if name and name != "identity"]
+
+
+class ContentDecoder:
+    """Decodes a body coded with `codings` (in the order applied), keeping at most `limit` bytes.
+
+    `unreadable` says why decoding stopped (an unknown coding, a library not installed,
+    corrupt data); `truncated`, that the decoded body went on past `limit`. Either way, `feed`
+    returns nothing more.
+    """
+
+    __slots__ = ("_input", "_names", "_room", "_stages", "truncated", "unreadable")
+
+    def __init__(self, codings: list[str], limit: int) -> None:
+        self._room = limit
+        self._input = b""
+        self.truncated = False
+        self.unreadable: str | None = None
+        self._names = codings[::-1]  # decoded the last applied first
+        self._stages: list[_Stage] = []
+        if len(codings) > _MAX_CODINGS:
+            self.unreadable = f"{len(codings)} content codings stacked"
+            return
+        for name in self._names:
+            stage, reason = _stage(name, limit)
+            if stage is None:
+                self.unreadable = reason
+                return
+            self._stages.append(stage)
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The decoded bytes that `chunk` completes (b"" once stopped)."""
+        if self.unreadable is not None or self.truncated:
+            return b""
+        self._input = chunk
+        out: list[bytes] = []
+        want = self._room + 1  # one byte past the room tells that the body goes on
+        try:
+            while want > 0 and (self._input or any(s.has_more for s in self._stages)):
+                piece = self._pull(len(self._stages) - 1, want)
+                out.append(piece)
+                want -= len(piece)
+        except _Overflow:
+            want = 0
+        except _Undecodable as exc:
+            self.unreadable = str(exc)
+        decoded = b"".join(out)
+        if want <= 0:
+            self.truncated = True
+            decoded = decoded[:self._room]
+        self._room -= len(decoded)
+        return decoded
+
+    def _pull(self, i: int, limit: int) -> bytes:
+        """At most `limit` bytes out of stage `i`, given the input it needs if it has none."""
+        stage = self._stages[i]
+        if stage.has_more:
+            data = b""
+        elif i == 0:
+            data, self._input = self._input, b""
+        else:
+            data = self._pull(i - 1, _STEP)
+            if not data:
+                return b""
+        try:
+            return stage.decompress(data, limit)
+        except _Overflow:
+            raise
+        except Exception as exc:  # each library has its own error for corrupt data
+            raise _Undecodable(f"{self._names[i]}: undecodable data ({exc})") from None
+
+
+def _stage(name: str, limit: int) -> tuple[_Stage | None, str]:
+    if name in ("gzip", "x-gzip", "deflate"):
+        return _Zlib(gzip=name != "deflate"), ""
+    if name == "br":
+        if brotli is None or not hasattr(brotli.Decompressor, "can_accept_more_data"):
+            return None, "br: the brotli package (>= 1.2) is not installed"
+        return _Brotli(), ""
+    if name == "zstd":
+        if zstandard is None:
+            return None, "zstd: the zstandard package is not installed"
+        # Coded data is never much longer than what it decodes to (stored blocks add a few bytes
+        # per 64 KB): past this, an inner coding's output would pass the limit too.
+        return _Zstd(limit + 1 + _STEP), ""
+    return None, f"unsupported content-encoding: {name}"
+
+
+def decoder(header_values: Iterable[bytes], limit: int) -> ContentDecoder | None:
+    """A decoder for a body with these Content-Encoding values; None if it is not coded."""
+    names = codings(header_values)
+    return ContentDecoder(names, limit) if names else None

@@ -1,0 +1,164 @@
+"""Compressed bodies through the proxy: the span and metrics equal the plain replay's."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from otel_responses.protocol.encoding import decoder
+from otel_responses.telemetry.recorder import CallRecorder
+from tests.recordings import Recording, final_response, load_recordings, need, recordings_params
+from tests.spans import SpanSink, traced_proxy
+from tests.test_metrics import _reported_usage, by_label, scrape
+from tests.upstreams import _CODINGS, RawUpstream, _Coder, gzip_bomb
+
+CODINGS = ["gzip", "deflate", "raw-deflate", "br", "zstd", "gzip, br"]
+_VARYING = ("session.id",)  # the response id is the session when none is given: same anyway
+
+
+@pytest.fixture(scope="module")
+def proxy() -> Iterator[tuple[str, SpanSink, RawUpstream]]:
+    raw = RawUpstream(recordings={r.name: r for r in load_recordings()}, seed=13)
+    with raw.running(), traced_proxy(raw.url + "/v1") as (base, sink):
+        yield base, sink, raw
+
+
+def _call(client: openai.OpenAI, rec: Recording, compress: str) -> Any:
+    """Through the real openai SDK, the response left unread: its raw bytes are the client's."""
+    # The SDK's HTTP client accepts gzip, deflate and br; zstd is what Codex CLI also takes.
+    headers = {"x-scenario": f"replay:{rec.name}", "x-compress": compress,
+               "accept-encoding": "gzip, deflate, br, zstd"}
+    try:
+        return client.post("/responses", cast_to=httpx.Response, body=rec.request_body,
+                           options={"headers": headers}, stream=True)
+    except openai.APIStatusError as exc:  # read by the SDK already
+        return exc.response
+
+
+def _attributes(sink: SpanSink) -> dict[str, Any]:
+    span = sink.one()
+    sink.clear()
+    return {k: v for k, v in (span.attributes or {}).items() if k not in _VARYING}
+
+
+def _tokens(base: str) -> dict[str, float]:
+    return by_label(scrape(base), "gen_ai_client_token_usage_sum", "gen_ai_token_type")
+
+
+@pytest.mark.parametrize("rec", recordings_params())
+def test_a_compressed_replay_records_what_the_plain_one_does(
+        rec: Recording | None, proxy: tuple[str, SpanSink, RawUpstream]) -> None:
+    rec = need(rec)
+    base, sink, upstream = proxy
+    sink.clear()
+    client = openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0)
+    plain_response = _call(client, rec, "")
+    plain_response.read()
+    plain_response.close()
+    plain = _attributes(sink)
+    usage = _reported_usage((final_response(rec) or {}).get("usage") or {})
+    for coding in CODINGS:
+        before = _tokens(base)
+        resp = _call(client, rec, coding)
+        assert resp.status_code == rec.status
+        if resp.is_closed:
+            # Read (and decoded, if its client knows the coding) by the SDK on an error status.
+            assert resp.content in (rec.body_bytes, upstream.sent[-1])
+        else:
+            assert b"".join(resp.iter_raw()) == upstream.sent[-1]
+            resp.close()
+        assert resp.headers["content-encoding"] == coding.replace("raw-", "")
+        assert _attributes(sink) == plain, coding
+        after = _tokens(base)
+        assert {k: after.get(k, 0) - before.get(k, 0) for k in {*after, *usage}} == \
+            {k: usage.get(k, 0) for k in {*after, *usage}}, coding
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "compress"])
+def test_an_unreadable_body_is_flagged_and_relayed_untouched(
+        kind: str, proxy: tuple[str, SpanSink, RawUpstream]) -> None:
+    recs = [r for r in load_recordings() if r.name == "openllmetry__simple_text_gpt41nano"]
+    rec = need(recs[0] if recs else None)
+    base, sink, upstream = proxy
+    sink.clear()
+    with httpx.Client(timeout=10) as client, client.stream(
+            "POST", base + "/v1/responses", content=json.dumps(rec.request_body),
+            headers={"x-scenario": f"replay:{rec.name}", "x-compress": kind}) as resp:
+        assert b"".join(resp.iter_raw()) == upstream.sent[-1]
+    attrs = sink.one().attributes or {}
+    assert attrs["otel_responses.response.unreadable"].startswith(
+        "gzip:" if kind == "corrupt" else "unsupported content-encoding")
+    assert "output.value" not in attrs
+    assert httpx.get(base + "/healthz").status_code == 200
+
+
+def test_a_gzip_bomb_is_relayed_whole_and_recorded_truncated(
+        proxy: tuple[str, SpanSink, RawUpstream]) -> None:
+    base, sink, _ = proxy
+    sink.clear()
+    with httpx.Client(timeout=60) as client, client.stream(
+            "POST", base + "/v1/responses", content=b'{"model":"m","input":"x"}',
+            headers={"x-scenario": "gzip-bomb"}) as resp:
+        assert b"".join(resp.iter_raw()) == gzip_bomb()
+    attrs = sink.wait(1, timeout=30)[0].attributes or {}
+    assert attrs["otel_responses.response.truncated"] is True
+    assert "otel_responses.response.unreadable" not in attrs
+
+
+def _compress(data: bytes, names: list[str]) -> bytes:
+    coder = _Coder(names)
+    return coder.piece(data) + coder.end()
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.binary(max_size=4000) | st.text(max_size=3000).map(str.encode),
+       names=st.lists(st.sampled_from(["gzip", "deflate", "raw-deflate", "br", "zstd"]),
+                      min_size=1, max_size=3),
+       cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=12),
+       limit=st.integers(min_value=1, max_value=6000))
+def test_any_chunking_decodes_to_the_one_shot_result(data: bytes, names: list[str],
+                                                     cuts: list[int], limit: int) -> None:
+    body = _compress(data, names)
+    header = [", ".join(_CODINGS[n][0] for n in names).encode()]
+    edges = [0, *sorted(c % (len(body) + 1) for c in cuts), len(body)]
+    chunked = decoder(header, limit)
+    one_shot = decoder(header, limit)
+    assert chunked is not None and one_shot is not None
+    got = b"".join(chunked.feed(body[a:b]) for a, b in itertools.pairwise(edges))
+    assert got == one_shot.feed(body) == data[:limit]
+    assert chunked.truncated == one_shot.truncated == (len(data) > limit)
+    assert chunked.unreadable is None
+
+
+@settings(max_examples=25, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=0, max_value=1 << 20), max_size=20),
+       names=st.sampled_from([["gzip"], ["br"], ["zstd"], ["deflate", "br"]]))
+def test_a_compressed_stream_at_any_chunking_records_as_the_plain_one(
+        cuts: list[int], names: list[str]) -> None:
+    recs = [r for r in load_recordings() if r.name == "dd-trace-py__stream_text"]
+    rec = need(recs[0] if recs else None)
+    body = _compress(rec.body_bytes, names)
+    edges = [0, *sorted(c % (len(body) + 1) for c in cuts), len(body)]
+    records = []
+    for encoded, chunks in ((False, [rec.body_bytes]),
+                            (True, [body[a:b] for a, b in itertools.pairwise(edges)])):
+        call = CallRecorder(0)
+        headers = [(b"content-type", b"text/event-stream")]
+        call.response_start(200, headers + ([(b"content-encoding", ", ".join(
+            _CODINGS[n][0] for n in names).encode())] if encoded else []))
+        for chunk in chunks:
+            call.response_chunk(chunk, True)
+        call.response_chunk(b"", False)
+        records.append(call.finish())
+    plain, compressed = records
+    assert compressed.response == plain.response is not None
+    assert (compressed.outcome, compressed.events, compressed.first_token_ns is not None) == \
+        (plain.outcome, plain.events, True)
