@@ -200,8 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     wanted = [s for s in args.scenarios.split(",") if s in known]
     results = {
         "meta": {
-            "command": "python bench/clients.py " + " ".join(sys.argv[1:] if argv is None
-                                                            else argv),
+            "command": ("python bench/clients.py " + " ".join(
+                sys.argv[1:] if argv is None else argv)).strip(),
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": _machine(), "package": _package_version(),
             "versions": transports.versions(), "transports": names, "repeats": args.repeats,

@@ -65,15 +65,22 @@ def _background(awaitable: Any) -> None:
 _PENDING: set[asyncio.Future[Any]] = set()
 
 
-class AiohttpResponse:
+Errors = tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]
+
+
+class _Wrapped:
+    """A library's response with the status and headers (as received: case and order kept)."""
+
     __slots__ = ("_errors", "_raw", "headers", "retried", "status")
 
-    def __init__(self, raw: Any, errors: tuple[tuple[type[BaseException], ...], ...]) -> None:
-        self._raw = raw
-        self._errors = errors
-        self.status: int = raw.status
-        self.headers: Headers = list(raw.raw_headers)  # as received: case and order kept
+    def __init__(self, raw: Any, errors: Errors, status: int, headers: Headers) -> None:
+        self._raw, self._errors = raw, errors
+        self.status, self.headers = status, headers
         self.retried = False
+
+
+class AiohttpResponse(_Wrapped):
+    __slots__ = ()
 
     async def body(self) -> AsyncIterator[bytes]:
         with _mapped(*self._errors):
@@ -100,7 +107,7 @@ class AiohttpPool:
             timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout,
                                           sock_read=read_timeout),
             auto_decompress=False, skip_auto_headers=_AIOHTTP_SKIPPED, trust_env=False)
-        self._errors = ((TimeoutError,), (aiohttp.ClientError, OSError))
+        self._errors: Errors = ((TimeoutError,), (aiohttp.ClientError, OSError))
 
     async def request(self, method: str, target: str, headers: Headers,
                       body: bytes | None) -> _Response:
@@ -109,21 +116,14 @@ class AiohttpPool:
                 method, self._url(self._origin + target, encoded=True),  # the path as sent
                 headers=[(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers],
                 data=body, allow_redirects=False)
-        return AiohttpResponse(raw, self._errors)
+        return AiohttpResponse(raw, self._errors, raw.status, list(raw.raw_headers))
 
     def close(self) -> None:
         _background(self._session.close())
 
 
-class HttpxResponse:
-    __slots__ = ("_errors", "_raw", "headers", "retried", "status")
-
-    def __init__(self, raw: Any, errors: tuple[tuple[type[BaseException], ...], ...]) -> None:
-        self._raw = raw
-        self._errors = errors
-        self.status: int = raw.status_code
-        self.headers: Headers = list(raw.headers.raw)  # as received: case and order kept
-        self.retried = False
+class HttpxResponse(_Wrapped):
+    __slots__ = ()
 
     async def body(self) -> AsyncIterator[bytes]:
         with _mapped(*self._errors):
@@ -151,7 +151,7 @@ class HttpxPool:
                                 keepalive_expiry=KEEPALIVE_EXPIRY),
             http1=True, http2=False, follow_redirects=False, trust_env=False)
         self._client.headers.clear()  # no Accept, Accept-Encoding, User-Agent of its own
-        self._errors = ((httpx.TimeoutException,), (httpx.HTTPError, OSError))
+        self._errors: Errors = ((httpx.TimeoutException,), (httpx.HTTPError, OSError))
 
     async def request(self, method: str, target: str, headers: Headers,
                       body: bytes | None) -> _Response:
@@ -159,7 +159,7 @@ class HttpxPool:
             request = self._client.build_request(method, self._origin + target,
                                                  headers=headers, content=body)
             raw = await self._client.send(request, stream=True)
-        return HttpxResponse(raw, self._errors)
+        return HttpxResponse(raw, self._errors, raw.status_code, list(raw.headers.raw))
 
     def close(self) -> None:
         _background(self._client.aclose())
