@@ -1,4 +1,5 @@
-"""Side environments the suite installs itself: tools (matplotlib, py-spy, uv) and LiteLLM.
+"""Side environments the suite installs itself: tools (matplotlib, py-spy, uv), LiteLLM, and the
+HTTP client libraries the upstream-client comparison swaps in (aiohttp, httpx).
 
 Both live under ``bench/`` in git-ignored ``.venv-*`` folders and are reused when present.
 """
@@ -12,6 +13,8 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 TOOLS = BENCH / ".venv-tools"
 LITELLM = BENCH / ".venv-litellm"
+CLIENTS = BENCH / ".venv-clients"
+CLIENTS_PACKAGES = ("aiohttp", "httpx")
 TOOLS_PACKAGES = ("matplotlib", "py-spy", "uv")
 # pip cannot resolve litellm[proxy] against the certifi the registry has; uv with an
 # override can (see shared/docs/real-components.md).
@@ -38,6 +41,25 @@ def tools_python(log: Path) -> Path | None:
     if ok:
         marker.touch()
     return python if ok else None
+
+
+def clients_site() -> Path:
+    """site-packages of the clients venv, for the interpreter running this (same version)."""
+    return (CLIENTS / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+            / "site-packages")
+
+
+def install_clients(log: Path) -> bool:
+    """aiohttp and httpx in a venv of their own (~20 s on first use), never the product's."""
+    marker = CLIENTS / ".complete"
+    if marker.exists():
+        return True
+    python = CLIENTS / "bin" / "python"
+    ok = (_run([sys.executable, "-m", "venv", str(CLIENTS)], log, 120)
+          and _run([str(python), "-m", "pip", "install", "-q", *CLIENTS_PACKAGES], log, 600))
+    if ok:
+        marker.touch()
+    return ok
 
 
 def litellm_binary(log: Path) -> tuple[Path | None, str]:

@@ -186,7 +186,7 @@ class Suite:
                                        f"see {server.log}")
 
     def matrix(self, configs: dict[str, Server], upstream: Server,
-               ledger: measure.SpanLedger) -> list[dict[str, Any]]:
+               ledger: measure.SpanLedger | None) -> list[dict[str, Any]]:
         a = self.args
         runs: list[dict[str, Any]] = []
         names = list(configs)

@@ -131,7 +131,7 @@ def get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
         conn.close()
 
 
-def _spawn(name: str, port: int, argv: list[str], logdir: Path, env: dict[str, str],
+def spawn(name: str, port: int, argv: list[str], logdir: Path, env: dict[str, str],
            health: str = "/healthz", cwd: Path | None = None) -> Server:
     log = logdir / f"{name}.log"
     full_env = {**os.environ, **env}
@@ -149,20 +149,24 @@ def start_upstream(name: str, logdir: Path, token_delay: float = 0.0) -> Server:
     port = free_port()
     argv = [sys.executable, "-m", "otel_responses", "demo-upstream", "--port", str(port),
             "--token-delay", str(token_delay)]
-    return _spawn(name, port, argv, logdir, {})
+    return spawn(name, port, argv, logdir, {})
 
 
 def start_sink(logdir: Path) -> Server:
     port = free_port()
-    return _spawn("otlp-sink", port, [sys.executable, str(BENCH / "sink.py"), "--port",
+    return spawn("otlp-sink", port, [sys.executable, str(BENCH / "sink.py"), "--port",
                                       str(port)], logdir, {}, health="/stats")
 
 
 def start_proxy(name: str, logdir: Path, upstream: Server, *, tracing: bool,
-                sink: Server | None, bsp_delay_ms: int, python: str = sys.executable) -> Server:
-    """otel-responses as installed for ``python`` (another venv can hold a candidate fix)."""
+                sink: Server | None, bsp_delay_ms: int, python: str = sys.executable,
+                transport: str | None = None) -> Server:
+    """otel-responses as installed for ``python`` (another venv can hold a candidate fix);
+    with ``transport`` (own, aiohttp, httpx), launched by transports.py with that client."""
     port = free_port()
-    argv = [python, "-m", "otel_responses", "serve", "--port", str(port),
+    command = ["-m", "otel_responses"] if transport is None \
+        else [str(BENCH / "transports.py"), transport]
+    argv = [python, *command, "serve", "--port", str(port),
             "--upstream", f"http://127.0.0.1:{upstream.port}/v1", "--overhead-header"]
     env: dict[str, str] = {}
     if tracing:
@@ -172,7 +176,7 @@ def start_proxy(name: str, logdir: Path, upstream: Server, *, tracing: bool,
                "OTEL_BSP_SCHEDULE_DELAY": str(bsp_delay_ms)}
     else:
         env = {"OTEL_SDK_DISABLED": "true"}
-    return _spawn(name, port, argv, logdir, env)
+    return spawn(name, port, argv, logdir, env)
 
 
 def start_litellm(name: str, logdir: Path, upstream: Server, litellm_bin: Path) -> Server:
@@ -192,4 +196,4 @@ def start_litellm(name: str, logdir: Path, upstream: Server, litellm_bin: Path) 
             "--port", str(port)]
     # The local cost map: otherwise LiteLLM fetches one from the internet at start.
     env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    return _spawn(name, port, argv, logdir, env, health="/health/liveliness", cwd=workdir)
+    return spawn(name, port, argv, logdir, env, health="/health/liveliness", cwd=workdir)
