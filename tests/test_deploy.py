@@ -127,11 +127,14 @@ def test_manifest_runs_as_written(spec: ProxySpec, upstream: RawUpstream, tmp_pa
         try:
             port, path = spec.probes[0]
             wait_http_ok(run.url(port, path), proc=proc)
+            # Answered by the proxy itself: a path it does not serve would go to the upstream.
+            forwarded = len(upstream.seen)
             for port, path in spec.probes:
                 assert httpx.get(run.url(port, path)).status_code == 200, (port, path)
             metrics = httpx.get(run.url(spec.metrics_port, "/metrics"))
             assert metrics.status_code == 200
             assert "otel_responses_" in metrics.text
+            assert len(upstream.seen) == forwarded, "a probe or /metrics reached the upstream"
             api_port = next(p for p, _ in spec.probes)
             result: dict[str, object] = {}
             reader = threading.Thread(target=_read_held_stream,
