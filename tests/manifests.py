@@ -216,3 +216,29 @@ def dockerfile_spec(path: Path) -> ProxySpec:
         probes=((healthcheck.group(1), healthcheck.group(2)),),
         metrics_port=int(metrics or exposed[0]),
         grace_period=10.0)  # `docker stop`'s default before SIGKILL
+
+
+def helm(values: dict[str, Any]) -> list[dict[str, Any]]:
+    """The chart rendered by the real Helm engine (PyPI helm-python-sdk), plus, in sidecar mode,
+    an app Deployment with the chart's patch.yaml applied as its instructions say."""
+    from helm_python.chart import Chart
+
+    rendered = Chart.load(CHART).render(values=values, name="rel", namespace="default")
+    objects = [doc for name, text in sorted(rendered.items()) if name.endswith(".yaml")
+               for doc in yaml.safe_load_all(text) if doc]
+    return objects + [_patched_app(yaml.safe_load(o["data"]["patch.yaml"])) for o in objects
+                      if o["kind"] == "ConfigMap" and "patch.yaml" in o.get("data", {})]
+
+
+def _patched_app(patch: dict[str, Any]) -> dict[str, Any]:
+    # The app has no initContainers or annotations of its own, so the strategic merge adds
+    # the patch's fields as they are.
+    template = patch["spec"]["template"]
+    labels = {"app": "my-llm-app"}
+    template["metadata"]["labels"] = labels
+    template["spec"]["containers"] = [{"name": "app", "image": "my-llm-app:latest"}]
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "my-llm-app"},
+            "spec": {"selector": {"matchLabels": labels}, "template": template}}
+
+
+CHART = DEPLOY / "helm" / "otel-responses"

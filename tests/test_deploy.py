@@ -3,6 +3,8 @@ container they describe runs the product as written (probes, metrics, SIGTERM dr
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import signal
 import subprocess
 import threading
@@ -15,12 +17,17 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from otel_responses.config import SERVE_OPTIONS
+from otel_responses.telemetry.export import exporter_names
+from otel_responses.telemetry.masking import MaskingConfig
 from tests.manifests import (
     BIN,
+    CHART,
     DEPLOY,
     ROOT,
     ProxySpec,
     dockerfile_spec,
+    helm,
     kustomize,
     localize,
     proxy_specs,
@@ -34,16 +41,35 @@ KUSTOMIZATIONS = ("gateway", "sidecar", "sidecar-legacy")
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 
+# The chart's values matrix: each mode bare, and with every optional part switched on.
+HELM_VALUES: dict[str, dict[str, Any]] = {
+    "gateway": {},
+    "gateway-full": {
+        "upstream": {"apiKeySecret": {"name": "openai"}},
+        "otlp": {"endpoint": "http://collector:4318", "headersSecret": {"name": "otlp"}},
+        "masking": {"INPUT_MESSAGES": True, "OUTPUT_TEXT": True},
+        "settings": {"read-timeout": 900, "genai-semconv": True, "metrics-models": "gpt-5,o3"},
+        "metrics": {"port": 9100, "serviceMonitor": {"enabled": True},
+                    "prometheusRule": {"enabled": True}},
+        "extraEnv": [{"name": "OTEL_RESOURCE_ATTRIBUTES", "value": "deployment.environment=prod"}],
+        "autoscaling": {"enabled": False}, "shutdownGrace": 5, "terminationGracePeriodSeconds": 10,
+    },
+    "sidecar": {"mode": "sidecar", "port": 8787,
+                "otlp": {"endpoint": "http://collector:4318"}},
+}
+
+
 def _rendered() -> dict[str, list[dict[str, Any]]]:
-    return {name: kustomize(DEPLOY / "kubernetes" / name) for name in KUSTOMIZATIONS}
+    return ({f"kubernetes/{name}": kustomize(DEPLOY / "kubernetes" / name)
+             for name in KUSTOMIZATIONS}
+            | {f"helm/{name}": helm(values) for name, values in HELM_VALUES.items()})
 
 
 RENDERED = _rendered()
 
 
 def _all_specs() -> list[ProxySpec]:
-    specs = [spec for name, objects in RENDERED.items()
-             for spec in proxy_specs(objects, f"kubernetes/{name}")]
+    specs = [spec for name, objects in RENDERED.items() for spec in proxy_specs(objects, name)]
     return [*specs, dockerfile_spec(DEPLOY / "Dockerfile")]
 
 
@@ -65,7 +91,7 @@ def test_dockerfile_runs_unprivileged_and_binds_every_interface() -> None:
     assert spec.shutdown_grace() < spec.grace_period
 
 
-@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+@pytest.mark.parametrize("name", RENDERED)
 def test_rendered_objects_are_valid_kubernetes(name: str) -> None:
     objects = RENDERED[name]
     assert objects
@@ -74,14 +100,16 @@ def test_rendered_objects_are_valid_kubernetes(name: str) -> None:
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
 
-def test_prometheus_rule_is_the_dashboards_alerts() -> None:
-    rules = [o for o in RENDERED["gateway"] if o["kind"] == "PrometheusRule"]
+@pytest.mark.parametrize("name", ["kubernetes/gateway", "helm/gateway-full"])
+def test_prometheus_rule_is_the_dashboards_alerts(name: str) -> None:
+    rules = [o for o in RENDERED[name] if o["kind"] == "PrometheusRule"]
     assert len(rules) == 1
     assert rules[0]["spec"] == yaml.safe_load((ROOT / "dashboards" / "alerts.yaml").read_text())
 
 
-def test_service_monitor_selects_the_gateway_service() -> None:
-    objects = RENDERED["gateway"]
+@pytest.mark.parametrize("name", ["kubernetes/gateway", "helm/gateway-full"])
+def test_service_monitor_selects_the_gateway_service(name: str) -> None:
+    objects = RENDERED[name]
     monitor = next(o for o in objects if o["kind"] == "ServiceMonitor")
     service = next(o for o in objects if o["kind"] == "Service")
     labels = service["metadata"]["labels"]
@@ -91,12 +119,12 @@ def test_service_monitor_selects_the_gateway_service() -> None:
 
 
 def test_sidecar_variants_differ_only_in_where_the_sidecar_runs() -> None:
-    native, legacy = (proxy_specs(RENDERED[n], n) for n in ("sidecar", "sidecar-legacy"))
+    native, legacy = (proxy_specs(RENDERED[f"kubernetes/{n}"], n)
+                      for n in ("sidecar", "sidecar-legacy"))
     assert len(native) == len(legacy) == 1
-    strip = {"source": ""}
-    assert native[0].__class__(**{**vars(native[0]), **strip}) == \
-        legacy[0].__class__(**{**vars(legacy[0]), **strip})
-    pod = next(o for o in RENDERED["sidecar"] if o["kind"] == "Deployment")["spec"]["template"]
+    assert dataclasses.replace(native[0], source="") == dataclasses.replace(legacy[0], source="")
+    app_deployment = next(o for o in RENDERED["kubernetes/sidecar"] if o["kind"] == "Deployment")
+    pod = app_deployment["spec"]["template"]
     assert pod["spec"]["initContainers"][0]["restartPolicy"] == "Always"
     app = next(c for c in pod["spec"]["containers"] if c["name"] == "app")
     base_url = next(e["value"] for e in app["env"] if e["name"] == "OPENAI_BASE_URL")
@@ -105,7 +133,7 @@ def test_sidecar_variants_differ_only_in_where_the_sidecar_runs() -> None:
 
 def test_every_manifest_runs_an_otel_responses_container() -> None:
     sources = {spec.source.split(":")[0] for spec in SPECS}
-    assert sources == {f"kubernetes/{n}" for n in KUSTOMIZATIONS} | {"deploy/Dockerfile"}
+    assert sources == set(RENDERED) | {"deploy/Dockerfile"}
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.source)
@@ -153,10 +181,10 @@ def test_manifest_runs_as_written(spec: ProxySpec, upstream: RawUpstream, tmp_pa
                 proc.kill()
             log = proc.communicate()[0]
         assert result.get("body") == b'data: {"n":0}\n\ndata: {"n":"last"}\n\n', (result, log)
+        if "otlp" not in exporter_names(run.env, demo=False):
+            return
         spans = receiver.wait_for(1)
-    service = run.env.get("OTEL_SERVICE_NAME")
-    if service is not None:
-        assert spans[0].resource["service.name"] == service
+    assert spans[0].resource["service.name"] == run.env.get("OTEL_SERVICE_NAME", "otel-responses")
 
 
 def _read_held_stream(url: str, out: dict[str, object]) -> None:
@@ -174,3 +202,34 @@ def _wait_for_held_stream(upstream: RawUpstream) -> None:
     while len(upstream.seen) == before and time.monotonic() < deadline:
         time.sleep(0.02)
     time.sleep(0.1)  # the first event is on its way back through the proxy
+
+
+def test_chart_passes_helm_lint() -> None:
+    from helm_python.chart import lint
+
+    for values in HELM_VALUES.values():
+        result = lint(CHART, values, strict=True)
+        assert result["errors"] == [], result
+        assert [m for m in result["messages"] if m["severity"] > 1] == [], result
+
+
+def test_chart_settings_are_the_serve_flags_the_chart_does_not_set_itself() -> None:
+    """values.schema.json's ``settings`` names and ``masking`` names are the product's: a flag
+    added, renamed or removed must show up in the chart."""
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]
+    spec = next(s for s in SPECS if s.source.startswith("helm/gateway-full"))
+    own = {o.name for o in SERVE_OPTIONS
+           if o.flag in spec.command or o.env in dict(spec.env)} - {
+               n.replace("-", "_") for n in HELM_VALUES["gateway-full"]["settings"]}
+    settings = {n.replace("-", "_") for n in schema["settings"]["propertyNames"]["enum"]}
+    assert settings == {o.name for o in SERVE_OPTIONS} - own
+    assert set(schema["masking"]["propertyNames"]["enum"]) == {
+        f.name.removeprefix("hide_").upper() for f in dataclasses.fields(MaskingConfig)
+        if f.name.startswith("hide_")}
+
+
+@pytest.mark.parametrize("values", [{"settings": {"upstream-api": "chat"}}, {"mode": "proxy"},
+                                    {"shutdownGrace": 60}])
+def test_chart_refuses_values_the_product_cannot_take(values: dict[str, Any]) -> None:
+    with pytest.raises(Exception, match=r"schema|terminationGracePeriodSeconds"):
+        helm(values)
