@@ -242,3 +242,23 @@ def _patched_app(patch: dict[str, Any]) -> dict[str, Any]:
 
 
 CHART = DEPLOY / "helm" / "otel-responses"
+
+
+COMPOSE = DEPLOY / "compose" / "docker-compose.yaml"
+_COMPOSE_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+
+
+def compose_spec(service: dict[str, Any], image: ProxySpec) -> ProxySpec:
+    """A compose service running ``image`` (its Dockerfile's spec), with the variables it
+    takes from the shell left unset (``${NAME:-default}`` is its default)."""
+    environment = service.get("environment", {})
+    if isinstance(environment, list):
+        environment = dict(item.split("=", 1) for item in environment)
+    env = dict(image.env) | {name: _COMPOSE_VAR.sub(lambda m: m.group(2) or "", str(value))
+                             for name, value in environment.items()}
+    command = service.get("command", image.command[1:])
+    seconds = str(service.get("stop_grace_period", "10s"))
+    return dataclasses.replace(
+        image, source=f"{COMPOSE.relative_to(DEPLOY)}: {service['image']}",
+        command=(image.command[0], *command), env=tuple(env.items()),
+        grace_period=float(seconds.removesuffix("s")))

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
 import signal
 import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import kubernetes_validate
@@ -23,9 +26,11 @@ from otel_responses.telemetry.masking import MaskingConfig
 from tests.manifests import (
     BIN,
     CHART,
+    COMPOSE,
     DEPLOY,
     ROOT,
     ProxySpec,
+    compose_spec,
     dockerfile_spec,
     helm,
     kustomize,
@@ -66,11 +71,13 @@ def _rendered() -> dict[str, list[dict[str, Any]]]:
 
 
 RENDERED = _rendered()
+COMPOSE_FILE = yaml.safe_load(COMPOSE.read_text())
 
 
 def _all_specs() -> list[ProxySpec]:
     specs = [spec for name, objects in RENDERED.items() for spec in proxy_specs(objects, name)]
-    return [*specs, dockerfile_spec(DEPLOY / "Dockerfile")]
+    image = dockerfile_spec(DEPLOY / "Dockerfile")
+    return [*specs, image, compose_spec(COMPOSE_FILE["services"]["otel-responses"], image)]
 
 
 SPECS = _all_specs()
@@ -133,7 +140,7 @@ def test_sidecar_variants_differ_only_in_where_the_sidecar_runs() -> None:
 
 def test_every_manifest_runs_an_otel_responses_container() -> None:
     sources = {spec.source.split(":")[0] for spec in SPECS}
-    assert sources == set(RENDERED) | {"deploy/Dockerfile"}
+    assert sources == set(RENDERED) | {"deploy/Dockerfile", "compose/docker-compose.yaml"}
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.source)
@@ -233,3 +240,77 @@ def test_chart_settings_are_the_serve_flags_the_chart_does_not_set_itself() -> N
 def test_chart_refuses_values_the_product_cannot_take(values: dict[str, Any]) -> None:
     with pytest.raises(Exception, match=r"schema|terminationGracePeriodSeconds"):
         helm(values)
+
+
+def test_compose_file_is_valid_against_the_compose_spec() -> None:
+    result = subprocess.run([str(BIN / "check-jsonschema"), "--builtin-schema",
+                             "vendor.compose-spec", str(COMPOSE)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_images_are_pinned() -> None:
+    for name, service in COMPOSE_FILE["services"].items():
+        repository, _, tag = service["image"].rpartition(":")
+        assert repository and "/" not in tag and tag not in ("", "latest"), (name, service)
+
+
+def _mounts(service: str) -> dict[str, Path]:
+    """Container path -> file in this repository, for a compose service's bind mounts."""
+    mounts = {}
+    for volume in COMPOSE_FILE["services"][service]["volumes"]:
+        source, target = volume.split(":")[:2]
+        mounts[target] = (COMPOSE.parent / source).resolve()
+        assert mounts[target].is_file(), volume
+    return mounts
+
+
+def test_compose_prometheus_config_and_rules_pass_promtool(tmp_path: Path) -> None:
+    """The files laid out as the container sees them; promtool checks the config and the rule
+    files it names, and the config must name our alerts."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        assert os.environ.get("CI") != "true", "promtool missing (apt-get install prometheus)"
+        pytest.skip("prometheus (promtool) not installed")
+    for target, source in _mounts("prometheus").items():
+        (tmp_path / target.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, tmp_path / target.lstrip("/"))
+    command = COMPOSE_FILE["services"]["prometheus"]["command"]
+    config = next(a.split("=", 1)[1] for a in command if a.startswith("--config.file="))
+    result = subprocess.run([promtool, "check", "config", str(tmp_path / config.lstrip("/"))],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "5 rules found" in result.stdout + result.stderr
+    rules = _mounts("prometheus")["/etc/prometheus/alerts.yaml"]
+    assert rules == ROOT / "dashboards" / "alerts.yaml"
+
+
+def test_compose_grafana_provisions_our_dashboard_and_exemplar_links() -> None:
+    mounts = _mounts("grafana")
+    provisioning = "/etc/grafana/provisioning/"
+    providers = [p for target, source in mounts.items()
+                 if target.startswith(provisioning + "dashboards/")
+                 for p in yaml.safe_load(source.read_text())["providers"]]
+    loaded = {source for target, source in mounts.items() for p in providers
+              if target.startswith(p["options"]["path"].rstrip("/") + "/")}
+    assert loaded == {ROOT / "dashboards" / "otel-responses.json"}
+    sources = [d for target, source in mounts.items()
+               if target.startswith(provisioning + "datasources/")
+               for d in yaml.safe_load(source.read_text())["datasources"]]
+    by_uid = {d["uid"]: d for d in sources}
+    prometheus = next(d for d in sources if d["type"] == "prometheus")
+    links = prometheus["jsonData"]["exemplarTraceIdDestinations"]
+    assert [by_uid[link["datasourceUid"]]["type"] for link in links] == ["jaeger"]
+    hosts = {urlsplit(d["url"]).hostname for d in sources}
+    assert hosts <= set(COMPOSE_FILE["services"])
+
+
+def test_compose_collector_fans_traces_out_to_jaeger_and_phoenix() -> None:
+    config = next(source for source in _mounts("otel-collector").values())
+    pipeline = yaml.safe_load(config.read_text())["service"]["pipelines"]["traces"]
+    exporters = yaml.safe_load(config.read_text())["exporters"]
+    targets = {urlsplit(e["endpoint"] if "//" in e["endpoint"] else "//" + e["endpoint"]).hostname
+               for name, e in exporters.items() if name in pipeline["exporters"]}
+    assert targets == {"jaeger", "phoenix"}
+    proxy_env = dict(next(s for s in SPECS if s.source.startswith("compose")).env)
+    assert urlsplit(proxy_env["OTEL_EXPORTER_OTLP_ENDPOINT"]).hostname == "otel-collector"
