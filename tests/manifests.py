@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from otel_responses.config import SERVE_OPTIONS
+from otel_responses.config import SERVE_OPTIONS, parse_bool
 from otel_responses.telemetry.masking import MaskingConfig
 from tests.servers import free_port
 
@@ -26,7 +26,7 @@ BIN = Path(sys.executable).parent
 PROXY_COMMAND = "otel-responses"
 
 _FLAGS = {o.flag: o for o in SERVE_OPTIONS} | {
-    "--no-" + o.flag[2:]: o for o in SERVE_OPTIONS if o.parse.__name__ == "parse_bool"}
+    "--no-" + o.flag[2:]: o for o in SERVE_OPTIONS if o.parse is parse_bool}
 _ENV_OPTIONS = {o.env: o for o in SERVE_OPTIONS}
 # Variables of the interpreter and the OS that an image may set besides the product's own.
 _PLATFORM_ENV = frozenset({"PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED"})

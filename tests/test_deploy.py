@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -314,3 +315,18 @@ def test_compose_collector_fans_traces_out_to_jaeger_and_phoenix() -> None:
     assert targets == {"jaeger", "phoenix"}
     proxy_env = dict(next(s for s in SPECS if s.source.startswith("compose")).env)
     assert urlsplit(proxy_env["OTEL_EXPORTER_OTLP_ENDPOINT"]).hostname == "otel-collector"
+
+
+def test_readme_sidecar_snippet_uses_real_flags_and_its_own_port() -> None:
+    """The three lines the README offers for copying: the image's entrypoint with these args
+    is a valid command line, and the app's base URL is the port the sidecar listens on."""
+    deploy = (ROOT / "README.md").read_text().split("## Deploy", 1)[1]
+    snippet = yaml.safe_load(re.search(r"```yaml\n(.*?)```", deploy, re.S).group(1))
+    sidecar, = snippet["initContainers"]
+    assert sidecar["restartPolicy"] == "Always"
+    image = dockerfile_spec(DEPLOY / "Dockerfile")
+    spec = dataclasses.replace(image, command=(image.command[0], *sidecar["args"]))
+    assert spec.unknown_settings() == []
+    app, = snippet["containers"]
+    base_url = next(e["value"] for e in app["env"] if e["name"] == "OPENAI_BASE_URL")
+    assert base_url == f"http://127.0.0.1:{spec.setting('port')}/v1"
