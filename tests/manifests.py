@@ -126,8 +126,9 @@ def localize(spec: ProxySpec, upstream: str, otlp: str) -> LocalRun:
         expanded = _VAR_REF.sub(lambda m: env.get(m.group(1), m.group(0)), raw)
         option = _ENV_OPTIONS.get(name)
         env[name] = value(option.name, expanded) if option else expanded
-    env.pop("PATH", None)
+    env.pop("PATH", None)  # the image's; here the venv's entry point is run by its path
     env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp
+    # No upstream means the built-in demo, which cannot hold a stream open for the drain check.
     env.setdefault("OTEL_RESPONSES_UPSTREAM", upstream)
     assert argv[0] == PROXY_COMMAND, argv
     return LocalRun([str(BIN / PROXY_COMMAND), *argv[1:]], env, ports)
