@@ -162,3 +162,35 @@ def test_a_compressed_stream_at_any_chunking_records_as_the_plain_one(
     assert compressed.response == plain.response is not None
     assert (compressed.outcome, compressed.events, compressed.first_token_ns is not None) == \
         (plain.outcome, plain.events, True)
+
+
+def test_a_compressed_request_body_is_recorded_as_sent(
+        proxy: tuple[str, SpanSink, RawUpstream]) -> None:
+    """Codex CLI can zstd its request; the upstream gets it untouched, the span reads it."""
+    base, sink, upstream = proxy
+    sink.clear()
+    body = json.dumps({"model": "m", "instructions": "be brief", "input": "zipped hi"}).encode()
+    for coding in ("zstd", "gzip", "br"):
+        packed = _compress(body, [coding])
+        response = httpx.post(base + "/v1/responses", content=packed, timeout=10, headers={
+            "content-type": "application/json", "content-encoding": coding})
+        assert response.status_code == 200
+        assert upstream.seen[-1].body == packed  # forwarded as received
+        attrs = _attributes(sink)
+        assert json.loads(attrs["input.value"]) == json.loads(body), coding
+        assert attrs["llm.input_messages.1.message.content"] == "zipped hi"
+
+
+@pytest.mark.parametrize("coding", ["gzip", "zstd"])
+def test_a_compressed_stream_marks_its_first_token_at_the_first_delta(
+        coding: str, proxy: tuple[str, SpanSink, RawUpstream]) -> None:
+    rec = need(next((r for r in load_recordings() if r.name == "dd-trace-py__stream_text"), None))
+    base, sink, _ = proxy
+    sink.clear()
+    with openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0) as client:
+        _call(client, rec, coding).read()
+    span = sink.one()
+    events = [e.name for e in span.events]
+    assert events[0] == "First Token Stream Event" and events[-1] == "response.completed"
+    first, last = span.events[0].timestamp, span.events[-1].timestamp
+    assert span.start_time < first < last
