@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from otel_responses.protocol import sse
-from otel_responses.protocol.sse import ServerSentEvent, SSEParser
+from otel_responses.protocol.sse import ServerSentEvent, SSEParser, is_event_stream
 from tests.recordings import Recording, load_recordings, need
 
 SSE_RECORDINGS = [r for r in load_recordings() if r.is_sse]
@@ -431,3 +431,17 @@ def test_limit_is_the_same_for_any_chunking() -> None:
             assert parse(*split_at(raw, cuts)) == reference_parse(body, max_event=cap)
 
     check()
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    ([(b"content-type", b"text/event-stream")], True),
+    ([(b"Content-Type", b"Text/Event-Stream; charset=utf-8")], True),
+    ([(b"x-other", b"1"), (b"CONTENT-TYPE", b"text/event-stream;charset=UTF-8")], True),
+    ([(b"content-type", b"application/json")], False),
+    ([(b"content-type", b"text/event")], False),
+    ([(b"x-content-type", b"text/event-stream")], False),
+    ([], False),
+])
+def test_is_event_stream_matches_the_media_type_in_any_case(
+        headers: list[tuple[bytes, bytes]], expected: bool) -> None:
+    assert is_event_stream(headers) is expected

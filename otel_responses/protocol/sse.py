@@ -6,6 +6,7 @@ Feed it bytes as they arrive; it returns the events each chunk completes.
 from __future__ import annotations
 
 import codecs
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 MAX_EVENT = 16 << 20
@@ -207,3 +208,13 @@ class SSEParser:
             elif name == "retry" and value.isascii() and value.isdigit():
                 self._retry = int(value)
         self._size = size
+
+
+_EVENT_STREAM = b"text/event-stream"
+
+
+def is_event_stream(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether response ``headers`` say the body is an event stream (names and the media type
+    matched case-insensitively, parameters such as ``charset`` allowed)."""
+    return any(name.lower() == b"content-type"
+               and value[:len(_EVENT_STREAM)].lower() == _EVENT_STREAM for name, value in headers)

@@ -13,6 +13,7 @@ from starlette.types import Receive, Scope, Send
 
 from otel_responses.config import Settings
 from otel_responses.protocol.body import SCOPE_KEY, ParsedBody
+from otel_responses.protocol.sse import is_event_stream
 from otel_responses.proxy import errors
 from otel_responses.proxy.headers import client_response_headers, upstream_request_headers
 from otel_responses.transport import (
@@ -248,8 +249,7 @@ class Proxy:
         if ex.status >= 400:
             ex.outcome = "upstream_error" if ex.status >= 500 else "client_error"
         headers = client_response_headers(response.headers)
-        ex.stream = any(name == b"content-type" and value.startswith(b"text/event-stream")
-                        for name, value in headers)
+        ex.stream = is_event_stream(headers)
         if self.settings.overhead_header:
             # Opt-in, for benchmarks: the request-side overhead, known before the body flows.
             headers.append((OVERHEAD_HEADER, f"{ex.overhead * 1000:.3f}".encode()))

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from otel_responses.protocol.response_attributes import usage
+from otel_responses.protocol.sse import is_event_stream
 from otel_responses.protocol.text import encodable
 from otel_responses.telemetry import recorder as outcomes
 from otel_responses.telemetry.recorder import CallRecord
@@ -325,9 +326,8 @@ class _StreamTracker:
         async def watch(message: Message) -> None:
             nonlocal opened
             await send(message)
-            if message["type"] == "http.response.start" and any(
-                    name.lower() == b"content-type" and value.startswith(b"text/event-stream")
-                    for name, value in message.get("headers", ())):
+            if message["type"] == "http.response.start" and is_event_stream(
+                    message.get("headers", ())):
                 opened = True
                 self.gauge.inc()
 

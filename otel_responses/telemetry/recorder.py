@@ -8,6 +8,7 @@ from typing import Any
 
 from otel_responses.protocol.body import ParsedBody, json_object
 from otel_responses.protocol.encoding import ContentDecoder, decoder
+from otel_responses.protocol.sse import is_event_stream
 from otel_responses.protocol.stream import ResponseStream
 
 # How a call ended. Streams: the terminal event, else how the bytes stopped.
@@ -118,9 +119,8 @@ class CallRecorder:
 
     def response_start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self._status = status
-        for name, value in headers:
-            if name.lower() == b"content-type" and value.startswith(b"text/event-stream"):
-                self._stream = ResponseStream()
+        if is_event_stream(headers):
+            self._stream = ResponseStream()
         self._decoder = _decoder_for(headers)
 
     @property
