@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Iterator
 from typing import Any
 
+import brotli
 import pytest
+import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from otel_responses.protocol.attributes import response_attributes
 from otel_responses.protocol.stream import ResponseStream
+from otel_responses.telemetry.recorder import CallRecorder
 from tests.recordings import Recording, final_response, need, recordings_params, sse_payloads
 from tests.spans import indexed, message_text
 
 OUT = "llm.output_messages"
+_COMPRESS = {"gzip": gzip.compress, "br": brotli.compress,
+             "zstd": lambda b: zstandard.ZstdCompressor().compress(b)}
 # Calls the model hands to the client, and its own words: written down from the Responses API.
 MODEL_CALLS = {"function_call", "custom_tool_call", "computer_call", "local_shell_call",
                "shell_call", "apply_patch_call", "mcp_approval_request"}
@@ -193,7 +199,8 @@ def _message(n: int) -> dict[str, Any]:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
-def test_tool_items_interleaved_with_text_at_any_chunking(data: st.DataObject) -> None:
+def test_tool_items_interleaved_with_text_at_any_chunking_compressed_or_not(
+        data: st.DataObject) -> None:
     tools = data.draw(st.lists(st.sampled_from(SERVER_ITEMS), max_size=5), label="tools")
     texts = [_message(n) for n in range(data.draw(st.integers(1, 3), label="messages"))]
     items = data.draw(st.permutations(tools + texts), label="order")
@@ -201,12 +208,21 @@ def test_tool_items_interleaved_with_text_at_any_chunking(data: st.DataObject) -
     wire = "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n"
                    for e in _events(items)).encode()
     cut = data.draw(st.integers(0, len(wire)), label="cut")
-    cuts = sorted(data.draw(st.lists(st.integers(0, cut), max_size=6), label="chunks"))
-    stream = ResponseStream()
-    for start, end in zip([0, *cuts], [*cuts, cut], strict=True):
-        stream.feed(wire[start:end])
-    stream.close()
-    result = stream.result()
+    coding = data.draw(st.sampled_from([None, "gzip", "br", "zstd"]), label="coding")
+    sent = wire[:cut] if coding is None else _COMPRESS[coding](wire[:cut])
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(sent)), max_size=6), label="chunks"))
+    # Through the recorder, as the proxy observes it: compressed bodies decoded as they come.
+    call = CallRecorder(0)
+    call.response_start(200, [(b"content-type", b"text/event-stream")]
+                        + ([(b"content-encoding", coding.encode())] if coding else []))
+    for start, end in zip([0, *cuts], [*cuts, len(sent)], strict=True):
+        call.response_chunk(sent[start:end], True)
+    call.response_chunk(b"", False)
+    result = call.finish().response
+    plain = ResponseStream()
+    plain.feed(wire[:cut])
+    plain.close()
+    assert result == plain.result()
     if result is None:
         return
     found = output_messages(result)
