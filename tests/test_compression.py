@@ -194,3 +194,17 @@ def test_a_compressed_stream_marks_its_first_token_at_the_first_delta(
     assert events[0] == "First Token Stream Event" and events[-1] == "response.completed"
     first, last = span.events[0].timestamp, span.events[-1].timestamp
     assert span.start_time < first < last
+
+
+@pytest.mark.parametrize(("module", "coding"), [("brotli", "br"), ("zstandard", "zstd")])
+def test_a_missing_library_says_so_and_decodes_nothing(monkeypatch: pytest.MonkeyPatch,
+                                                       module: str, coding: str) -> None:
+    from otel_responses.protocol import encoding
+
+    monkeypatch.setattr(encoding, module, None)  # as when the package is not installed
+    dec = decoder([coding.encode()], 1 << 20)
+    assert dec is not None
+    assert dec.feed(_compress(b'{"a": 1}', [coding])) == b""
+    assert dec.unreadable is not None and "not installed" in dec.unreadable
+    plain = decoder([b"gzip"], 1 << 20)  # the others are unaffected
+    assert plain is not None and plain.feed(_compress(b"ok", ["gzip"])) == b"ok"
