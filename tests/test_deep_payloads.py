@@ -153,6 +153,7 @@ def test_what_is_nested_past_the_stack_is_recorded_cut_and_flagged() -> None:
         sys.setrecursionlimit(limit)
     response = json.loads(_deep_response(3))
     response["output"][0]["content"][0]["annotations"] = [_nested(5000, 1)]
+    request["metadata"] = {"tag": _nested(5000, "x")}
     record = CallRecord(request_raw=raw, request=request, status=200, stream=False,
                         response=response, error=None, outcome=COMPLETED, start_ns=1, end_ns=2)
     span, headers = writer.start([], 1)
@@ -164,6 +165,7 @@ def test_what_is_nested_past_the_stack_is_recorded_cut_and_flagged() -> None:
     assert attrs["llm.output_messages.0.message.contents.0.message_content.text"] == "fine"
     assert TOO_DEEP in attrs["output.value"]
     assert json.loads(attrs["gen_ai.input.messages"])
+    assert TOO_DEEP in attrs["metadata"]
     assert _leaked(attrs) == []
 
 

@@ -160,11 +160,12 @@ class CallRecorder:
             request_truncated=self._request_kept > MAX_KEPT_BODY,
             response_truncated=self._body_size > MAX_KEPT_BODY,
         )
-        for decoding, side in ((self._request_decoder, "request"), (self._decoder, "response")):
-            if decoding is not None:
-                setattr(record, f"{side}_unreadable", decoding.unreadable)
-                if decoding.truncated:
-                    setattr(record, f"{side}_truncated", True)
+        if self._request_decoder is not None:
+            record.request_unreadable = self._request_decoder.unreadable
+            record.request_truncated |= self._request_decoder.truncated
+        if self._decoder is not None:
+            record.response_unreadable = self._decoder.unreadable
+            record.response_truncated |= self._decoder.truncated
         if self._stream is not None:
             self._finish_stream(record, self._stream)
         else:
@@ -213,7 +214,6 @@ class CallRecorder:
             else COMPLETED
         if record.outcome == FAILED and body is not None and isinstance(body.get("error"), dict):
             record.error = body["error"]
-
 
 
 def _decoder_for(headers: list[tuple[bytes, bytes]]) -> ContentDecoder | None:

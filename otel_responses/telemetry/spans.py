@@ -159,8 +159,11 @@ class SpanWriter:
             out[SpanAttributes.USER_ID] = user
         metadata = request.get("metadata")
         if isinstance(metadata, dict) and metadata:
-            out[SpanAttributes.METADATA] = json.dumps(cut_depth(metadata, MAX_DEPTH)[0],
-                                                      ensure_ascii=False)
+            try:
+                out[SpanAttributes.METADATA] = json.dumps(metadata, ensure_ascii=False)
+            except RecursionError:  # absurdly nested: recorded cut (copied only then)
+                out[SpanAttributes.METADATA] = json.dumps(cut_depth(metadata, MAX_DEPTH)[0],
+                                                          ensure_ascii=False)
         return out
 
 
