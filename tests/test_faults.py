@@ -315,6 +315,42 @@ def test_huge_upstream_bodies_arrive_byte_exact(served: Served, upstream: FaultU
     assert_error_span(span_of(served.sink, flood.id, timeout=10), "upstream_cut")
 
 
+def test_a_huge_json_answer_stalls_nothing_and_its_tail_is_read(
+        served: Served, upstream: FaultUpstream, clean: Snapshot) -> None:
+    """A 60 MB answer: /healthz keeps answering while it passes, and the span still has the
+    usage that comes after the huge output (only the body's head and tail are kept)."""
+    size = 60 << 20
+    json_response(size)
+    big = Fault("huge", id="huge-health", size=size)
+    worst = [0.0]
+    done = threading.Event()
+
+    def probe() -> None:
+        with httpx.Client() as client:
+            while not done.wait(0.01):
+                started = time.monotonic()
+                assert client.get(served.base + "/healthz").status_code == 200
+                worst[0] = max(worst[0], time.monotonic() - started)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        got = fetch(served.base, big, timeout=60)
+        span = span_of(served.sink, big.id, timeout=10)
+    finally:
+        done.set()
+        prober.join()
+    print(f"worst /healthz answer while 60 MB passed: {worst[0] * 1000:.1f} ms")
+    assert got.status == 200 and len(got.raw) == size
+    attributes = span.attributes or {}
+    assert attributes["llm.token_count.total"] == 2  # the usage member, in the last bytes
+    assert attributes["otel_responses.response.truncated"] is True
+    assert message_text(indexed(attributes, "llm.output_messages")[0]).startswith("y" * 100_000)
+    # Before the window it was 2.5 s (a 60 MB parse holds the GIL); bound loosely, the
+    # benchmark (bench/large_bodies.py) measures it.
+    assert worst[0] < 0.25
+
+
 # -- the client misbehaves ---------------------------------------------------------------------
 
 def test_client_disconnects_at_random_points(served: Served, upstream: FaultUpstream,

@@ -6,10 +6,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from otel_responses.protocol.body import ParsedBody, json_object
+from otel_responses.protocol.body import ParsedBody
 from otel_responses.protocol.encoding import ContentDecoder, decoder
 from otel_responses.protocol.sse import is_event_stream
 from otel_responses.protocol.stream import ResponseStream
+from otel_responses.protocol.window import BodyWindow
 
 # How a call ended. Streams: the terminal event, else how the bytes stopped.
 COMPLETED = "completed"
@@ -26,7 +27,8 @@ QUEUED = "queued"  # background mode: the answer comes later, through GET /v1/re
 _STREAM_OUTCOMES = {"completed": COMPLETED, "incomplete": INCOMPLETE, "failed": FAILED,
                     "cancelled": CANCELLED, "error": ERROR_EVENT, "queued": QUEUED,
                     "in_progress": QUEUED}
-# Non-stream bodies past this are not kept for parsing (the bytes still flow to the client).
+# Request bodies past this are not kept for parsing (the bytes still flow upstream), and
+# compressed bodies are decoded up to it. Non-stream response bodies keep a `BodyWindow`.
 MAX_KEPT_BODY = 64 * 1024 * 1024
 
 
@@ -49,7 +51,7 @@ class CallRecord:
     events: int = 0
     malformed_events: int = 0
     # Why a body could not be read (an unknown coding, corrupt data), and whether only a
-    # prefix of it was kept (past MAX_KEPT_BODY, decoded or plain).
+    # part of it was kept (a request past MAX_KEPT_BODY, a response past the window's head).
     request_unreadable: str | None = None
     response_unreadable: str | None = None
     request_truncated: bool = False
@@ -75,7 +77,7 @@ class CallRecorder:
     """Fed by the middleware's receive/send wrappers; per-chunk work is O(chunk)."""
 
     # Slots: one lives as long as each held stream, and an instance dict is ~4x their size.
-    __slots__ = ("_app_error", "_body", "_body_size", "_decoder", "_disconnected", "_end_ns",
+    __slots__ = ("_app_error", "_body", "_decoder", "_disconnected", "_end_ns",
                  "_first_token_ns", "_request", "_request_decoder", "_request_kept",
                  "_request_size", "_response_size", "_status", "_stream", "_terminal_ns",
                  "parsed", "start_ns")
@@ -91,8 +93,7 @@ class CallRecorder:
         self._decoder: ContentDecoder | None = None
         self._status = 0
         self._stream: ResponseStream | None = None
-        self._body: list[bytes] = []
-        self._body_size = 0
+        self._body = BodyWindow()
         self._response_size = 0
         self._first_token_ns: int | None = None
         self._terminal_ns: int | None = None
@@ -140,11 +141,8 @@ class CallRecorder:
                     self._first_token_ns = time.time_ns()
                 if self._terminal_ns is None and acc.outcome is not None:
                     self._terminal_ns = time.time_ns()
-        elif self._body_size + len(chunk) <= MAX_KEPT_BODY:
-            self._body.append(chunk)
-            self._body_size += len(chunk)
         else:
-            self._body_size = MAX_KEPT_BODY + 1  # a prefix only: later chunks not kept
+            self._body.feed(chunk)
         if not more_body:
             self._end_ns = time.time_ns()
 
@@ -158,7 +156,7 @@ class CallRecorder:
             start_ns=self.start_ns, end_ns=end_ns, first_token_ns=self._first_token_ns,
             terminal_ns=self._terminal_ns,
             request_truncated=self._request_kept > MAX_KEPT_BODY,
-            response_truncated=self._body_size > MAX_KEPT_BODY,
+            response_truncated=not self._body.whole,
         )
         if self._request_decoder is not None:
             record.request_unreadable = self._request_decoder.unreadable
@@ -169,7 +167,7 @@ class CallRecorder:
         if self._stream is not None:
             self._finish_stream(record, self._stream)
         else:
-            self._finish_body(record, json_object(b"".join(self._body)))
+            self._finish_body(record, self._body.object())
         if self._end_ns is None:
             # The response never completed: say why, over whatever the bytes suggested.
             if self._app_error is not None and self._status:
