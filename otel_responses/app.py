@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import AsyncIterator
 
 from opentelemetry.sdk.trace import TracerProvider
@@ -23,28 +22,12 @@ from otel_responses.telemetry.export import (
     shutdown_provider,
     span_pipelines,
 )
-from otel_responses.telemetry.masking import MaskingConfig
 from otel_responses.telemetry.metrics import ProxyMetrics
 from otel_responses.telemetry.middleware import ResponsesTelemetryMiddleware
-from otel_responses.telemetry.options import (
-    TelemetryOptions,
-    genai_opted_in,
-    genai_provider_name,
-)
+from otel_responses.telemetry.options import genai_provider_name
 from otel_responses.transport.target import UpstreamTarget
 
 _ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-
-
-def telemetry_options(settings: Settings, upstream_host: str,
-                      upstream_port: int | None) -> TelemetryOptions:
-    return TelemetryOptions(
-        provider=settings.provider, upstream_host=upstream_host, upstream_port=upstream_port,
-        session_header=settings.session_header, user_header=settings.user_header,
-        genai_semconv=settings.genai_semconv or genai_opted_in(),
-        trace_root=settings.trace_root, max_attribute_length=settings.max_attribute_length,
-        masking=MaskingConfig.from_env(),
-    )
 
 
 def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = None,
@@ -59,12 +42,12 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     if settings.upstream is None:
         raise ValueError("create_app needs an upstream URL")
     target = UpstreamTarget.parse(settings.upstream)
-    options = telemetry_options(settings, target.host, target.port)
+    options = settings.telemetry.replace(upstream_host=target.host, upstream_port=target.port)
     metrics = ProxyMetrics(provider=genai_provider_name(options.llm_provider),
                            models=settings.metrics_models, max_models=settings.metrics_max_models)
     proxy = Proxy(settings, observers=(metrics.observe_exchange,))
-    tracing = os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() != "true"
-    owned = build_tracer_provider(demo=demo) if tracing and tracer_provider is None else None
+    owned = build_tracer_provider(demo=demo) if options.tracing and tracer_provider is None \
+        else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -8,16 +8,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from otel_responses.telemetry.options import TelemetryOptions
 from otel_responses.transport.target import UpstreamTarget
 
 ENV_PREFIX = "OTEL_RESPONSES_"
+# The options that set Settings.telemetry (TelemetryOptions) rather than Settings itself.
+TELEMETRY_FIELDS = frozenset({"provider", "session_header", "user_header", "genai_semconv",
+                              "trace_root", "max_attribute_length"})
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Everything the app and server need; built by the CLI or by hand for embedding."""
+    """Everything the CLI, the app, the server and telemetry need; built by the CLI or by hand
+    for embedding. What spans record is in ``telemetry`` (the middleware's own options)."""
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -30,12 +35,7 @@ class Settings:
     client_header_timeout: float = 10.0
     log_format: str = "text"
     log_level: str = "info"
-    provider: str | None = None
-    session_header: str = "x-session-id,session-id"
-    user_header: str = "x-user-id"
-    genai_semconv: bool = False
-    trace_root: bool = False
-    max_attribute_length: int = 128 * 1024
+    telemetry: TelemetryOptions = field(default_factory=TelemetryOptions)
     overhead_header: bool = False
     metrics_port: int | None = None
     metrics_models: tuple[str, ...] | None = None
@@ -48,7 +48,7 @@ class Settings:
             raise SettingError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
         for name in ("connect_timeout", "read_timeout", "shutdown_grace", "client_header_timeout",
                      "max_body_bytes", "max_attribute_length", "metrics_max_models"):
-            if not 0 < getattr(self, name) < math.inf:  # NaN fails this too
+            if not 0 < _value(self, name) < math.inf:  # NaN fails this too
                 raise SettingError(name, "must be a finite number > 0")
         for name, lowest in (("port", 0), ("metrics_port", 1)):  # port 0: any free one
             value = getattr(self, name)
@@ -68,6 +68,13 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+def _value(settings: Settings, name: str) -> Any:
+    """A setting by its option name, whether it lives on Settings or on its telemetry."""
+    if name in TELEMETRY_FIELDS:
+        return getattr(settings.telemetry, name)
+    return getattr(settings, name)
 
 
 class SettingError(ValueError):
@@ -120,7 +127,10 @@ class Option:
 
     @property
     def default(self) -> Any:
-        return next(f.default for f in dataclasses.fields(Settings) if f.name == self.name)
+        owner = TelemetryOptions if self.name in TELEMETRY_FIELDS else Settings
+        found = next(f for f in dataclasses.fields(owner) if f.name == self.name)
+        return found.default if found.default_factory is dataclasses.MISSING \
+            else found.default_factory()
 
 
 SERVE_OPTIONS: tuple[Option, ...] = (
@@ -142,7 +152,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("session_header", "request headers whose value becomes session.id, "
            "comma-separated, first present wins"),
     Option("user_header", "request header whose value becomes user.id"),
-    Option("genai_semconv", "also record OTel GenAI semconv attributes (also on when "
+    Option("genai_semconv", "also record OTel GenAI semconv attributes (default: on when "
            "OTEL_SEMCONV_STABILITY_OPT_IN has gen_ai_latest_experimental)", parse_bool),
     Option("trace_root", "ignore inbound traceparent: every call starts its own trace",
            parse_bool),
@@ -161,6 +171,9 @@ SERVE_OPTIONS: tuple[Option, ...] = (
 
 
 def settings_from(values: Mapping[str, Any]) -> Settings:
-    """Build Settings from option values, ignoring None (unset) and unknown keys."""
-    known = {f.name for f in dataclasses.fields(Settings)}
-    return Settings(**{k: v for k, v in values.items() if k in known and v is not None})
+    """Build Settings from option values, ignoring None (unset) and unknown keys; telemetry
+    options go to ``Settings.telemetry``, the others keep their environment defaults."""
+    known = {f.name for f in dataclasses.fields(Settings)} - {"telemetry"}
+    given = {k: v for k, v in values.items() if v is not None}
+    telemetry = TelemetryOptions(**{k: v for k, v in given.items() if k in TELEMETRY_FIELDS})
+    return Settings(telemetry=telemetry, **{k: v for k, v in given.items() if k in known})

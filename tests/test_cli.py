@@ -14,7 +14,9 @@ import httpx
 import pytest
 
 from otel_responses import __version__
-from otel_responses.config import SERVE_OPTIONS
+from otel_responses.cli import _option_values, build_parser
+from otel_responses.config import SERVE_OPTIONS, settings_from
+from otel_responses.telemetry.options import TelemetryOptions
 from tests.servers import run_cli
 from tests.upstreams import RawUpstream
 
@@ -160,3 +162,28 @@ def test_serve_lets_a_thread_hold_the_gil_half_a_millisecond(
         sys.setswitchinterval(before)
     # Not CPython's 5 ms: the export thread would keep the event loop waiting that long.
     assert seen == [pytest.approx(0.0005)]
+
+
+def test_one_settings_object_carries_the_telemetry_options(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flags and OTEL_RESPONSES_* vars for telemetry land in Settings.telemetry; the standard
+    variables (OTEL_SDK_DISABLED, OTEL_SEMCONV_STABILITY_OPT_IN, OPENINFERENCE_HIDE_*) set
+    the defaults of what no flag sets."""
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "http,gen_ai_latest_experimental")
+    monkeypatch.setenv("OPENINFERENCE_HIDE_INPUTS", "true")
+    env = {"OTEL_RESPONSES_USER_HEADER": "x-team-user", "OTEL_RESPONSES_PORT": "9000"}
+    args = vars(build_parser(env).parse_args(["serve", "--provider", "vllm",
+                                              "--max-attribute-length", "99"]))
+    args.pop("command")
+    settings = settings_from(_option_values(args, SERVE_OPTIONS, env)[0])
+    assert settings.port == 9000
+    telemetry = settings.telemetry
+    assert (telemetry.provider, telemetry.user_header, telemetry.max_attribute_length) == (
+        "vllm", "x-team-user", 99)
+    assert (telemetry.tracing, telemetry.genai_semconv, telemetry.masking.hide_inputs) == (
+        False, True, True)
+    assert telemetry.session_header == TelemetryOptions().session_header
+    # A bad telemetry value is refused by the flag's name, like any other.
+    got = _cli("serve", "--max-attribute-length", "0")
+    assert got.returncode != 0 and "--max-attribute-length must be" in got.stderr

@@ -19,6 +19,7 @@ from prometheus_client.samples import Sample
 from otel_responses.app import create_app
 from otel_responses.config import Settings
 from otel_responses.telemetry.metrics import ProxyMetrics
+from otel_responses.telemetry.options import TelemetryOptions
 from otel_responses.telemetry.recorder import CallRecord
 from tests.recordings import Recording, load_recordings, need, sse_payloads
 from tests.servers import free_port, run_cli, serve_asgi
@@ -391,7 +392,8 @@ def test_model_allow_list(upstream: RawUpstream) -> None:
 
 
 def test_provider_label_follows_the_provider_setting(upstream: RawUpstream) -> None:
-    with metered_proxy(upstream.url + "/v1", provider="azure") as (base, _, _):
+    options = TelemetryOptions(provider="azure")
+    with metered_proxy(upstream.url + "/v1", telemetry=options) as (base, _, _):
         httpx.post(base + "/v1/responses", json={"model": "m", "input": "x"},
                    headers={"x-scenario": "echo"})
         samples = wait_for_calls(base, 1)

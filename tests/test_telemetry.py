@@ -265,7 +265,8 @@ def test_trace_context_is_continued_and_injected_upstream(proxy: tuple[str, Span
 
 
 def test_trace_root_ignores_inbound_context(upstream: RawUpstream) -> None:
-    with traced_proxy(upstream.url + "/v1", trace_root=True) as (base, sink):
+    options = TelemetryOptions(trace_root=True)
+    with traced_proxy(upstream.url + "/v1", telemetry=options) as (base, sink):
         inbound = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
         echo = _echo_call(base, {"model": "m", "input": "x"}, traceparent=inbound)
         span = sink.one()
@@ -278,7 +279,8 @@ def test_trace_root_ignores_inbound_context(upstream: RawUpstream) -> None:
 def test_genai_semconv_on_request(upstream: RawUpstream) -> None:
     recs = {r.name: r for r in load_recordings()}
     rec = need(recs.get("dd-trace-py__cached_tokens"))
-    with traced_proxy(upstream.url + "/v1", genai_semconv=True) as (base, sink):
+    options = TelemetryOptions(genai_semconv=True)
+    with traced_proxy(upstream.url + "/v1", telemetry=options) as (base, sink):
         _send(base, rec)
         attrs = sink.one().attributes
     final = json.loads(rec.body)
@@ -683,7 +685,8 @@ def test_mask_without_hide_variables_gives_what_the_full_rules_give() -> None:
 
 
 def test_attribute_values_are_capped(upstream: RawUpstream) -> None:
-    with traced_proxy(upstream.url + "/v1", max_attribute_length=500) as (base, sink):
+    with traced_proxy(upstream.url + "/v1",
+                      telemetry=TelemetryOptions(max_attribute_length=500)) as (base, sink):
         _echo_call(base, {"model": "m", "input": "w" * 5000})
         attrs = sink.one().attributes
     assert len(attrs["input.value"]) == 500
@@ -805,7 +808,8 @@ def test_provider_is_inferred_from_the_host_or_set_by_flag(upstream: RawUpstream
     with traced_proxy(upstream.url + "/v1") as (base, sink):
         _echo_call(base, {"model": "m", "input": "x"})
         assert "llm.provider" not in sink.one().attributes
-    with traced_proxy(upstream.url + "/v1", provider="ollama") as (base, sink):
+    options = TelemetryOptions(provider="ollama")
+    with traced_proxy(upstream.url + "/v1", telemetry=options) as (base, sink):
         _echo_call(base, {"model": "m", "input": "x"})
         assert sink.one().attributes["llm.provider"] == "ollama"
 

@@ -23,6 +23,8 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 
+from otel_responses.telemetry.options import sdk_enabled
+
 log = logging.getLogger("otel_responses.telemetry")
 
 DEFAULT_SERVICE_NAME = "otel-responses"
@@ -67,7 +69,7 @@ def _otlp_endpoint(env: Mapping[str, str], protocol: str) -> str:
 
 def describe_span_export(env: Mapping[str, str], *, demo: bool = False) -> str:
     """Where spans go, as a newcomer needs to read it at startup."""
-    if _env(env, "OTEL_SDK_DISABLED").lower() == "true":
+    if not sdk_enabled(env):
         return "off (OTEL_SDK_DISABLED=true)"
     described = []
     for name in exporter_names(env, demo):

@@ -1,10 +1,13 @@
-"""What the telemetry middleware records and how, independent of the proxy's own Settings."""
+"""What the telemetry middleware records and how: the telemetry part of the one Settings, and
+the only reader of the OpenTelemetry and OpenInference environment conventions."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from otel_responses.telemetry.masking import MaskingConfig
 
@@ -44,9 +47,17 @@ def genai_opted_in(env: Mapping[str, str] | None = None) -> bool:
     return "gen_ai_latest_experimental" in (t.strip() for t in opt_in.split(","))
 
 
+def sdk_enabled(env: Mapping[str, str] | None = None) -> bool:
+    """False when ``OTEL_SDK_DISABLED=true``: no spans (metrics stay on)."""
+    env = os.environ if env is None else env
+    return env.get("OTEL_SDK_DISABLED", "").strip().lower() != "true"
+
+
 @dataclass(frozen=True, slots=True)
 class TelemetryOptions:
-    """Recording choices; the defaults suit a proxy in front of api.openai.com."""
+    """Recording choices; the defaults suit a proxy in front of api.openai.com. Those with a
+    standard environment variable (``OTEL_SDK_DISABLED``, ``OTEL_SEMCONV_STABILITY_OPT_IN``,
+    ``OPENINFERENCE_HIDE_*``) default to what it says, as instrumentations do."""
 
     provider: str | None = None  # llm.provider; None: inferred from upstream_host
     upstream_host: str | None = None
@@ -58,7 +69,11 @@ class TelemetryOptions:
     max_attribute_length: int = 128 * 1024
     session_cache_size: int = 10_000
     masking: MaskingConfig = field(default_factory=MaskingConfig.from_env)
+    tracing: bool = field(default_factory=sdk_enabled)
 
     @property
     def llm_provider(self) -> str | None:
         return self.provider or infer_provider(self.upstream_host)
+
+    def replace(self, **changes: Any) -> TelemetryOptions:
+        return dataclasses.replace(self, **changes)
