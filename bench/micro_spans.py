@@ -22,9 +22,10 @@ from typing import Any
 
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from otel_responses.demo import model
+from otel_responses.outcome import Outcome
 from otel_responses.telemetry.export import DEFAULT_SPAN_ATTRIBUTE_COUNT_LIMIT
 from otel_responses.telemetry.options import TelemetryOptions
-from otel_responses.telemetry.recorder import COMPLETED, CallRecord
+from otel_responses.telemetry.recorder import CallRecord
 from otel_responses.telemetry.spans import SpanWriter
 
 import payloads
@@ -37,7 +38,7 @@ def _record(request: dict[str, Any]) -> CallRecord:
     raw = json.dumps(request, separators=(",", ":")).encode()
     response = model.render(request, model.decide(request), model.Ids.for_number(1), 0).final
     return CallRecord(request_raw=raw, request=json.loads(raw), status=200, stream=False,
-                      response=response, error=None, outcome=COMPLETED,
+                      response=response, error=None, outcome=Outcome.COMPLETED,
                       start_ns=1_000_000_000, end_ns=1_500_000_000)
 
 

@@ -12,10 +12,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from otel_responses.outcome import Outcome
 from otel_responses.protocol.body import TOO_DEEP, cut_depth
 from otel_responses.telemetry.masking import REDACTED, MaskingConfig, mask_images_in_request
 from otel_responses.telemetry.options import TelemetryOptions
-from otel_responses.telemetry.recorder import COMPLETED, CallRecord
+from otel_responses.telemetry.recorder import CallRecord
 from otel_responses.telemetry.spans import SpanWriter
 from tests.recordings import Recording
 from tests.spans import SpanSink, traced_proxy
@@ -155,7 +156,8 @@ def test_what_is_nested_past_the_stack_is_recorded_cut_and_flagged() -> None:
     response["output"][0]["content"][0]["annotations"] = [_nested(5000, 1)]
     request["metadata"] = {"tag": _nested(5000, "x")}
     record = CallRecord(request_raw=raw, request=request, status=200, stream=False,
-                        response=response, error=None, outcome=COMPLETED, start_ns=1, end_ns=2)
+                        response=response, error=None, outcome=Outcome.COMPLETED, start_ns=1,
+                        end_ns=2)
     span, headers = writer.start([], 1)
     writer.finish(span, record, headers)
     attrs = dict(sink.one().attributes or {})

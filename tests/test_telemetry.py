@@ -17,12 +17,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from otel_responses.outcome import Outcome
 from otel_responses.protocol import body as body_module
 from otel_responses.protocol.attributes import request_attributes, response_attributes
 from otel_responses.telemetry.masking import REDACTED, MaskingConfig, mask
 from otel_responses.telemetry.middleware import FINISH_DELAY, ResponsesTelemetryMiddleware
 from otel_responses.telemetry.options import TelemetryOptions
-from otel_responses.telemetry.recorder import COMPLETED, CallRecord
+from otel_responses.telemetry.recorder import CallRecord
 from otel_responses.telemetry.spans import SpanWriter
 from tests.recordings import (
     TERMINAL,
@@ -561,7 +562,8 @@ def _record(request: dict[str, Any] | bytes,
             response: dict[str, Any] | None = None) -> CallRecord:
     raw = request if isinstance(request, bytes) else json.dumps(request).encode()
     return CallRecord(request_raw=raw, request=json.loads(raw), status=200, stream=False,
-                      response=response, error=None, outcome=COMPLETED, start_ns=1, end_ns=2)
+                      response=response, error=None, outcome=Outcome.COMPLETED, start_ns=1,
+                      end_ns=2)
 
 
 def _write(record: CallRecord, limit: int = 100_000) -> ReadableSpan:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from starlette.types import Send
 
+from otel_responses.outcome import Outcome
+
 
 @dataclass(eq=False)
 class ProxyError(Exception):
@@ -17,6 +19,7 @@ class ProxyError(Exception):
     type: str
     code: str | None = None
     param: str | None = None
+    outcome: Outcome = Outcome.REJECTED
 
     def body(self) -> bytes:
         error = {"message": self.message, "type": self.type, "param": self.param,
@@ -44,21 +47,25 @@ def body_too_large(limit: int) -> ProxyError:
 # Upstream failures: a stable code, and no internal detail (addresses, errno, TLS or parser
 # text), which goes to the proxy's log instead.
 
+def _upstream_failure(status: int, message: str, outcome: Outcome) -> ProxyError:
+    return ProxyError(status, message, "upstream_error", outcome.value, outcome=outcome)
+
+
 def upstream_unreachable() -> ProxyError:
-    return ProxyError(502, "The upstream could not be reached, or closed the connection "
-                      "before answering.", "upstream_error", "upstream_unreachable")
+    return _upstream_failure(502, "The upstream could not be reached, or closed the connection "
+                             "before answering.", Outcome.UPSTREAM_UNREACHABLE)
 
 
 def upstream_timeout() -> ProxyError:
-    return ProxyError(504, "The upstream did not answer in time.", "upstream_error",
-                      "upstream_timeout")
+    return _upstream_failure(504, "The upstream did not answer in time.",
+                             Outcome.UPSTREAM_TIMEOUT)
 
 
 def upstream_invalid_response() -> ProxyError:
-    return ProxyError(502, "The upstream's response is not valid HTTP the proxy can relay.",
-                      "upstream_error", "upstream_invalid_response")
+    return _upstream_failure(502, "The upstream's response is not valid HTTP the proxy can "
+                             "relay.", Outcome.UPSTREAM_INVALID_RESPONSE)
 
 
 def upstream_headers_too_large() -> ProxyError:
-    return ProxyError(502, "The upstream's response headers exceed the proxy's limits.",
-                      "upstream_error", "upstream_headers_too_large")
+    return _upstream_failure(502, "The upstream's response headers exceed the proxy's limits.",
+                             Outcome.UPSTREAM_HEADERS_TOO_LARGE)

@@ -12,6 +12,7 @@ from typing import NamedTuple
 from starlette.types import Receive, Scope, Send
 
 from otel_responses.config import Settings
+from otel_responses.outcome import Outcome
 from otel_responses.protocol.body import SCOPE_KEY, ParsedBody
 from otel_responses.protocol.sse import is_event_stream
 from otel_responses.proxy import errors
@@ -80,7 +81,7 @@ class Exchange:
     bytes_in: int = 0
     bytes_out: int = 0
     stream: bool = False
-    outcome: str = "ok"
+    outcome: Outcome = Outcome.OK
     body: bytes = b""
     overhead: float = 0.0
     finished: float = 0.0
@@ -178,10 +179,10 @@ class Proxy:
         try:
             body = await self._read_body(scope, receive)
         except ClientGone:
-            ex.outcome = "client_disconnect"
+            ex.outcome = Outcome.CLIENT_DISCONNECT
             return
         except errors.ProxyError as err:
-            ex.status, ex.outcome = err.status, "rejected"
+            ex.status, ex.outcome = err.status, err.outcome
             ex.bytes_out = await err.send(send)
             return
         ex.body, ex.bytes_in = body, len(body)
@@ -201,7 +202,7 @@ class Proxy:
         try:
             await self._exchange(request, send, ex)
         except asyncio.CancelledError:
-            if ex.outcome != "client_disconnect" or task.uncancel() > 0:
+            if ex.outcome != Outcome.CLIENT_DISCONNECT or task.uncancel() > 0:
                 raise  # not (only) ours: the server is shutting down
             log.info("client disconnected from %s %s; upstream request closed", ex.method,
                      ex.path)
@@ -234,7 +235,7 @@ class Proxy:
         except UpstreamError as exc:
             ex.retried = exc.retried
             err = next(answer() for kind, answer in _FAILURES if isinstance(exc, kind))
-            ex.status, ex.outcome = err.status, err.code or "upstream_error"
+            ex.status, ex.outcome = err.status, err.outcome
             log.warning("%s %s: %s (%s)", ex.method, ex.path, err.message, _describe(exc))
             ex.bytes_out = await err.send(send)
             return
@@ -247,7 +248,7 @@ class Proxy:
     async def _relay(self, response: UpstreamResponse, send: Send, ex: Exchange) -> None:
         ex.status = response.status
         if ex.status >= 400:
-            ex.outcome = "upstream_error" if ex.status >= 500 else "client_error"
+            ex.outcome = Outcome.of_status(ex.status)
         headers = client_response_headers(response.headers)
         ex.stream = is_event_stream(headers)
         if self.settings.overhead_header:
@@ -265,7 +266,7 @@ class Proxy:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 ex.overhead += time.perf_counter() - handed
         except UpstreamError as exc:
-            ex.outcome = "upstream_cut"
+            ex.outcome = Outcome.UPSTREAM_CUT
             log.warning("upstream ended %s %s early after %d bytes: %s; client connection "
                         "dropped", ex.method, ex.path, ex.bytes_out, _describe(exc))
             raise UpstreamCut(_describe(exc)) from exc
@@ -288,7 +289,7 @@ async def _cancel_on_disconnect(receive: Receive, ex: Exchange, task: asyncio.Ta
     while (await receive())["type"] != "http.disconnect":
         pass
     if not ex.responded:  # once the client has it all, leaving changes nothing
-        ex.outcome = "client_disconnect"
+        ex.outcome = Outcome.CLIENT_DISCONNECT
         task.cancel()
 
 

@@ -15,10 +15,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from otel_responses.outcome import FAULT_KINDS, STREAM_ENDINGS, UNREACHED
 from otel_responses.protocol.response_attributes import usage
 from otel_responses.protocol.sse import is_event_stream
 from otel_responses.protocol.text import encodable
-from otel_responses.telemetry import recorder as outcomes
 from otel_responses.telemetry.recorder import CallRecord
 from otel_responses.telemetry.spans import error_type
 
@@ -54,15 +54,6 @@ MAX_CACHED_CHILDREN = 4096
 TOKEN_TYPES: tuple[tuple[str, str], ...] = (
     ("input", "input"), ("output", "output"), ("cached_input", "cache_read"),
     ("cache_creation_input", "cache_write"), ("reasoning", "reasoning"))
-# Exchange outcomes that are the upstream's fault; an upstream status >= 500 is "5xx".
-FAULT_KINDS = {"upstream_unreachable": "connect", "upstream_timeout": "timeout",
-               "upstream_cut": "reset", "upstream_invalid_response": "invalid",
-               "upstream_headers_too_large": "header_limit"}
-# Exchange outcomes where the upstream could not be reached or gave no answer in time.
-UNREACHED = ("upstream_unreachable", "upstream_timeout")
-STREAM_OUTCOMES = (outcomes.COMPLETED, outcomes.INCOMPLETE, outcomes.FAILED,
-                   outcomes.CANCELLED, outcomes.ERROR_EVENT, outcomes.UPSTREAM_CUT,
-                   outcomes.CLIENT_DISCONNECT)
 
 
 class LabelGuard:
@@ -239,9 +230,9 @@ class ProxyMetrics:
             "otel_responses_proxy_overhead", "Time the proxy itself added to a request.",
             ("route",), unit="seconds", buckets=OVERHEAD_BUCKETS, registry=registry))
         # Known label values start at zero, so rate() sees their first increment.
-        for kind in (*FAULT_KINDS.values(), "5xx"):
+        for kind in FAULT_KINDS.values():
             self.upstream_faults.labels(kind)
-        for outcome in STREAM_OUTCOMES:
+        for outcome in STREAM_ENDINGS:
             self.stream_endings.labels(outcome)
 
     def watch(self, *, in_flight: Callable[[], int], telemetry_errors: Callable[[], int],
@@ -253,7 +244,7 @@ class ProxyMetrics:
 
     def observe_exchange(self, ex: Exchange) -> None:
         self.requests.labels(ex.route, ex.method, _status_class(ex.status)).inc()
-        kind = FAULT_KINDS.get(ex.outcome) or ("5xx" if ex.status >= 500 else None)
+        kind = FAULT_KINDS.get(ex.outcome)
         if kind is not None:
             self.upstream_faults.labels(kind).inc()
         if ex.retried:

@@ -6,27 +6,19 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from otel_responses.outcome import HTTP_ERRORS, SUCCESSES, Outcome
 from otel_responses.protocol.body import ParsedBody
 from otel_responses.protocol.encoding import ContentDecoder, decoder
 from otel_responses.protocol.sse import is_event_stream
 from otel_responses.protocol.stream import ResponseStream
 from otel_responses.protocol.window import BodyWindow
 
-# How a call ended. Streams: the terminal event, else how the bytes stopped.
-COMPLETED = "completed"
-INCOMPLETE = "incomplete"
-FAILED = "failed"
-CANCELLED = "cancelled"
-ERROR_EVENT = "error_event"
-UPSTREAM_CUT = "upstream_cut"
-CLIENT_DISCONNECT = "client_disconnect"
-HTTP_ERROR = "http_error"
-APP_ERROR = "app_error"
-QUEUED = "queued"  # background mode: the answer comes later, through GET /v1/responses/{id}
-
-_STREAM_OUTCOMES = {"completed": COMPLETED, "incomplete": INCOMPLETE, "failed": FAILED,
-                    "cancelled": CANCELLED, "error": ERROR_EVENT, "queued": QUEUED,
-                    "in_progress": QUEUED}
+# A Responses status or terminal event → how the call ended (streams: else how the bytes
+# stopped).
+_STATUS_OUTCOMES = {"completed": Outcome.COMPLETED, "incomplete": Outcome.INCOMPLETE,
+                    "failed": Outcome.FAILED, "cancelled": Outcome.CANCELLED,
+                    "error": Outcome.ERROR_EVENT, "queued": Outcome.QUEUED,
+                    "in_progress": Outcome.QUEUED}
 # Request bodies past this are not kept for parsing (the bytes still flow upstream), and
 # compressed bodies are decoded up to it. Non-stream response bodies keep a `BodyWindow`.
 MAX_KEPT_BODY = 64 * 1024 * 1024
@@ -42,7 +34,7 @@ class CallRecord:
     stream: bool
     response: dict[str, Any] | None
     error: dict[str, Any] | None
-    outcome: str
+    outcome: Outcome
     start_ns: int
     end_ns: int
     first_token_ns: int | None = None
@@ -59,8 +51,7 @@ class CallRecord:
 
     @property
     def is_error(self) -> bool:
-        return self.outcome in (FAILED, CANCELLED, ERROR_EVENT, UPSTREAM_CUT, CLIENT_DISCONNECT,
-                                HTTP_ERROR, APP_ERROR)
+        return self.outcome not in SUCCESSES
 
     @property
     def duration_s(self) -> float:
@@ -152,7 +143,7 @@ class CallRecorder:
         raw = b"".join(self._request)
         record = CallRecord(
             request_raw=raw, request=self.parsed.object(raw), status=self._status,
-            stream=self._stream is not None, response=None, error=None, outcome=COMPLETED,
+            stream=self._stream is not None, response=None, error=None, outcome=Outcome.COMPLETED,
             start_ns=self.start_ns, end_ns=end_ns, first_token_ns=self._first_token_ns,
             terminal_ns=self._terminal_ns,
             request_truncated=self._request_kept > MAX_KEPT_BODY,
@@ -173,14 +164,14 @@ class CallRecorder:
             if self._app_error is not None and self._status:
                 # Raised after the response started: the server drops the connection, so the
                 # client's body is cut (the proxy does this when the upstream ends early).
-                if record.outcome != HTTP_ERROR:
-                    record.outcome = UPSTREAM_CUT
+                if record.outcome not in HTTP_ERRORS:
+                    record.outcome = Outcome.UPSTREAM_CUT
             elif self._app_error is not None:
-                record.outcome = APP_ERROR
+                record.outcome = Outcome.APP_ERROR
                 record.error = record.error or {"type": type(self._app_error).__name__,
                                                 "message": str(self._app_error)}
             elif self._disconnected:
-                record.outcome = CLIENT_DISCONNECT
+                record.outcome = Outcome.CLIENT_DISCONNECT
         return record
 
     def _finish_stream(self, record: CallRecord, stream: ResponseStream) -> None:
@@ -191,27 +182,29 @@ class CallRecorder:
         record.malformed_events = stream.malformed
         record.terminal_event = stream.outcome
         if stream.outcome is not None:
-            record.outcome = _STREAM_OUTCOMES.get(stream.outcome, COMPLETED)
+            record.outcome = _STATUS_OUTCOMES.get(stream.outcome, Outcome.COMPLETED)
         elif self._disconnected:
-            record.outcome = CLIENT_DISCONNECT
+            record.outcome = Outcome.CLIENT_DISCONNECT
         else:
-            record.outcome = UPSTREAM_CUT
+            record.outcome = Outcome.UPSTREAM_CUT
         if record.status >= 400:
-            record.outcome = HTTP_ERROR
+            record.outcome = Outcome.of_status(record.status)
 
     def _finish_body(self, record: CallRecord, body: dict[str, Any] | None) -> None:
         if record.status >= 400 or self._status == 0:
-            record.outcome = HTTP_ERROR
+            record.outcome = Outcome.of_status(record.status) if self._status \
+                else Outcome.APP_ERROR
             error = body.get("error") if body else None
             record.error = error if isinstance(error, dict) else {
                 "message": f"HTTP {record.status}", "type": None, "code": None}
             return
         record.response = body
         status = body.get("status") if body else None
-        record.outcome = _STREAM_OUTCOMES.get(status, COMPLETED) if isinstance(status, str) \
-            else COMPLETED
-        if record.outcome == FAILED and body is not None and isinstance(body.get("error"), dict):
-            record.error = body["error"]
+        record.outcome = _STATUS_OUTCOMES.get(status, Outcome.COMPLETED) \
+            if isinstance(status, str) else Outcome.COMPLETED
+        error = body.get("error") if body is not None else None
+        if record.outcome == Outcome.FAILED and isinstance(error, dict):
+            record.error = error
 
 
 def _decoder_for(headers: list[tuple[bytes, bytes]]) -> ContentDecoder | None:

@@ -11,6 +11,7 @@ from opentelemetry import propagate
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, set_span_in_context
 
+from otel_responses.outcome import HTTP_ERRORS, Outcome
 from otel_responses.protocol.attributes import (
     Attributes,
     AttributeValue,
@@ -20,7 +21,6 @@ from otel_responses.protocol.attributes import (
 )
 from otel_responses.protocol.body import cut_depth
 from otel_responses.protocol.text import encodable
-from otel_responses.telemetry import recorder as outcomes
 from otel_responses.telemetry.masking import mask, masked_request
 from otel_responses.telemetry.options import TelemetryOptions, genai_provider_name
 from otel_responses.telemetry.recorder import CallRecord
@@ -192,7 +192,7 @@ def _scalar(value: Any) -> str | None:
 def error_type(record: CallRecord) -> str:
     """``error.type`` of a failed call: the HTTP status, else the error code, else the outcome."""
     error = record.error or {}
-    if record.outcome == outcomes.HTTP_ERROR:
+    if record.outcome in HTTP_ERRORS:
         return str(record.status)
     return _scalar(error.get("code")) or _scalar(error.get("type")) or record.outcome
 
@@ -204,13 +204,14 @@ def _describe_error(record: CallRecord, with_message: bool) -> str:
     code = _scalar(error.get("code")) or _scalar(error.get("type"))
     detail = ": ".join(x for x in (code, message) if x)
     prefix = {
-        outcomes.HTTP_ERROR: f"HTTP {record.status}",
-        outcomes.FAILED: "response.failed",
-        outcomes.CANCELLED: "response cancelled",
-        outcomes.ERROR_EVENT: "error event",
-        outcomes.UPSTREAM_CUT: "stream ended without a terminal event",
-        outcomes.CLIENT_DISCONNECT: "client disconnected",
-        outcomes.APP_ERROR: "application error",
+        Outcome.CLIENT_ERROR: f"HTTP {record.status}",
+        Outcome.UPSTREAM_ERROR: f"HTTP {record.status}",
+        Outcome.FAILED: "response.failed",
+        Outcome.CANCELLED: "response cancelled",
+        Outcome.ERROR_EVENT: "error event",
+        Outcome.UPSTREAM_CUT: "stream ended without a terminal event",
+        Outcome.CLIENT_DISCONNECT: "client disconnected",
+        Outcome.APP_ERROR: "application error",
     }.get(record.outcome, record.outcome)
     return f"{prefix}: {detail}" if detail else prefix
 
