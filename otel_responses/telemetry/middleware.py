@@ -59,75 +59,94 @@ class ResponsesTelemetryMiddleware:
         if not is_responses_create(scope):
             await self.app(scope, receive, send)
             return
+        await _RecordingResponder(self, scope)(receive, send)
+
+    def failed(self, what: str) -> None:
+        """Count and log a telemetry fault; it is never raised into the request."""
+        self.telemetry_errors += 1
+        log.exception("telemetry error while %s (the request is unaffected)", what)
+
+
+class _RecordingResponder:
+    """One Responses call: runs the app with ``receive`` and ``send`` teed into a
+    `CallRecorder`, under the call's span, then finishes the span (Starlette's responder shape,
+    as in its GZipMiddleware)."""
+
+    __slots__ = ("call", "middleware", "receive", "scope", "send", "span")
+
+    def __init__(self, middleware: ResponsesTelemetryMiddleware, scope: Scope) -> None:
+        self.middleware = middleware
         parsed = ParsedBody()
-        scope = {**scope, SCOPE_KEY: parsed}  # the app's access log reuses the parsed body
-        call = CallRecorder(time.time_ns(), parsed, scope["headers"])
-        span: Span | None = None
+        self.scope = {**scope, SCOPE_KEY: parsed}  # the app's access log reuses the parsed body
+        self.call = CallRecorder(time.time_ns(), parsed, scope["headers"])
+        self.span: Span | None = None
+        self.receive: Receive
+        self.send: Send
+
+    async def __call__(self, receive: Receive, send: Send) -> None:
+        self.receive, self.send = receive, send
+        middleware, scope = self.middleware, self.scope
         token = None
         try:
-            if self.spans is not None:
-                span, headers = self.spans.start(scope["headers"], call.start_ns)
-                scope["headers"] = headers
-                token = context.attach(set_span_in_context(span))
+            if middleware.spans is not None:
+                self.span, scope["headers"] = middleware.spans.start(scope["headers"],
+                                                                     self.call.start_ns)
+                token = context.attach(set_span_in_context(self.span))
         except Exception:
-            self._failed("starting the span")
-
-        async def tee_receive() -> Message:
-            message = await receive()
-            try:
-                if message["type"] == "http.request":
-                    call.request_chunk(message.get("body", b""))
-                elif message["type"] == "http.disconnect":
-                    call.client_disconnected()
-            except Exception:
-                self._failed("reading the request")
-            return message
-
-        async def tee_send(message: Message) -> None:
-            await send(message)
-            try:
-                if message["type"] == "http.response.body":
-                    call.response_chunk(message.get("body", b""), message.get("more_body", False))
-                elif message["type"] == "http.response.start":
-                    call.response_start(message["status"], message.get("headers", []))
-            except Exception:
-                self._failed("reading the response")
-
+            middleware.failed("starting the span")
         try:
-            await self.app(scope, tee_receive, tee_send)
+            await middleware.app(scope, self.receive_teed, self.send_teed)
         except BaseException as exc:
-            call.app_failed(exc)
-            self._finish(call, span, scope["headers"])
+            self.call.app_failed(exc)
+            self.finish()
             raise
         else:
             try:
                 await asyncio.sleep(FINISH_DELAY)
             except asyncio.CancelledError:  # the server is stopping: finish the span now
-                self._finish(call, span, scope["headers"])
+                self.finish()
                 raise
-            if call.bytes_seen > OFFLOAD_BYTES:
+            if self.call.bytes_seen > OFFLOAD_BYTES:
                 # Mapping a huge call takes long enough to stall every other stream on the
                 # loop; a worker thread lets the GIL switch back to the loop meanwhile.
-                await asyncio.to_thread(self._finish, call, span, scope["headers"])
+                await asyncio.to_thread(self.finish)
             else:
-                self._finish(call, span, scope["headers"])
+                self.finish()
         finally:
             if token is not None:
                 context.detach(token)
 
-    def _finish(self, call: CallRecorder, span: Span | None,
-                headers: list[tuple[bytes, bytes]]) -> None:
+    async def receive_teed(self) -> Message:
+        message = await self.receive()
         try:
-            record = call.finish()
-            if span is not None and self.spans is not None:
-                self.spans.finish(span, record, headers)
-            for sink in self.sinks:
+            if message["type"] == "http.request":
+                self.call.request_chunk(message.get("body", b""))
+            elif message["type"] == "http.disconnect":
+                self.call.client_disconnected()
+        except Exception:
+            self.middleware.failed("reading the request")
+        return message
+
+    async def send_teed(self, message: Message) -> None:
+        await self.send(message)  # passed on first, observed after: recording never delays it
+        try:
+            if message["type"] == "http.response.body":
+                self.call.response_chunk(message.get("body", b""),
+                                         message.get("more_body", False))
+            elif message["type"] == "http.response.start":
+                self.call.response_start(message["status"], message.get("headers", []))
+        except Exception:
+            self.middleware.failed("reading the response")
+
+    def finish(self) -> None:
+        middleware, span = self.middleware, self.span
+        try:
+            record = self.call.finish()
+            if span is not None and middleware.spans is not None:
+                middleware.spans.finish(span, record, self.scope["headers"])
+            for sink in middleware.sinks:
                 sink(record)
         except Exception:
-            self._failed("finishing the span")
+            middleware.failed("finishing the span")
             if span is not None and span.is_recording():
                 span.end()
-
-    def _failed(self, what: str) -> None:
-        self.telemetry_errors += 1
-        log.exception("telemetry error while %s (the request is unaffected)", what)
