@@ -36,6 +36,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
+from otel_responses.protocol.window import HEAD_BYTES
 from otel_responses.telemetry.export import (
     DEFAULT_SPAN_ATTRIBUTE_COUNT_LIMIT,
     build_tracer_provider,
@@ -317,20 +318,19 @@ def test_huge_upstream_bodies_arrive_byte_exact(served: Served, upstream: FaultU
 
 def test_a_huge_json_answer_stalls_nothing_and_its_tail_is_read(
         served: Served, upstream: FaultUpstream, clean: Snapshot) -> None:
-    """A 60 MB answer: /healthz keeps answering while it passes, and the span still has the
-    usage that comes after the huge output (only the body's head and tail are kept)."""
+    """A 60 MB answer: /healthz keeps answering while it passes, only the body's head is
+    parsed (the output is cut at the window), and the usage after the huge output is read from
+    the kept tail. How long /healthz may stall is a benchmark figure (bench/large_bodies.py)."""
     size = 60 << 20
     json_response(size)
     big = Fault("huge", id="huge-health", size=size)
-    worst = [0.0]
+    answered: list[int] = []
     done = threading.Event()
 
     def probe() -> None:
         with httpx.Client() as client:
             while not done.wait(0.01):
-                started = time.monotonic()
-                assert client.get(served.base + "/healthz").status_code == 200
-                worst[0] = max(worst[0], time.monotonic() - started)
+                answered.append(client.get(served.base + "/healthz").status_code)
 
     prober = threading.Thread(target=probe)
     prober.start()
@@ -340,15 +340,13 @@ def test_a_huge_json_answer_stalls_nothing_and_its_tail_is_read(
     finally:
         done.set()
         prober.join()
-    print(f"worst /healthz answer while 60 MB passed: {worst[0] * 1000:.1f} ms")
     assert got.status == 200 and len(got.raw) == size
+    assert answered and set(answered) == {200}
     attributes = span.attributes or {}
     assert attributes["llm.token_count.total"] == 2  # the usage member, in the last bytes
     assert attributes["otel_responses.response.truncated"] is True
-    assert message_text(indexed(attributes, "llm.output_messages")[0]).startswith("y" * 100_000)
-    # Before the window it was 2.5 s (a 60 MB parse holds the GIL); bound loosely, the
-    # benchmark (bench/large_bodies.py) measures it.
-    assert worst[0] < 0.25
+    text = message_text(indexed(attributes, "llm.output_messages")[0])
+    assert text.startswith("y" * 100_000) and len(text) < HEAD_BYTES  # the head, not 60 MB
 
 
 # -- the client misbehaves ---------------------------------------------------------------------
