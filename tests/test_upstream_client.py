@@ -344,7 +344,7 @@ def test_ipv6_upstream_through_the_proxy_is_bracketed(
         scheme: str, tls: Tls, forward_proxy: ForwardProxyServer,
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SSL_CERT_FILE", str(tls.ca_file))
-    monkeypatch.setenv("ALL_PROXY", forward_proxy.url)
+    monkeypatch.setenv(f"{scheme.upper()}_PROXY", forward_proxy.url)
     upstream = RawUpstream()
     upstream.host, upstream.tls = "::1", tls.server_context() if scheme == "https" else None
     with upstream.running(), proxy_to(upstream.url + "/v1") as base:
