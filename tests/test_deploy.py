@@ -3,6 +3,7 @@ container they describe runs the product as written (probes, metrics, SIGTERM dr
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -32,6 +33,7 @@ from tests.manifests import (
     ROOT,
     ProxySpec,
     compose_spec,
+    crd_errors,
     dockerfile_spec,
     helm,
     kustomize,
@@ -106,6 +108,53 @@ def test_rendered_objects_are_valid_kubernetes(name: str) -> None:
     for obj in objects:
         if obj["kind"] not in CRD_KINDS:
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+def _custom_resources() -> list[tuple[str, dict[str, Any]]]:
+    return [(name, obj) for name, objects in RENDERED.items() for obj in objects
+            if obj["kind"] in CRD_KINDS]
+
+
+@pytest.mark.parametrize(("name", "obj"), _custom_resources(),
+                         ids=[f"{n}/{o['kind']}" for n, o in _custom_resources()])
+def test_rendered_custom_resources_are_valid_against_their_crds(name: str,
+                                                                obj: dict[str, Any]) -> None:
+    """Each ServiceMonitor and PrometheusRule, from Kustomize and from Helm, against the
+    prometheus-operator CRD's schema; its metadata as any Kubernetes object's."""
+    assert crd_errors(obj) == []
+    kubernetes_validate.validate({"apiVersion": "v1", "kind": "ConfigMap",
+                                  "metadata": obj["metadata"]}, KUBERNETES_VERSION, strict=True)
+
+
+def test_every_custom_resource_kind_is_rendered_by_kustomize_and_helm() -> None:
+    rendered = {(name.split("/")[0], obj["kind"]) for name, obj in _custom_resources()}
+    assert rendered == {(tool, kind) for tool in ("kubernetes", "helm") for kind in CRD_KINDS}
+
+
+def _set(obj: dict[str, Any], path: str, value: object) -> None:
+    *parents, last = path.split(".")
+    for key in parents:
+        obj = obj[int(key)] if isinstance(obj, list) else obj[key]
+    obj[last] = value
+
+
+@pytest.mark.parametrize(("kind", "path", "value", "error"), [
+    ("ServiceMonitor", "spec.endpoints.0.port", 9100, "9100 is not of type 'string'"),
+    ("ServiceMonitor", "spec.endpoints.0.interval", "30 seconds", "does not match"),
+    ("ServiceMonitor", "spec.endpoints.0.intervall", "30s", "'intervall' was unexpected"),
+    ("ServiceMonitor", "spec.selector", "app=otel-responses", "is not of type 'object'"),
+    ("PrometheusRule", "spec.groups.0.rules.0.for", "5 minutes", "does not match"),
+    ("PrometheusRule", "spec.groups.0.rules.0.expr", ["up"], "is not valid under any"),
+    ("PrometheusRule", "spec.group", [], "'group' was unexpected"),
+])
+def test_a_broken_custom_resource_field_is_caught(kind: str, path: str, value: object,
+                                                  error: str) -> None:
+    obj = copy.deepcopy(next(o for _, o in _custom_resources() if o["kind"] == kind))
+    assert crd_errors(obj) == []
+    _set(obj, path, value)
+    errors = crd_errors(obj)
+    where = path.rsplit(".", 1)[0] if "unexpected" in error else path
+    assert [e for e in errors if e.startswith(where + ":") and error in e], errors
 
 
 @pytest.mark.parametrize("name", ["kubernetes/gateway", "helm/gateway-full"])
