@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import ipaddress
 import json
 import os
 import re
@@ -188,6 +189,30 @@ def test_sidecar_variants_differ_only_in_where_the_sidecar_runs() -> None:
     assert base_url == f"http://127.0.0.1:{native[0].setting('port')}/v1"
 
 
+@pytest.mark.parametrize("name", ["kubernetes/sidecar", "kubernetes/sidecar-legacy",
+                                  "helm/sidecar"])
+def test_sidecar_proxy_listens_on_loopback_only(name: str) -> None:
+    """It may add the upstream key: only the pod's own containers may reach it. Prometheus
+    scrapes the metrics port at the pod IP; the probes run inside the container."""
+    spec, = proxy_specs(RENDERED[name], name)
+    proxy_port = int(spec.setting("port") or 0)
+    assert spec.listen_host(proxy_port) == "127.0.0.1"
+    assert proxy_port not in spec.ports.values()
+    assert spec.listen_host(spec.metrics_port) == "0.0.0.0"
+    assert spec.probes
+    assert all(probe.command is not None and probe.host == "127.0.0.1"
+               and int(probe.port) == proxy_port for probe in spec.probes), spec.probes
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.source)
+def test_ports_reached_from_outside_do_not_listen_on_loopback_only(spec: ProxySpec) -> None:
+    """The kubelet's httpGet probes and Prometheus come in at the pod (or container) IP."""
+    outside = [spec.metrics_port] + [spec.ports[probe.port] for probe in spec.probes
+                                     if probe.command is None]
+    for port in outside:
+        assert not ipaddress.ip_address(spec.listen_host(port)).is_loopback, port
+
+
 def test_every_manifest_runs_an_otel_responses_container() -> None:
     sources = {spec.source.split(":")[0] for spec in SPECS}
     assert sources == set(RENDERED) | {"deploy/Dockerfile", "compose/docker-compose.yaml"}
@@ -210,17 +235,21 @@ def test_manifest_runs_as_written(spec: ProxySpec, upstream: RawUpstream, tmp_pa
         proc = subprocess.Popen(run.argv, env=run.env, cwd=tmp_path, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         try:
-            port, path = spec.probes[0]
-            wait_http_ok(run.url(port, path), proc=proc)
+            wait_http_ok(run.url(spec.probes[0].port, spec.probes[0].path), proc=proc)
             # Answered by the proxy itself: a path it does not serve would go to the upstream.
             forwarded = len(upstream.seen)
-            for port, path in spec.probes:
-                assert httpx.get(run.url(port, path)).status_code == 200, (port, path)
+            for probe in spec.probes:
+                if probe.command is None:
+                    assert httpx.get(run.url(probe.port, probe.path)).status_code == 200, probe
+                else:
+                    ran = subprocess.run(run.command(probe), capture_output=True, text=True,
+                                         timeout=10)
+                    assert ran.returncode == 0, (probe, ran.stderr)
             metrics = httpx.get(run.url(spec.metrics_port, "/metrics"))
             assert metrics.status_code == 200
             assert "otel_responses_" in metrics.text
             assert len(upstream.seen) == forwarded, "a probe or /metrics reached the upstream"
-            api_port = next(p for p, _ in spec.probes)
+            api_port = spec.probes[0].port
             result: dict[str, object] = {}
             reader = threading.Thread(target=_read_held_stream,
                                       args=(run.url(api_port, "/v1/responses"), result))
