@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, Protocol
 
 from otel_responses.transport import (
+    ForwardProxy,
     Headers,
     UpstreamError,
     UpstreamPool,
@@ -53,6 +54,13 @@ def _mapped(timeouts: tuple[type[BaseException], ...],
         raise UpstreamTimeout(f"{type(exc).__name__}: {exc}") from exc
     except errors as exc:
         raise UpstreamError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _refuse_forward_proxy(proxy: ForwardProxy | None) -> None:
+    """The libraries are measured without proxy support (no ``trust_env``)."""
+    if proxy is not None:
+        raise ValueError("the bench transports take no forward proxy: unset HTTP(S)_PROXY, "
+                         "ALL_PROXY")
 
 
 def _background(awaitable: Any) -> None:
@@ -96,7 +104,8 @@ class AiohttpPool:
     """One ClientSession on a keep-alive TCPConnector; C parser, no decompression, no cap."""
 
     def __init__(self, target: UpstreamTarget, *, connect_timeout: float,
-                 read_timeout: float) -> None:
+                 read_timeout: float, forward_proxy: ForwardProxy | None = None) -> None:
+        _refuse_forward_proxy(forward_proxy)
         import aiohttp
         import yarl
 
@@ -140,7 +149,8 @@ class HttpxPool:
     """One AsyncClient, HTTP/1.1, keep-alive pool without a connection cap."""
 
     def __init__(self, target: UpstreamTarget, *, connect_timeout: float,
-                 read_timeout: float) -> None:
+                 read_timeout: float, forward_proxy: ForwardProxy | None = None) -> None:
+        _refuse_forward_proxy(forward_proxy)
         import httpx
 
         self._origin = target.origin

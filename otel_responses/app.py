@@ -52,7 +52,8 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await proxy.start()
-        stop_metrics = (metrics.serve(settings.host, settings.metrics_port)
+        stop_metrics = (metrics.serve(settings.metrics_host or settings.host,
+                                      settings.metrics_port)
                         if settings.metrics_port is not None else None)
         try:
             yield

@@ -177,11 +177,14 @@ def serve(settings: Settings) -> None:
 
 def startup_summary(settings: Settings, *, demo: bool) -> str:
     """One line: what the proxy forwards to, where its spans go, where its metrics are."""
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    metrics_port = settings.metrics_port or settings.port
-    return (f"otel-responses {__version__} on http://{host}:{settings.port}: upstream "
+    metrics = _url(settings.metrics_host or settings.host, settings.metrics_port or settings.port)
+    return (f"otel-responses {__version__} on {_url(settings.host, settings.port)}: upstream "
             f"{settings.upstream}; spans: {describe_span_export(os.environ, demo=demo)}; "
-            f"metrics: http://{host}:{metrics_port}/metrics")
+            f"metrics: {metrics}/metrics")
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def demo_upstream(host: str, port: int, token_delay: float) -> None:

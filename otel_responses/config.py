@@ -38,6 +38,7 @@ class Settings:
     telemetry: TelemetryOptions = field(default_factory=TelemetryOptions)
     overhead_header: bool = False
     metrics_port: int | None = None
+    metrics_host: str | None = None  # None: the host
     metrics_models: tuple[str, ...] | None = None
     metrics_max_models: int = 50
 
@@ -65,6 +66,9 @@ class Settings:
                                "NUL or other control characters (it is sent as a header)")
         if self.metrics_port is not None and self.metrics_port == self.port:
             raise SettingError("metrics_port", "must differ from the port")
+        if self.metrics_host is not None and self.metrics_port is None:
+            raise SettingError("metrics_host", "needs a metrics port: without one, metrics are "
+                               "served at /metrics on the main port")
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -162,6 +166,8 @@ SERVE_OPTIONS: tuple[Option, ...] = (
            "the only header the proxy ever adds)", parse_bool),
     Option("metrics_port", "serve Prometheus metrics on this port instead of at /metrics on "
            "the main port", int, metavar="PORT"),
+    Option("metrics_host", "interface the metrics port listens on, e.g. 0.0.0.0 for scraping "
+           "while the proxy stays on 127.0.0.1 (unset: the proxy's)"),
     Option("metrics_models", "comma-separated model names kept as metric labels; any other "
            "model is labelled 'other' (unset: the first --metrics-max-models seen)", parse_list,
            metavar="MODELS"),

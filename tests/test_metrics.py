@@ -448,6 +448,22 @@ def test_metrics_port_serves_metrics_and_the_main_port_forwards(upstream: RawUps
         httpx.get(f"http://127.0.0.1:{port}/metrics")
 
 
+def test_metrics_host_binds_the_metrics_port_apart_from_the_proxy(upstream: RawUpstream) -> None:
+    """A sidecar's shape: the proxy on loopback, its metrics on another interface (0.0.0.0 in
+    a pod, for Prometheus); here two loopback addresses stand for the two."""
+    port = free_port()
+    with run_cli("--upstream", upstream.url + "/v1", "--host", "127.0.0.1", "--metrics-port",
+                 str(port), "--metrics-host", "127.0.0.2") as (base, proc):
+        samples = wait_for(f"http://127.0.0.2:{port}", lambda s: bool(s))
+        assert value(samples, "otel_responses_open_streams") == 0
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/metrics")
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(base.replace("127.0.0.1", "127.0.0.2") + "/healthz")
+        proc.terminate()
+        assert f"metrics: http://127.0.0.2:{port}/metrics" in proc.communicate(timeout=20)[0]
+
+
 def test_metrics_flags_from_the_command_line(upstream: RawUpstream) -> None:
     port = free_port()
     with run_cli("--upstream", upstream.url + "/v1", "--metrics-port", str(port),

@@ -1,13 +1,21 @@
-"""The upstream client over real sockets: TLS, HTTP(S)_PROXY / NO_PROXY, keep-alive and retries."""
+"""The upstream client over real sockets: TLS, HTTP(S)_PROXY / ALL_PROXY / NO_PROXY (http and https
+proxies, IPv6), keep-alive and retries."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import contextlib
+import ipaddress
 import json
 import logging
+import os
+import socket
+import ssl
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,14 +25,16 @@ import httpx
 import openai
 import pytest
 import trustme
+from hypothesis import given
+from hypothesis import strategies as st
 
 from otel_responses.app import create_app
 from otel_responses.config import Settings
 from otel_responses.demo.app import create_demo_app
 from otel_responses.transport import pool
-from otel_responses.transport.forward_proxy import ForwardProxy
+from otel_responses.transport.forward_proxy import ForwardProxy, bypassed
 from otel_responses.transport.target import UpstreamTarget
-from tests.servers import LoopbackServer, serve_asgi
+from tests.servers import LoopbackServer, free_port, serve_asgi
 from tests.upstreams import RawUpstream
 
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
@@ -43,13 +53,18 @@ class Tls:
     cert_file: Path
     key_file: Path
 
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
 
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
-    """A private CA and a certificate for 127.0.0.1 signed by it."""
+    """A private CA and a certificate for 127.0.0.1 and ::1 signed by it."""
     where = tmp_path_factory.mktemp("tls")
     ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert = ca.issue_cert("127.0.0.1", "::1", "localhost")
     files = Tls(where / "ca.pem", where / "cert.pem", where / "key.pem")
     ca.cert_pem.write_to_path(str(files.ca_file))
     cert.cert_chain_pems[0].write_to_path(str(files.cert_file))
@@ -82,6 +97,7 @@ class ForwardProxyServer(LoopbackServer):
     refuse: bool = False  # answer every request 407
     seen: list[tuple[str, str | None]] = field(default_factory=list)
     port: int = 0
+    tls: ssl.SSLContext | None = None  # an https:// proxy
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
@@ -91,17 +107,21 @@ class ForwardProxyServer(LoopbackServer):
                      if line.lower().startswith("proxy-authorization:")), None)
         self.seen.append((lines[0], auth))
         if self.refuse:
-            writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\ncontent-length: 0\r\n\r\n")
-            await writer.drain()
-            writer.close()
+            await _answer_and_close(writer, b"407 Proxy Authentication Required")
             return
+        # The request target as RFC 9110 has it: CONNECT's is host:port, an IPv6 host bracketed.
+        url = urlsplit("//" + target if method == "CONNECT" else target)
+        try:
+            port = url.port
+        except ValueError:  # "::1:443": which colon starts the port?
+            port = None
+        if url.hostname is None or port is None:
+            await _answer_and_close(writer, b"400 Bad Request")
+            return
+        up_reader, up_writer = await asyncio.open_connection(url.hostname, port)
         if method == "CONNECT":
-            host, port = target.rsplit(":", 1)
-            up_reader, up_writer = await asyncio.open_connection(host, int(port))
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         else:
-            url = urlsplit(target)
-            up_reader, up_writer = await asyncio.open_connection(url.hostname, url.port)
             kept = [line for line in lines[1:] if line and not line.lower().startswith("proxy-")]
             origin_form = f"{url.path}?{url.query}" if url.query else url.path
             up_writer.write(f"{method} {origin_form} HTTP/1.1\r\n".encode()
@@ -111,6 +131,12 @@ class ForwardProxyServer(LoopbackServer):
         finally:
             up_writer.close()
             writer.close()
+
+
+async def _answer_and_close(writer: asyncio.StreamWriter, status: bytes) -> None:
+    writer.write(b"HTTP/1.1 " + status + b"\r\ncontent-length: 0\r\n\r\n")
+    await writer.drain()
+    writer.close()
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -204,11 +230,12 @@ def test_https_upstream_through_connect_tunnel(
     assert {line for line, _ in forward_proxy.seen} == {f"CONNECT {authority} HTTP/1.1"}
 
 
-def test_no_proxy_bypasses_the_proxy(raw_upstream: RawUpstream,
+@pytest.mark.parametrize("no_proxy", ["localhost,127.0.0.1", "example.com, 127.0.0.0/8"])
+def test_no_proxy_bypasses_the_proxy(no_proxy: str, raw_upstream: RawUpstream,
                                      forward_proxy: ForwardProxyServer,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTP_PROXY", forward_proxy.url)
-    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    monkeypatch.setenv("NO_PROXY", no_proxy)
     with proxy_to(raw_upstream.url) as base:
         assert _http().post(base + "/v1/responses", content=b"{}").status_code == 200
     assert forward_proxy.seen == []
@@ -229,10 +256,202 @@ def test_proxy_refusing_connect_is_a_clear_502(tls_demo: str, monkeypatch: pytes
     assert any("407 Proxy Authentication Required" in r.getMessage() for r in caplog.records)
 
 
-def test_https_proxy_url_is_rejected_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HTTPS_PROXY", "socks5://127.0.0.1:1080")
-    with pytest.raises(ValueError, match="only http:// proxies"):
-        ForwardProxy.for_target(UpstreamTarget.parse("https://api.openai.com/v1"))
+def test_all_proxy_is_the_fallback_for_both_schemes(
+        tls: Tls, tls_demo: str, raw_upstream: RawUpstream, forward_proxy: ForwardProxyServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls.ca_file))
+    monkeypatch.setenv("ALL_PROXY", forward_proxy.url)
+    with proxy_to(raw_upstream.url + "/v1") as base:
+        assert _http().post(base + "/v1/responses", content=b"{}").status_code == 200
+    with proxy_to(tls_demo + "/v1") as base:
+        _assert_demo_round_trip(base)
+    assert [line for line, _ in forward_proxy.seen[:2]] == [
+        f"POST {raw_upstream.url}/v1/responses HTTP/1.1",
+        f"CONNECT {urlsplit(tls_demo).netloc} HTTP/1.1"]
+
+
+# -- an https:// proxy: TLS to the proxy itself ------------------------------------------------
+
+@pytest.fixture
+def tls_proxy(tls: Tls) -> Iterator[ForwardProxyServer]:
+    with ForwardProxyServer(tls=tls.server_context()).running() as server:
+        yield server
+
+
+def test_https_upstream_through_https_proxy_is_tls_in_tls(
+        tls: Tls, tls_demo: str, tls_proxy: ForwardProxyServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls.ca_file))
+    monkeypatch.setenv("HTTPS_PROXY", tls_proxy.url)
+    assert tls_proxy.url.startswith("https://")
+    with proxy_to(tls_demo + "/v1") as base:
+        _assert_demo_round_trip(base)
+    assert {line for line, _ in tls_proxy.seen} == {f"CONNECT {urlsplit(tls_demo).netloc} HTTP/1.1"}
+
+
+def test_http_upstream_through_https_proxy_with_credentials(
+        tls: Tls, raw_upstream: RawUpstream, tls_proxy: ForwardProxyServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls.ca_file))
+    monkeypatch.setenv("http_proxy", tls_proxy.url.replace("https://", "https://svc:pw@"))
+    with proxy_to(raw_upstream.url + "/v1") as base:
+        resp = _http().post(base + "/v1/responses", content=b'{"model":"m"}')
+    assert resp.status_code == 200, resp.text
+    assert tls_proxy.seen == [(f"POST {raw_upstream.url}/v1/responses HTTP/1.1",
+                               "Basic " + base64.b64encode(b"svc:pw").decode())]
+
+
+def test_untrusted_https_proxy_certificate_is_a_clear_502(
+        tls_demo: str, tls_proxy: ForwardProxyServer, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The proxy's certificate is verified with the upstream's trust (here: the system CAs)."""
+    monkeypatch.setenv("HTTPS_PROXY", tls_proxy.url)
+    with caplog.at_level(logging.WARNING, "otel_responses.proxy"), \
+            proxy_to(tls_demo + "/v1") as base:
+        resp = _http().post(base + "/v1/responses", content=b"{}")
+    assert resp.status_code == 502
+    assert resp.json()["error"]["code"] == "upstream_unreachable"
+    assert tls_proxy.seen == []  # no CONNECT was sent to a proxy that could not be verified
+    assert any("CERTIFICATE_VERIFY_FAILED" in r.getMessage()
+               and f"via proxy 127.0.0.1:{tls_proxy.port}" in r.getMessage()
+               for r in caplog.records)
+
+
+# -- IPv6 upstreams ----------------------------------------------------------------------------
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_ipv6_upstream_through_the_proxy_is_bracketed(
+        scheme: str, tls: Tls, forward_proxy: ForwardProxyServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls.ca_file))
+    monkeypatch.setenv(f"{scheme.upper()}_PROXY", forward_proxy.url)
+    upstream = RawUpstream()
+    upstream.host, upstream.tls = "::1", tls.server_context() if scheme == "https" else None
+    with upstream.running(), proxy_to(upstream.url + "/v1") as base:
+        resp = _http().post(base + "/v1/responses", content=b"{}")
+    assert resp.status_code == 200, resp.text
+    authority = f"[::1]:{upstream.port}"
+    assert forward_proxy.seen[0][0] == (f"CONNECT {authority} HTTP/1.1" if scheme == "https"
+                                        else f"POST http://{authority}/v1/responses HTTP/1.1")
+    assert upstream.seen[0].header("host") == authority
+
+
+# -- proxy settings read from the environment, once, at start ----------------------------------
+
+_TARGETS = {scheme: UpstreamTarget.parse(f"{scheme}://api.example.com/v1")
+            for scheme in ("http", "https")}
+
+
+@pytest.mark.parametrize(("env", "scheme", "expected"), [
+    ({"ALL_PROXY": "http://all:1"}, "https", "all"),
+    ({"ALL_PROXY": "http://all:1"}, "http", "all"),
+    ({"HTTPS_PROXY": "http://https:1", "ALL_PROXY": "http://all:1"}, "https", "https"),
+    ({"HTTPS_PROXY": "http://https:1", "ALL_PROXY": "http://all:1"}, "http", "all"),
+    ({"all_proxy": "http://lower:1", "ALL_PROXY": "http://upper:1"}, "http", "lower"),
+    ({"http_proxy": "http://lower:1", "HTTP_PROXY": "http://upper:1"}, "http", "lower"),
+    # A lowercase variable set empty unsets the scheme, as urllib.request.getproxies reads it.
+    ({"http_proxy": "", "HTTP_PROXY": "http://upper:1", "ALL_PROXY": "http://all:1"}, "http",
+     "all"),
+    ({"https_proxy": "https://tls:1"}, "https", "tls"),
+    ({"HTTPS_PROXY": "http://https:1", "NO_PROXY": ".example.com"}, "https", None),
+    ({"ALL_PROXY": "http://all:1", "no_proxy": "*"}, "http", None),
+    ({"ALL_PROXY": "http://all:1", "no_proxy": "", "NO_PROXY": "*"}, "http", "all"),
+    ({}, "https", None),
+])
+def test_which_proxy_the_environment_names(env: dict[str, str], scheme: str,
+                                           expected: str | None) -> None:
+    proxy = ForwardProxy.for_target(_TARGETS[scheme], env)
+    assert (proxy.host if proxy else None) == expected
+
+
+def test_https_proxy_is_tls_to_the_proxy_on_port_443_by_default() -> None:
+    proxy = ForwardProxy.for_target(_TARGETS["https"], {"HTTPS_PROXY": "https://p.internal"})
+    assert proxy == ForwardProxy("p.internal", 443, None, tls=True)
+
+
+@pytest.mark.parametrize("name", ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"])
+def test_socks_proxy_is_refused_naming_the_variable(name: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        ForwardProxy.for_target(_TARGETS["https"], {name: "socks5://me:secret@127.0.0.1:1080"})
+    message = str(refused.value)
+    assert message.startswith(f"{name}=socks5://127.0.0.1:1080: socks5:// proxies are not "
+                              "supported")
+    assert "secret" not in message
+
+
+def test_socks_proxy_stops_the_start_with_a_clear_error() -> None:
+    env = {**os.environ, "ALL_PROXY": "socks5h://127.0.0.1:1080", "OTEL_SDK_DISABLED": "true"}
+    result = subprocess.run(
+        [sys.executable, "-m", "otel_responses", "--upstream", "https://127.0.0.1:9/v1",
+         "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert "otel-responses: ALL_PROXY=socks5h://127.0.0.1:1080: socks5h:// proxies are not " \
+           "supported" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- NO_PROXY entries --------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("no_proxy", "host", "port", "expected"), [
+    ("*", "api.openai.com", 443, True),
+    ("internal, *", "api.openai.com", 443, True),
+    ("openai.com", "api.openai.com", 443, True),
+    ("openai.com", "openai.com", 443, True),
+    (".openai.com", "openai.com", 443, True),
+    ("openai.com", "notopenai.com", 443, False),
+    ("api.openai.com:443", "api.openai.com", 443, True),
+    ("api.openai.com:8443", "api.openai.com", 443, False),
+    ("10.0.0.0/8", "10.1.2.3", 80, True),
+    ("10.0.0.0/8", "11.1.2.3", 80, False),
+    ("10.0.0.0/8", "10.example.com", 80, False),
+    ("10.1.2.3", "10.1.2.3", 80, True),
+    ("::1", "::1", 443, True),
+    ("[::1]:443", "::1", 443, True),
+    ("[::1]:443", "::1", 8443, False),
+    ("fd00::/8", "fd12::1", 443, True),
+    ("fd00::/8", "fe80::1", 443, False),
+    ("", "api.openai.com", 443, False),
+    (" , ,", "api.openai.com", 443, False),
+])
+def test_no_proxy_entries(no_proxy: str, host: str, port: int, expected: bool) -> None:
+    assert bypassed(no_proxy, host, port) is expected
+
+
+_LABEL = st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=8)
+_DOMAIN = st.lists(_LABEL, min_size=1, max_size=3).map(".".join)
+_PORT = st.integers(1, 65535)
+
+
+@given(entries=st.lists(st.tuples(st.sampled_from(["", "."]), _DOMAIN,
+                                  st.none() | _PORT), max_size=4),
+       host=_DOMAIN, port=_PORT)
+def test_no_proxy_names_agree_with_urllib(entries: list[tuple[str, str, int | None]], host: str,
+                                          port: int) -> None:
+    """For names and name:port entries the rule is urllib.request's (and curl's)."""
+    no_proxy = ",".join(f"{dot}{name}" + (f":{p}" if p else "") for dot, name, p in entries)
+    expected = urllib.request.proxy_bypass_environment(f"{host}:{port}", {"no": no_proxy})
+    assert bypassed(no_proxy, host, port) is bool(expected)
+
+
+@given(network=st.ip_addresses().flatmap(
+           lambda a: st.integers(0, a.max_prefixlen).map(
+               lambda n: ipaddress.ip_network(f"{a}/{n}", strict=False))),
+       address=st.ip_addresses(), port=_PORT)
+def test_no_proxy_networks_hold_their_addresses(
+        network: ipaddress.IPv4Network | ipaddress.IPv6Network,
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> None:
+    assert bypassed(str(network), str(address), port) is (address in network)
+    assert bypassed(str(network.network_address), str(network.network_address), port)
 
 
 # -- keep-alive pool ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from otel_responses.protocol.sse import is_event_stream
 from otel_responses.proxy import errors
 from otel_responses.proxy.headers import client_response_headers, upstream_request_headers
 from otel_responses.transport import (
+    ForwardProxy,
     Headers,
     UpstreamError,
     UpstreamHeadTooLarge,
@@ -134,6 +135,8 @@ class Proxy:
             raise ValueError("Proxy needs an upstream URL")
         self.settings = settings
         self.target = UpstreamTarget.parse(settings.upstream)
+        # Read here, once: a proxy variable the client cannot use stops the start (ValueError).
+        self.forward_proxy = ForwardProxy.for_target(self.target)
         self.observers = tuple(observers)
         self.in_flight = 0
         self._client: UpstreamPool | None = None
@@ -147,7 +150,8 @@ class Proxy:
         logging.getLogger("uvicorn.error").addFilter(_CUT_LOGGED_ONCE)
         s = self.settings
         self._client = UpstreamPool(self.target, connect_timeout=s.connect_timeout,
-                                    read_timeout=s.read_timeout)
+                                    read_timeout=s.read_timeout,
+                                    forward_proxy=self.forward_proxy)
 
     async def aclose(self) -> None:
         if self._client is not None:

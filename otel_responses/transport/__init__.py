@@ -8,10 +8,12 @@ from otel_responses.transport.errors import (
     UpstreamInvalid,
     UpstreamTimeout,
 )
+from otel_responses.transport.forward_proxy import ForwardProxy
 from otel_responses.transport.pool import UpstreamPool, UpstreamResponse
 from otel_responses.transport.target import UpstreamTarget
 
 __all__ = [
+    "ForwardProxy",
     "Headers",
     "UpstreamError",
     "UpstreamHeadTooLarge",

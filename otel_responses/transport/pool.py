@@ -4,8 +4,8 @@ Why not httpx: on the proxy's hot path httpx + httpcore + anyio cost ~1.3 ms of 
 on the benchmark machine (cancel scopes, h11 in pure Python, a pool that polls every idle socket
 on each request): several times the rest of the proxy. This client writes each request once,
 parses in C and hands body bytes over as they arrive, pausing the socket when the client reads
-slower than the upstream writes. It honours HTTP(S)_PROXY / NO_PROXY and SSL_CERT_FILE as httpx
-does.
+slower than the upstream writes. It goes through the forward proxy it is given (see
+`forward_proxy`: the environment's, read once at start) and honours SSL_CERT_FILE as httpx does.
 """
 
 from __future__ import annotations
@@ -74,14 +74,18 @@ class UpstreamPool:
     """
 
     def __init__(self, target: UpstreamTarget, *, connect_timeout: float, read_timeout: float,
-                 max_idle: int = MAX_IDLE) -> None:
+                 max_idle: int = MAX_IDLE, forward_proxy: ForwardProxy | None = None) -> None:
         self.target = target
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.max_idle = max_idle
-        self.forward_proxy = ForwardProxy.for_target(target)
+        self.forward_proxy = forward_proxy
         # Default verification, system CAs; SSL_CERT_FILE / SSL_CERT_DIR are honoured by OpenSSL.
-        self._tls = ssl.create_default_context() if target.origin.startswith("https:") else None
+        # One context: an https:// proxy's certificate is verified as the upstream's is.
+        tls = (ssl.create_default_context()
+               if target.scheme == "https" or (forward_proxy and forward_proxy.tls) else None)
+        self._tls = tls if target.scheme == "https" else None
+        self._proxy_tls = tls if forward_proxy and forward_proxy.tls else None
         self._host_header = target.origin.split("://", 1)[1].encode("latin-1")
         # Through a plain-http proxy the request line carries the absolute URL.
         self._absolute = self.forward_proxy is not None and self._tls is None
@@ -143,22 +147,26 @@ class UpstreamPool:
     async def _connect(self) -> Connection:
         loop = asyncio.get_running_loop()
         proxy = self.forward_proxy
-        host, port = (proxy.host, proxy.port) if proxy else (self.target.host, self.target.port)
         try:
             async with asyncio.timeout(self.connect_timeout):
-                if proxy is not None and self._tls is not None:
+                if proxy is None:
+                    _, conn = await loop.create_connection(
+                        lambda: Connection(loop), self.target.host, self.target.port,
+                        ssl=self._tls)
+                elif self._tls is not None:
                     conn = Connection(loop)
-                    conn.transport = await open_tunnel(loop, proxy, self.target.host,
-                                                       self.target.port, self._tls, conn)
-                    return conn
-                _, conn = await loop.create_connection(
-                    lambda: Connection(loop), host, port,
-                    ssl=None if proxy else self._tls)
+                    conn.transport = await open_tunnel(loop, proxy, self._proxy_tls,
+                                                       self.target, self._tls, conn)
+                else:
+                    _, conn = await loop.create_connection(
+                        lambda: Connection(loop), proxy.host, proxy.port, ssl=self._proxy_tls)
                 return conn
         except TimeoutError:
             raise UpstreamTimeout(f"connect timed out after {self.connect_timeout}s") from None
         except (OSError, ssl.SSLError) as exc:
-            raise UpstreamError(f"{type(exc).__name__}: {exc}") from exc
+            # Which hop failed: the operator's log is where this goes.
+            via = f" (via proxy {proxy.host}:{proxy.port})" if proxy else ""
+            raise UpstreamError(f"{type(exc).__name__}: {exc}{via}") from exc
 
     async def _exchange(self, conn: Connection, head: bytes, body: bytes | None,
                         method: str) -> UpstreamResponse:

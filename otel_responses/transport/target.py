@@ -46,13 +46,25 @@ class UpstreamTarget:
         return cls(f"{parts.scheme}://{parts.netloc}", parts.path.rstrip("/"))
 
     @property
+    def scheme(self) -> str:
+        return self.origin.split("://", 1)[0]
+
+    @property
     def host(self) -> str:
+        """The host name or IP address, without the brackets of an IPv6 literal."""
         return urlsplit(self.origin).hostname or ""
 
     @property
     def port(self) -> int:
         parts = urlsplit(self.origin)
         return parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def authority(self) -> str:
+        """``host:port`` with the port always given and an IPv6 literal bracketed, as a
+        CONNECT request names its target (RFC 9110, section 9.3.6)."""
+        host = self.host
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     def path(self, raw_path: str, query: str = "") -> str:
         """The request target upstream (base path, client path, query) for a client's path."""

@@ -33,13 +33,29 @@ prometheus.io/port: {{ .Values.metrics.port | quote }}
 prometheus.io/path: /metrics
 {{- end -}}
 
-{{/* The otel-responses container, the same in both modes (the sidecar adds restartPolicy). */}}
+{{/* A probe GETting PATH (the first of the list; the context second). A gateway is probed by
+the kubelet over the pod IP; a sidecar's proxy listens on 127.0.0.1 only (it may add the upstream
+key), so it is probed from inside the container with the image's Python. */}}
+{{- define "otel-responses.probe" -}}
+{{- $path := index . 0 }}{{ $ := index . 1 }}
+{{- if eq $.Values.mode "sidecar" }}
+exec:
+  command: ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:{{ $.Values.port }}{{ $path }}', timeout=2)"]
+{{- else }}
+httpGet:
+  path: {{ $path }}
+  port: http
+{{- end }}
+{{- end -}}
+
+{{/* The otel-responses container, the same in both modes but for where the proxy listens and
+how it is probed (the sidecar also adds restartPolicy). Metrics listen on 0.0.0.0 in both. */}}
 {{- define "otel-responses.container" -}}
 name: otel-responses
 image: {{ printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
 imagePullPolicy: {{ .Values.image.pullPolicy }}
 command: ["otel-responses"]
-args: ["serve", "--host", "0.0.0.0", "--port", {{ .Values.port | quote }}, "--metrics-port", {{ .Values.metrics.port | quote }}]
+args: ["serve", "--host", {{ ternary "127.0.0.1" "0.0.0.0" (eq .Values.mode "sidecar") | quote }}, "--port", {{ .Values.port | quote }}, "--metrics-port", {{ .Values.metrics.port | quote }}, "--metrics-host", "0.0.0.0"]
 envFrom:
   - configMapRef:
       name: {{ include "otel-responses.fullname" . }}
@@ -68,26 +84,22 @@ env:
 {{- end }}
 {{- end }}
 ports:
+{{- if ne .Values.mode "sidecar" }}
   - name: http
     containerPort: {{ .Values.port }}
+{{- end }}
   - name: metrics
     containerPort: {{ .Values.metrics.port }}
 startupProbe:
-  httpGet:
-    path: /healthz
-    port: http
+  {{- include "otel-responses.probe" (list "/healthz" .) | nindent 2 }}
   periodSeconds: 1
   failureThreshold: 30
 readinessProbe:
-  httpGet:
-    path: /readyz
-    port: http
+  {{- include "otel-responses.probe" (list "/readyz" .) | nindent 2 }}
   periodSeconds: 5
   failureThreshold: 2
 livenessProbe:
-  httpGet:
-    path: /healthz
-    port: http
+  {{- include "otel-responses.probe" (list "/healthz" .) | nindent 2 }}
   periodSeconds: 10
   timeoutSeconds: 3
   failureThreshold: 3
