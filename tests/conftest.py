@@ -10,6 +10,7 @@ from collections.abc import Generator, Iterator
 import pytest
 from hypothesis import settings
 
+from tests.e2e import llama as llama  # a session fixture, so every module shares one server
 from tests.upstreams import RawUpstream
 
 settings.register_profile("default", deadline=None, max_examples=100)
@@ -32,8 +33,8 @@ def upstream() -> Iterator[RawUpstream]:
 # What turns each kind of skip into a run, by a phrase of its reason.
 ENABLERS = (
     ("shared fixtures", "the recorded traffic at ../shared/fixtures, next to the repository"),
-    ("install-e2e", "bash .ci/install-e2e  (Codex CLI, Arize Phoenix, openai-agents, the "
-                    "prometheus-operator CRD schemas)"),
+    ("install-e2e", "bash .ci/install-e2e  (Codex CLI, Arize Phoenix, openai-agents, "
+                    "llama.cpp server + SmolLM2, the prometheus-operator CRD schemas)"),
     ("unshare", "a kernel and user that allow `unshare -n` (network namespaces)"),
     ("prometheus", "apt-get install -y --no-install-recommends prometheus  (prometheus, promtool)"),
 )

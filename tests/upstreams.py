@@ -1,6 +1,8 @@
 """A raw-socket test upstream: replays recordings at random byte boundaries, or misbehaves.
 
-The scenario is picked per request by the ``x-scenario`` header (which the proxy forwards):
+The scenario is picked per request by the ``x-scenario`` header (which the proxy forwards), else
+by the request's path where ``routes`` names one (:meth:`RawUpstream.replaying` serves recordings
+on their recorded paths, for clients that send no such header; other paths get a 404):
 ``replay:<recording>``, ``echo``, ``stall``, ``cut``, ``gzip``, ``held``, ``drip``,
 ``close`` (answer, then close the kept-alive connection), ``early-hints`` (103 before 200),
 ``drop-once`` (the first such request: close without an answer; later ones: ``echo``),
@@ -60,6 +62,13 @@ class RawUpstream(LoopbackServer):
     connections: int = 0  # TCP connections accepted
     dropped: int = 0  # requests closed unanswered by ``drop-once``
     sent: list[bytes] = field(default_factory=list)  # each replay's body, as written
+    routes: dict[str, str] = field(default_factory=dict)  # path → scenario without x-scenario
+
+    @classmethod
+    def replaying(cls, *recordings: Recording, seed: int = 0) -> Self:
+        """Answer each recording's path (query aside) with that recording, byte for byte."""
+        return cls(recordings={r.name: r for r in recordings}, seed=seed,
+                   routes={r.request_path.split("?")[0]: f"replay:{r.name}" for r in recordings})
 
     @contextlib.contextmanager
     def running(self) -> Iterator[Self]:
@@ -87,10 +96,17 @@ class RawUpstream(LoopbackServer):
 
     async def _respond(self, req: SeenRequest, reader: asyncio.StreamReader,
                        writer: asyncio.StreamWriter) -> bool:
-        scenario = req.header("x-scenario") or "echo"
+        scenario = (req.header("x-scenario") or self.routes.get(req.target.split("?")[0])
+                    or ("not-found" if self.routes else "echo"))
         rng = random.Random(f"{self.seed}:{scenario}")
         if scenario.startswith("replay:"):
             await self._replay(self.recordings[scenario[7:]], writer, rng, _coder(req))
+            return True
+        if scenario == "not-found":
+            body = json.dumps({"error": {"message": f"Invalid URL ({req.method} {req.target})",
+                                         "type": "invalid_request_error", "param": None,
+                                         "code": None}}).encode()
+            await _write_fixed(writer, 404, [("Content-Type", "application/json")], body, rng)
             return True
         if scenario == "drop-once" and not self.dropped:
             self.dropped += 1

@@ -1,4 +1,5 @@
-"""The built-in deterministic Responses upstream used by demo mode, tests and benchmarks."""
+"""The built-in deterministic upstream (Responses and Chat Completions) used by demo mode, tests
+and benchmarks."""
 
 from otel_responses.demo.app import DemoSettings, create_demo_app, get_observer
 from otel_responses.demo.observe import DemoObserver, RecordedRequest, StreamRecord

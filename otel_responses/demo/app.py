@@ -3,8 +3,9 @@
 Routes: ``POST /v1/responses`` (JSON or ``stream: true`` SSE), ``GET|DELETE /v1/responses/{id}``
 (``GET ?stream=true&starting_after=N`` replays a streamed response's events after N),
 ``POST /v1/responses/{id}/cancel``, ``GET /v1/responses/{id}/input_items``,
-``POST /v1/responses/input_tokens``, ``POST /v1/responses/compact``, ``GET /v1/models[/{id}]``
-and ``GET /healthz``. Any model name is accepted and echoed. Responses are kept in a bounded
+``POST /v1/responses/input_tokens``, ``POST /v1/responses/compact``, ``GET /v1/models[/{id}]``,
+``POST /v1/chat/completions`` (JSON or SSE chunks, see :mod:`otel_responses.demo.chat`) and
+``GET /healthz``. Any model name is accepted and echoed. Responses are kept in a bounded
 LRU unless ``store`` is false. Cancel stops a stream that is still running (status
 ``cancelled``) and returns any other stored response unchanged. What the model answers is
 described in :mod:`otel_responses.demo.model`; ``app.state.observer`` is a
@@ -31,7 +32,8 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from otel_responses.demo import model
+from otel_responses.demo import chat, model
+from otel_responses.demo.errors import ApiError, invalid_type, missing
 from otel_responses.demo.model import Json, dumps
 from otel_responses.demo.observe import DemoObserver, RecordedRequest, StreamOutcome
 
@@ -56,6 +58,7 @@ def create_demo_app(settings: DemoSettings | None = None) -> Starlette:
         Route("/v1/models", api(demo.list_models), methods=["GET"]),
         Route("/v1/models/{model_id}", api(demo.get_model), methods=["GET"]),
         Route("/v1/responses", api(demo.create), methods=["POST"]),
+        Route("/v1/chat/completions", api(demo.chat_completion), methods=["POST"]),
         Route("/v1/responses/input_tokens", api(demo.input_tokens), methods=["POST"]),
         Route("/v1/responses/compact", api(demo.compact), methods=["POST"]),
         Route("/v1/responses/{response_id}", api(demo.retrieve), methods=["GET"]),
@@ -74,13 +77,6 @@ def get_observer(app: Starlette) -> DemoObserver:
 
 
 # ---- errors --------------------------------------------------------------------------------
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-
 
 def error_response(status: int, message: str, param: str | None = None,
                    code: str | None = None) -> Response:
@@ -114,31 +110,25 @@ def _parse_object(body: bytes) -> Json:
     return value
 
 
-def _invalid_type(param: str, expected: str, value: Any) -> ApiError:
-    return ApiError(400, f"Invalid type for '{param}': expected {expected}, but got "
-                         f"{type(value).__name__}.", param, "invalid_type")
-
-
 def _validate(request: Json, *, needs_input: bool = True) -> None:
     for key in ("model", "input") if needs_input else ("model",):
         if request.get(key) is None:
-            raise ApiError(400, f"Missing required parameter: '{key}'.", key,
-                           "missing_required_parameter")
+            raise missing(key)
     if not isinstance(request["model"], str):
-        raise _invalid_type("model", "a string", request["model"])
+        raise invalid_type("model", "a string", request["model"])
     value = request.get("input")
     if value is not None and not isinstance(value, str | list):
-        raise _invalid_type("input", "a string or an array", value)
+        raise invalid_type("input", "a string or an array", value)
     for index, item in enumerate(value if isinstance(value, list) else []):
         if not isinstance(item, dict):
-            raise _invalid_type(f"input[{index}]", "an object", item)
+            raise invalid_type(f"input[{index}]", "an object", item)
     tools = request.get("tools")
     if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict)
                                                                   for t in tools)):
-        raise _invalid_type("tools", "an array of objects", tools)
+        raise invalid_type("tools", "an array of objects", tools)
     for key in ("stream", "store", "background"):
         if request.get(key) is not None and not isinstance(request[key], bool):
-            raise _invalid_type(key, "a boolean", request[key])
+            raise invalid_type(key, "a boolean", request[key])
 
 
 # ---- storage -------------------------------------------------------------------------------
@@ -335,6 +325,23 @@ class _Demo:
         stream.raw_headers.append((b"x-request-id", ids.request.encode()))
         return stream
 
+    async def chat_completion(self, request: Request, body: bytes) -> Response:
+        payload = _parse_object(body)
+        chat.validate(payload)
+        n = next(self._counter)
+        answer = chat.answer(payload, self.settings.seed, n)
+        rendered = chat.render(payload, answer, self.settings.seed, n,
+                               int(self.settings.clock()))
+        request_id = model.Ids.for_number(n, self.settings.seed).request
+        if not payload.get("stream"):
+            if self.settings.token_delay > 0:
+                await asyncio.sleep(self.settings.token_delay * (answer.completion_tokens - 1))
+            return _json(rendered.completion(), headers={"x-request-id": request_id})
+        stream = EventStream(rendered.frames(), 0, rendered.paced, self.settings.token_delay,
+                             self.observer, rendered.id)
+        stream.raw_headers.append((b"x-request-id", request_id.encode()))
+        return stream
+
     async def retrieve(self, request: Request, body: bytes) -> Response:
         response_id = request.path_params["response_id"]
         entry = self.store.get(response_id)
@@ -347,7 +354,7 @@ class _Demo:
         try:
             start = int(after) + 1
         except ValueError:
-            raise _invalid_type("starting_after", "an integer", after) from None
+            raise invalid_type("starting_after", "an integer", after) from None
         end = len(entry.frames) if entry.stop is not None else entry.available
         return EventStream(entry.frames[:end], max(start, 0), entry.paced,
                            self.settings.token_delay, self.observer, response_id)
@@ -379,7 +386,7 @@ class _Demo:
         try:
             limit = min(max(int(query.get("limit", "20")), 1), 100)
         except ValueError:
-            raise _invalid_type("limit", "an integer", query.get("limit")) from None
+            raise invalid_type("limit", "an integer", query.get("limit")) from None
         page = items[:limit]
         return _json({"object": "list", "data": page,
                       "first_id": page[0]["id"] if page else None,

@@ -131,7 +131,12 @@ def count_input_tokens(request: Json) -> int:
     return total + sum(count_words(item_text(item)) for item in input_items(request))
 
 
-def _last_user_text(items: list[Json]) -> str:
+def split_words(text: str) -> tuple[str, ...]:
+    """Text as the word-ish deltas a stream sends (each word with its leading whitespace)."""
+    return tuple(_WORD.findall(text))
+
+
+def last_user_text(items: list[Json]) -> str:
     for item in reversed(items):
         if item.get("type", "message") == "message" and item.get("role") == "user":
             return item_text(item)
@@ -200,7 +205,7 @@ class Reply:
         return "".join(self.pieces)
 
 
-def _function_tools(request: Json) -> list[Json]:
+def function_tools(request: Json) -> list[Json]:
     tools = request.get("tools")
     if not isinstance(tools, list):
         return []
@@ -208,13 +213,18 @@ def _function_tools(request: Json) -> list[Json]:
             and isinstance(t.get("name"), str)]
 
 
+def named_tools(tools: list[Json], user_text: str) -> list[Json]:
+    """The tools whose name appears (case-insensitively) in ``user_text``, in ``tools`` order."""
+    lowered = user_text.lower()
+    return [t for t in tools if t["name"].lower() in lowered]
+
+
 def _pick_tool(tools: list[Json], tool_choice: Any, user_text: str) -> Json:
     if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
         forced = next((t for t in tools if t["name"] == tool_choice.get("name")), None)
         if forced is not None:
             return forced
-    lowered = user_text.lower()
-    return next((t for t in tools if t["name"].lower() in lowered), tools[0])
+    return next(iter(named_tools(tools, user_text)), tools[0])
 
 
 def _tool_name(call_id: Any, items: list[Json], previous: Json | None) -> str:
@@ -228,9 +238,9 @@ def decide(request: Json, previous: Json | None = None) -> Reply:
     items = input_items(request)
     last = items[-1] if items else {}
     answers_tool = last.get("type") == "function_call_output"
-    tools = _function_tools(request)
+    tools = function_tools(request)
     if not answers_tool and tools and request.get("tool_choice") != "none":
-        tool = _pick_tool(tools, request.get("tool_choice"), _last_user_text(items))
+        tool = _pick_tool(tools, request.get("tool_choice"), last_user_text(items))
         arguments = sample_json(tool.get("parameters"))
         arguments = dumps(arguments if isinstance(arguments, dict) else {})
         return Reply("function_call", tuple(_JSON_PIECE.findall(arguments)), name=tool["name"])
@@ -238,7 +248,7 @@ def decide(request: Json, previous: Json | None = None) -> Reply:
         name = _tool_name(last.get("call_id"), items, previous)
         text = f"The tool {name} returned: {_quote(item_text(last))} {_SIGNATURE}"
     else:
-        quoted = _quote(_last_user_text(items))
+        quoted = _quote(last_user_text(items))
         text = f'You said: "{quoted}". {_SIGNATURE}' if quoted else f"Hello! {_SIGNATURE}"
     fmt = request.get("text", {}).get("format") if isinstance(request.get("text"), dict) else None
     fmt_type = fmt.get("type") if isinstance(fmt, dict) else None
@@ -246,7 +256,7 @@ def decide(request: Json, previous: Json | None = None) -> Reply:
         value = sample_json(fmt.get("schema")) if fmt_type == "json_schema" else {"reply": text}
         pieces = tuple(_JSON_PIECE.findall(json.dumps(value)))
     else:
-        pieces = tuple(_WORD.findall(text))
+        pieces = split_words(text)
     limit = request.get("max_output_tokens")
     if isinstance(limit, int) and 0 < limit < len(pieces):
         return Reply("message", pieces[:limit], incomplete=True)
