@@ -1,4 +1,5 @@
-"""Find the shared recorded Responses traffic; skip where absent, fail under CI=true."""
+"""Find the shared recorded Responses (and Chat Completions) traffic; skip where absent, fail
+under CI=true."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 RESPONSES_DIR = SHARED / "fixtures" / "responses"
 CODEX_DIR = SHARED / "fixtures" / "codex"
+CHAT_DIR = SHARED / "fixtures" / "chat"
 
 
 @dataclass(frozen=True)
@@ -49,12 +51,13 @@ def _require(path: Path) -> Path:
     return path
 
 
-def load_recordings() -> list[Recording]:
-    """All recordings, sorted by name (an empty list when ../shared is absent)."""
-    if not RESPONSES_DIR.is_dir():
+def load_recordings(folder: Path = RESPONSES_DIR) -> list[Recording]:
+    """All recordings in `folder` (Responses traffic by default; `CHAT_DIR` for Chat
+    Completions), sorted by name (an empty list when ../shared is absent)."""
+    if not folder.is_dir():
         return []
     out = []
-    for path in sorted(RESPONSES_DIR.glob("*.json")):
+    for path in sorted(folder.glob("*.json")):
         raw = json.loads(path.read_text())
         req, resp = raw["request"], raw["response"]
         out.append(Recording(
@@ -70,18 +73,19 @@ def load_recordings() -> list[Recording]:
     return out
 
 
-def recordings_params(where: Callable[[Recording], bool] | None = None) -> list[Any]:
+def recordings_params(where: Callable[[Recording], bool] | None = None,
+                      folder: Path = RESPONSES_DIR) -> list[Any]:
     """Parametrize over recordings (those ``where`` accepts); a single skipping/failing param
     when the folder is absent."""
-    recs = [r for r in load_recordings() if where is None or where(r)]
+    recs = [r for r in load_recordings(folder) if where is None or where(r)]
     if recs:
         return [pytest.param(r, id=r.name) for r in recs]
     return [pytest.param(None, id="no-shared-fixtures")]
 
 
-def need(recording: Recording | None) -> Recording:
+def need(recording: Recording | None, folder: Path = RESPONSES_DIR) -> Recording:
     """Call at the top of a test parametrized by recordings_params()."""
-    _require(RESPONSES_DIR)
+    _require(folder)
     assert recording is not None
     return recording
 
@@ -131,3 +135,56 @@ def expected_input_roles(body: Mapping[str, Any]) -> list[str]:
         roles.append(item["role"] if item.get("type", "message") == "message"
                      else ITEM_TYPE_ROLES[item["type"]])
     return roles
+
+
+@dataclass(frozen=True)
+class ChatOutcome:
+    """What a recorded chat completion (streamed or not) says, read plainly from choice 0:
+    the reference the adapter's translation is compared with."""
+
+    text: str
+    reasoning: str
+    refusal: str
+    tool_calls: list[tuple[str | None, str, str]]  # (id, name, arguments) by tool-call index
+    usage: dict[str, Any] | None  # the chat usage object last reported, if any
+    finish_reason: str | None
+    error: bool  # an in-band error chunk
+
+
+def chat_outcome(rec: Recording) -> ChatOutcome:
+    if not rec.is_sse:
+        body = json.loads(rec.body)
+        choice = body["choices"][0]
+        message = choice["message"]
+        return ChatOutcome(
+            text=message.get("content") or "",
+            reasoning=message.get("reasoning_content") or message.get("reasoning") or "",
+            refusal=message.get("refusal") or "",
+            tool_calls=[(c["id"], c["function"]["name"], c["function"]["arguments"])
+                        for c in message.get("tool_calls") or []],
+            usage=body.get("usage"), finish_reason=choice.get("finish_reason"), error=False)
+    text, reasoning, refusal = [], [], []
+    calls: dict[int, list[Any]] = {}
+    usage, finish, error = None, None, False
+    for chunk in sse_payloads(rec.body):
+        if chunk.get("error"):
+            error = True
+        usage = chunk.get("usage") or (chunk.get("x_groq") or {}).get("usage") or usage
+        for choice in chunk.get("choices") or []:
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            text.append(delta.get("content") or "")
+            reasoning.append(delta.get("reasoning_content") or delta.get("reasoning") or "")
+            refusal.append(delta.get("refusal") or "")
+            for frag in delta.get("tool_calls") or []:
+                call = calls.setdefault(frag["index"], [None, "", ""])
+                call[0] = call[0] or frag.get("id")
+                call[1] = call[1] or (frag.get("function") or {}).get("name") or ""
+                call[2] += (frag.get("function") or {}).get("arguments") or ""
+            finish = choice.get("finish_reason") or finish
+        if error:
+            break
+    return ChatOutcome("".join(text), "".join(reasoning), "".join(refusal),
+                       [tuple(calls[i]) for i in sorted(calls)],  # type: ignore[misc]
+                       usage, finish, error)

@@ -1,0 +1,164 @@
+"""Validity checks for what the Chat Completions adapter emits: one stream checker (SDK event
+types, sequence numbers, indexes and ids, deltas adding up) reused by every adapter test."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from openai import omit
+from openai._models import construct_type
+from openai.lib.streaming.responses._responses import ResponseStreamState
+from openai.types.responses import Response, ResponseStreamEvent
+from pydantic import TypeAdapter
+
+from tests.recordings import TERMINAL, ChatOutcome
+
+EVENT = TypeAdapter(ResponseStreamEvent)
+
+# Delta event → (its done event, the done event's field holding the whole text).
+_DELTAS = {
+    "response.output_text.delta": ("response.output_text.done", "text"),
+    "response.refusal.delta": ("response.refusal.done", "refusal"),
+    "response.reasoning_text.delta": ("response.reasoning_text.done", "text"),
+    "response.function_call_arguments.delta": ("response.function_call_arguments.done",
+                                               "arguments"),
+    "response.custom_tool_call_input.delta": ("response.custom_tool_call_input.done", "input"),
+}
+_DONES = {done: (delta, key) for delta, (done, key) in _DELTAS.items()}
+_PART_FIELD = {"output_text": "text", "refusal": "refusal", "reasoning_text": "text"}
+
+
+def validate_response(response: Mapping[str, Any]) -> Response:
+    """A Response object, validated by the openai SDK's pydantic model (raises if invalid)."""
+    return Response.model_validate(dict(response))
+
+
+def check_stream(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Assert `events` is a valid Responses stream and return its final Response object.
+
+    Every event validates as the SDK's `ResponseStreamEvent`; sequence numbers run 0, 1, …;
+    created, in_progress first and exactly one terminal event last; output items are added
+    with consecutive output indexes and unique ids; each event names an item and content part
+    that is open; the deltas of a part or call add up to its done event; each item's done
+    form is the final response's output at its index.
+    """
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    for event in events:
+        EVENT.validate_python(dict(event))
+    types = [e["type"] for e in events]
+    assert types[:2] == ["response.created", "response.in_progress"]
+    assert types[-1] in TERMINAL and sum(t in TERMINAL for t in types) == 1
+    final = events[-1]["response"]
+    validate_response(final)
+    ids: list[str] = []  # by output index
+    done: dict[int, dict[str, Any]] = {}
+    parts: dict[int, int] = {}  # parts added per output index
+    open_part: dict[int, int | None] = {}
+    text: dict[tuple[int, int], list[str]] = {}
+    for event in events[2:-1]:
+        kind = event["type"]
+        index = event.get("output_index")
+        if kind == "error":
+            continue
+        if kind == "response.output_item.added":
+            assert index == len(ids), "output indexes must be consecutive"
+            assert event["item"]["id"] not in ids
+            ids.append(event["item"]["id"])
+            parts[index], open_part[index] = 0, None
+            continue
+        assert index is not None and index < len(ids) and index not in done, event
+        if "item_id" in event:
+            assert event["item_id"] == ids[index]
+        content = event.get("content_index", -1)
+        if kind == "response.output_item.done":
+            assert event["item"]["id"] == ids[index] and open_part[index] is None
+            done[index] = event["item"]
+        elif kind == "response.content_part.added":
+            assert open_part[index] is None and content == parts[index]
+            open_part[index] = content
+            parts[index] += 1
+        elif kind == "response.content_part.done":
+            assert open_part[index] == content
+            part = event["part"]
+            assert part[_PART_FIELD[part["type"]]] == "".join(text.get((index, content), []))
+            open_part[index] = None
+        elif kind in _DELTAS:
+            if content >= 0:
+                assert open_part[index] == content
+            text.setdefault((index, content), []).append(event["delta"])
+        elif kind in _DONES:
+            _, key = _DONES[kind]
+            assert event[key] == "".join(text.get((index, content), [])), kind
+    if final["status"] != "failed":
+        assert sorted(done) == list(range(len(ids))), "every added item must be done"
+    assert [item["id"] for item in final["output"]] == ids
+    for index, item in done.items():
+        assert final["output"][index] == item
+    return final
+
+
+def sdk_accumulate(events: Sequence[Mapping[str, Any]]) -> Any:
+    """Run `events` through the openai SDK's own stream accumulator (the state behind the
+    strict `client.responses.stream()` helper); return the last event it yields."""
+    state: ResponseStreamState[Any] = ResponseStreamState(input_tools=omit, text_format=omit)
+    last = None
+    for event in events:
+        for out in state.handle_event(construct_type(type_=ResponseStreamEvent,
+                                                     value=dict(event))):
+            last = out
+    return last
+
+
+def output_summary(response: Mapping[str, Any]) -> dict[str, Any]:
+    """What a Response says, in the terms of `ChatOutcome`, for comparing with a recording."""
+    text, refusal, reasoning, calls = [], [], [], []
+    for item in response["output"]:
+        if item["type"] == "message":
+            text += [p["text"] for p in item["content"] if p["type"] == "output_text"]
+            refusal += [p["refusal"] for p in item["content"] if p["type"] == "refusal"]
+        elif item["type"] == "reasoning":
+            reasoning += [p["text"] for p in item.get("content") or []]
+        elif item["type"] == "function_call":
+            calls.append((item["call_id"], item["name"], item["arguments"]))
+    return {"text": "".join(text), "refusal": "".join(refusal),
+            "reasoning": "".join(reasoning), "tool_calls": calls}
+
+
+def expected_summary(outcome: ChatOutcome) -> dict[str, Any]:
+    return {"text": outcome.text, "refusal": outcome.refusal, "reasoning": outcome.reasoning,
+            "tool_calls": [tuple(c) for c in outcome.tool_calls]}
+
+
+def expected_status(outcome: ChatOutcome) -> tuple[str, str | None]:
+    """(status, incomplete reason) a recording's ending calls for, from the Responses docs."""
+    if outcome.error or outcome.finish_reason is None:
+        return "failed", None
+    reason = {"length": "max_output_tokens",
+              "content_filter": "content_filter"}.get(outcome.finish_reason)
+    return ("incomplete", reason) if reason else ("completed", None)
+
+
+def expected_usage(outcome: ChatOutcome) -> tuple[int, int, int] | None:
+    """(input, output, total) tokens the recording reports, or None if it reports none."""
+    usage = outcome.usage
+    if not usage:
+        return None
+    return usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]
+
+
+def usage_triple(response: Mapping[str, Any]) -> tuple[int, int, int] | None:
+    usage = response["usage"]
+    return None if usage is None else (usage["input_tokens"], usage["output_tokens"],
+                                       usage["total_tokens"])
+
+
+def responses_body(chat_request: Mapping[str, Any]) -> dict[str, Any]:
+    """A Responses request standing for a recorded chat request: its model, stream flag and
+    function tools (flattened back to the Responses shape)."""
+    tools = [{"type": "function", **t["function"]} for t in chat_request.get("tools") or []]
+    body: dict[str, Any] = {"model": chat_request["model"], "input": "hi",
+                            "stream": bool(chat_request.get("stream"))}
+    if tools:
+        body["tools"] = tools
+    return body
