@@ -3,6 +3,7 @@ types, sequence numbers, indexes and ids, deltas adding up) reused by every adap
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,9 +13,12 @@ from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from tests.recordings import TERMINAL, ChatOutcome
+from otel_responses.adapter import StreamTranslator, translate_completion, translate_request
+from tests.recordings import TERMINAL, ChatOutcome, Recording, sse_payloads
 
 EVENT = TypeAdapter(ResponseStreamEvent)
+RESPONSE_ID = "resp_0123456789abcdef"
+CREATED_AT = 1_700_000_000
 
 # Delta event → (its done event, the done event's field holding the whole text).
 _DELTAS = {
@@ -162,3 +166,21 @@ def responses_body(chat_request: Mapping[str, Any]) -> dict[str, Any]:
     if tools:
         body["tools"] = tools
     return body
+
+
+def replay_stream(rec: Recording) -> list[dict[str, Any]]:
+    """The events the adapter emits for a recorded chat stream fed chunk by chunk."""
+    call = translate_request(responses_body(rec.request_body))
+    translator = StreamTranslator(call, RESPONSE_ID, CREATED_AT)
+    events = translator.start()
+    for chunk in sse_payloads(rec.body):
+        events += translator.feed(chunk)
+    events += translator.finish(CREATED_AT + 1)
+    assert translator.response == events[-1]["response"]
+    return events
+
+
+def replay_completion(rec: Recording) -> dict[str, Any]:
+    """The Response object the adapter makes of a recorded non-streamed chat completion."""
+    call = translate_request(responses_body(rec.request_body))
+    return translate_completion(call, json.loads(rec.body), RESPONSE_ID, CREATED_AT)

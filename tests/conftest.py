@@ -35,6 +35,8 @@ ENABLERS = (
     ("install-e2e", "bash .ci/install-e2e  (Codex CLI, Arize Phoenix, openai-agents)"),
     ("unshare", "a kernel and user that allow `unshare -n` (network namespaces)"),
     ("prometheus", "apt-get install -y --no-install-recommends prometheus  (prometheus, promtool)"),
+    ("OPEN_RESPONSES_OPENAPI", "OPEN_RESPONSES_OPENAPI=<path of a local copy of the Open "
+     "Responses OpenAPI document>  (no package registry ships it)"),
 )
 
 

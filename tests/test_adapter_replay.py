@@ -7,19 +7,15 @@ import json
 
 import pytest
 
-from otel_responses.adapter import (
-    StreamTranslator,
-    translate_completion,
-    translate_request,
-    upstream_error,
-)
+from otel_responses.adapter import upstream_error
 from tests.adapter_checks import (
     check_stream,
     expected_status,
     expected_summary,
     expected_usage,
     output_summary,
-    responses_body,
+    replay_completion,
+    replay_stream,
     sdk_accumulate,
     usage_triple,
     validate_response,
@@ -33,25 +29,12 @@ from tests.recordings import (
     sse_payloads,
 )
 
-RESPONSE_ID = "resp_0123456789abcdef"
-
-
-def _stream(rec: Recording) -> list[dict]:
-    call = translate_request(responses_body(rec.request_body))
-    translator = StreamTranslator(call, RESPONSE_ID, 1_700_000_000)
-    events = translator.start()
-    for chunk in sse_payloads(rec.body):
-        events += translator.feed(chunk)
-    events += translator.finish(1_700_000_001)
-    assert translator.response == events[-1]["response"]
-    return events
-
 
 @pytest.mark.parametrize("rec", recordings_params(lambda r: r.status < 400 and r.is_sse,
                                                   CHAT_DIR))
 def test_stream_recording(rec: Recording | None) -> None:
     rec = need(rec, CHAT_DIR)
-    events = _stream(rec)
+    events = replay_stream(rec)
     final = check_stream(events)
     outcome = chat_outcome(rec)
     status, reason = expected_status(outcome)
@@ -73,9 +56,7 @@ def test_stream_recording(rec: Recording | None) -> None:
                                                   CHAT_DIR))
 def test_nonstream_recording(rec: Recording | None) -> None:
     rec = need(rec, CHAT_DIR)
-    call = translate_request(responses_body(rec.request_body))
-    completion = json.loads(rec.body)
-    response = translate_completion(call, completion, RESPONSE_ID, 1_700_000_000)
+    response = replay_completion(rec)
     validate_response(response)
     outcome = chat_outcome(rec)
     status, reason = expected_status(outcome)
@@ -83,7 +64,7 @@ def test_nonstream_recording(rec: Recording | None) -> None:
         status, reason)
     assert output_summary(response) == expected_summary(outcome)
     assert usage_triple(response) == expected_usage(outcome)
-    assert response["model"] == completion["model"]
+    assert response["model"] == json.loads(rec.body)["model"]
     # Output order: reasoning, then the message, then the calls.
     order = [item["type"] for item in response["output"]]
     assert order == sorted(order, key=["reasoning", "message", "function_call"].index)

@@ -1,0 +1,115 @@
+"""Open Responses conformance: every Response object and stream event the adapter emits for
+the recorded chat traffic validates against the Open Responses specification.
+
+Two sources of the specification: the `openresponses-types` package on PyPI (pydantic models
+generated from the Open Responses OpenAPI document, pinned by its spec version and hash), and
+the OpenAPI document itself when `OPEN_RESPONSES_OPENAPI` names a local copy (no registry ships
+the document, and it is not vendored here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import openresponses_types
+import pytest
+from pydantic import BaseModel
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from tests.adapter_checks import check_stream, replay_completion, replay_stream
+from tests.recordings import CHAT_DIR, Recording, need, recordings_params
+
+# OpenAI event names whose Open Responses counterpart has another name (same fields), and
+# OpenAI events for items the specification has no type for (custom tool calls).
+RENAMED = {"response.reasoning_text.delta": "response.reasoning.delta",
+           "response.reasoning_text.done": "response.reasoning.done"}
+NOT_IN_SPEC = frozenset({"response.custom_tool_call_input.delta",
+                         "response.custom_tool_call_input.done"})
+
+Validator = Callable[[str, Mapping[str, Any]], None]  # (schema name, instance)
+
+
+def _spec_event(event: Mapping[str, Any]) -> dict[str, Any]:
+    return {**event, "type": RENAMED.get(event["type"], event["type"])}
+
+
+@cache
+def _pydantic_events() -> dict[str, type[BaseModel]]:
+    """Event type → its model in openresponses-types."""
+    out = {}
+    for name in dir(openresponses_types):
+        model = getattr(openresponses_types, name)
+        if name.endswith("StreamingEvent") and isinstance(model, type) and issubclass(
+                model, BaseModel) and "type" in model.model_fields:
+            for value in model.model_fields["type"].annotation:  # type: ignore[union-attr]
+                out[str(value.value)] = model
+    return out
+
+
+def _document_path() -> Path:
+    path = os.environ.get("OPEN_RESPONSES_OPENAPI")
+    if not path:
+        pytest.skip("set OPEN_RESPONSES_OPENAPI to a local copy of the Open Responses OpenAPI "
+                    "document (openresponses.org; no package registry ships it)")
+    return Path(path)
+
+
+@cache
+def _document(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """The OpenAPI document and, from its streaming response's oneOf, event type → schema."""
+    doc = json.loads(path.read_text())
+    stream = doc["paths"]["/responses"]["post"]["responses"]["200"]["content"][
+        "text/event-stream"]["schema"]["oneOf"]
+    events = {}
+    for ref in stream:
+        name = ref["$ref"].rsplit("/", 1)[1]
+        events[doc["components"]["schemas"][name]["properties"]["type"]["enum"][0]] = name
+    return doc, events
+
+
+def _walk(rec: Recording) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Everything the adapter emits for a recording: ("event", e) and ("response", r)."""
+    if rec.is_sse:
+        events = replay_stream(rec)
+        check_stream(events)
+        for event in events:
+            if event["type"] not in NOT_IN_SPEC:
+                yield "event", _spec_event(event)
+            if "response" in event:
+                yield "response", event["response"]
+    else:
+        yield "response", replay_completion(rec)
+
+
+_CHAT_OK = recordings_params(lambda r: r.status < 400, CHAT_DIR)
+
+
+@pytest.mark.parametrize("rec", _CHAT_OK)
+def test_openresponses_types(rec: Recording | None) -> None:
+    rec = need(rec, CHAT_DIR)
+    models = _pydantic_events()
+    for kind, value in _walk(rec):
+        if kind == "response":
+            openresponses_types.ResponseResource.model_validate(value)
+        else:
+            models[value["type"]].model_validate(value)
+
+
+def test_openapi_document() -> None:
+    """One test over all recordings (it needs a document no registry ships)."""
+    doc, events = _document(_document_path())
+    registry = Registry().with_resource("urn:open-responses", Resource.from_contents(
+        doc, default_specification=DRAFT202012))
+    recs = [need(p.values[0], CHAT_DIR) for p in _CHAT_OK]
+    for rec in recs:
+        for kind, value in _walk(rec):
+            name = "ResponseResource" if kind == "response" else events[value["type"]]
+            schema = {"$ref": f"urn:open-responses#/components/schemas/{name}"}
+            jsonschema.Draft202012Validator(schema, registry=registry).validate(value)
