@@ -524,6 +524,7 @@ def translate_request(body: Mapping[str, Any], *,
     if stream:
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}
+    _obj(body.get("metadata") or {}, "metadata")
     client_metadata = body.get("client_metadata")
     return ChatCall(
         request=chat, stream=stream, logprobs=logprobs, tool_names=tools.names,

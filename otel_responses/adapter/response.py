@@ -58,6 +58,16 @@ def custom_input(arguments: str) -> str:
     return arguments
 
 
+def is_custom(call: ChatCall, chat_name: str) -> bool:
+    """Whether the chat function `chat_name` stands for a `custom` tool."""
+    tool = call.tool_names.get(chat_name)
+    return tool is not None and tool.custom
+
+
+def call_item_id(call: ChatCall, response_id: str, chat_name: str, output_index: int) -> str:
+    return item_id("ctc" if is_custom(call, chat_name) else "fc", response_id, output_index)
+
+
 def call_item(call: ChatCall, id_: str, call_id: str, chat_name: str, arguments: str,
               status: str) -> dict[str, Any]:
     """A chat tool call as a `function_call` or `custom_tool_call` item, under the name (and
@@ -154,11 +164,10 @@ def translate_completion(call: ChatCall, completion: Mapping[str, Any], response
         output.append(message_item(item_id("msg", response_id, len(output)), status, parts))
     for tool_call in message.get("tool_calls") or []:
         function = tool_call.get("function") or {}
-        index = len(output)
-        output.append(call_item(call, item_id("fc", response_id, index),
+        index, name = len(output), function.get("name") or ""
+        output.append(call_item(call, call_item_id(call, response_id, name, index),
                                 tool_call.get("id") or item_id("call", response_id, index),
-                                function.get("name") or "", function.get("arguments") or "",
-                                status))
+                                name, function.get("arguments") or "", status))
     return build_response(call, response_id, created_at, model=model, status=status,
                           output=output, usage=usage_of(completion.get("usage")),
                           incomplete_reason=reason, completed_at=completed_at)

@@ -14,7 +14,9 @@ from otel_responses.adapter.response import (
     INCOMPLETE,
     build_response,
     call_item,
+    call_item_id,
     custom_input,
+    is_custom,
     item_id,
     logprobs_of,
     message_item,
@@ -104,6 +106,7 @@ class StreamTranslator:
         self._id = response_id
         self._created_at = created_at
         self._model: str = call.request["model"]
+        self._upstream_model = False
         self._seq = 0
         self._items: list[dict[str, Any] | _Text | _Call] = []  # by output index
         self._text: _Text | None = None
@@ -135,8 +138,8 @@ class StreamTranslator:
         usage = chunk.get("usage") or (chunk.get("x_groq") or {}).get("usage")
         if usage:  # on a `choices: []` chunk, the last content chunk, or Groq's x_groq
             self._usage = usage
-        if self._model == self._call.request["model"] and isinstance(chunk.get("model"), str):
-            self._model = chunk["model"]
+        if not self._upstream_model and isinstance(chunk.get("model"), str):
+            self._model, self._upstream_model = chunk["model"], True  # the upstream's name
         error = chunk_error(chunk)
         if error is not None:
             return self.fail(*error)
@@ -149,11 +152,11 @@ class StreamTranslator:
             if reasoning and isinstance(reasoning, str):
                 self._delta(out, "reasoning", "reasoning_text", reasoning)
             content = delta.get("content")
-            if content:
+            if content and isinstance(content, str):
                 logprobs = logprobs_of(choice.get("logprobs")) if self._call.logprobs else []
                 self._delta(out, "message", "output_text", content, logprobs)
             refusal = delta.get("refusal")
-            if refusal:
+            if refusal and isinstance(refusal, str):
                 self._delta(out, "message", "refusal", refusal)
             for fragment in delta.get("tool_calls") or ():
                 self._tool_fragment(out, fragment)
@@ -301,9 +304,8 @@ class StreamTranslator:
             self._close_text(out, COMPLETED)
             call.index = len(self._items)
             call.call_id = call.call_id or item_id("call", self._id, call.index)
-            tool = self._call.tool_names.get(call.name)
-            call.custom = tool is not None and tool.custom
-            call.id = item_id("ctc" if call.custom else "fc", self._id, call.index)
+            call.custom = is_custom(self._call, call.name)
+            call.id = call_item_id(self._call, self._id, call.name, call.index)
             pending = "".join(call.chunks)
             call.chunks = []
             self._add_item(out, self._call_item(call, "in_progress"), call)
