@@ -25,12 +25,19 @@ _DELTAS = {
     "response.output_text.delta": ("response.output_text.done", "text"),
     "response.refusal.delta": ("response.refusal.done", "refusal"),
     "response.reasoning_text.delta": ("response.reasoning_text.done", "text"),
+    "response.reasoning_summary_text.delta": ("response.reasoning_summary_text.done", "text"),
     "response.function_call_arguments.delta": ("response.function_call_arguments.done",
                                                "arguments"),
     "response.custom_tool_call_input.delta": ("response.custom_tool_call_input.done", "input"),
 }
 _DONES = {done: (delta, key) for delta, (done, key) in _DELTAS.items()}
-_PART_FIELD = {"output_text": "text", "refusal": "refusal", "reasoning_text": "text"}
+_PART_FIELD = {"output_text": "text", "refusal": "refusal", "reasoning_text": "text",
+               "summary_text": "text"}
+# Part events → the key of the part's index (content parts, reasoning summary parts).
+_PART_ADDED = {"response.content_part.added": "content_index",
+               "response.reasoning_summary_part.added": "summary_index"}
+_PART_DONE = {"response.content_part.done": "content_index",
+              "response.reasoning_summary_part.done": "summary_index"}
 
 
 def validate_response(response: Mapping[str, Any]) -> Response:
@@ -57,9 +64,9 @@ def check_stream(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     validate_response(final)
     ids: list[str] = []  # by output index
     done: dict[int, dict[str, Any]] = {}
-    parts: dict[int, int] = {}  # parts added per output index
-    open_part: dict[int, int | None] = {}
-    text: dict[tuple[int, int], list[str]] = {}
+    parts: dict[tuple[int, str], int] = {}  # parts added per (output index, index key)
+    open_part: dict[int, tuple[str, int] | None] = {}
+    text: dict[tuple[int, str, int], list[str]] = {}
     for event in events[2:-1]:
         kind = event["type"]
         index = event.get("output_index")
@@ -69,31 +76,32 @@ def check_stream(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             assert index == len(ids), "output indexes must be consecutive"
             assert event["item"]["id"] not in ids
             ids.append(event["item"]["id"])
-            parts[index], open_part[index] = 0, None
+            open_part[index] = None
             continue
         assert index is not None and index < len(ids) and index not in done, event
         if "item_id" in event:
             assert event["item_id"] == ids[index]
-        content = event.get("content_index", -1)
+        key = "summary_index" if "summary_index" in event else "content_index"
+        part_at = (key, event.get(key, -1))
         if kind == "response.output_item.done":
             assert event["item"]["id"] == ids[index] and open_part[index] is None
             done[index] = event["item"]
-        elif kind == "response.content_part.added":
-            assert open_part[index] is None and content == parts[index]
-            open_part[index] = content
-            parts[index] += 1
-        elif kind == "response.content_part.done":
-            assert open_part[index] == content
+        elif kind in _PART_ADDED:
+            assert open_part[index] is None and part_at[1] == parts.get((index, key), 0)
+            open_part[index] = part_at
+            parts[index, key] = part_at[1] + 1
+        elif kind in _PART_DONE:
+            assert open_part[index] == part_at
             part = event["part"]
-            assert part[_PART_FIELD[part["type"]]] == "".join(text.get((index, content), []))
+            assert part[_PART_FIELD[part["type"]]] == "".join(text.get((index, *part_at), []))
             open_part[index] = None
         elif kind in _DELTAS:
-            if content >= 0:
-                assert open_part[index] == content
-            text.setdefault((index, content), []).append(event["delta"])
+            if part_at[1] >= 0:
+                assert open_part[index] == part_at
+            text.setdefault((index, *part_at), []).append(event["delta"])
         elif kind in _DONES:
-            _, key = _DONES[kind]
-            assert event[key] == "".join(text.get((index, content), [])), kind
+            _, field = _DONES[kind]
+            assert event[field] == "".join(text.get((index, *part_at), [])), kind
     if final["status"] != "failed":
         assert sorted(done) == list(range(len(ids))), "every added item must be done"
     assert [item["id"] for item in final["output"]] == ids
@@ -122,7 +130,7 @@ def output_summary(response: Mapping[str, Any]) -> dict[str, Any]:
             text += [p["text"] for p in item["content"] if p["type"] == "output_text"]
             refusal += [p["refusal"] for p in item["content"] if p["type"] == "refusal"]
         elif item["type"] == "reasoning":
-            reasoning += [p["text"] for p in item.get("content") or []]
+            reasoning += [p["text"] for p in item["summary"] + (item.get("content") or [])]
         elif item["type"] == "function_call":
             calls.append((item["call_id"], item["name"], item["arguments"]))
     return {"text": "".join(text), "refusal": "".join(refusal),
@@ -168,9 +176,9 @@ def responses_body(chat_request: Mapping[str, Any]) -> dict[str, Any]:
     return body
 
 
-def replay_stream(rec: Recording) -> list[dict[str, Any]]:
+def replay_stream(rec: Recording, raw_reasoning: bool = False) -> list[dict[str, Any]]:
     """The events the adapter emits for a recorded chat stream fed chunk by chunk."""
-    call = translate_request(responses_body(rec.request_body))
+    call = translate_request(responses_body(rec.request_body), raw_reasoning=raw_reasoning)
     translator = StreamTranslator(call, RESPONSE_ID, CREATED_AT)
     events = translator.start()
     for chunk in sse_payloads(rec.body):

@@ -9,6 +9,7 @@ the document, and it is not vendored here).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -26,8 +27,9 @@ from referencing.jsonschema import DRAFT202012
 from tests.adapter_checks import check_stream, replay_completion, replay_stream
 from tests.recordings import CHAT_DIR, Recording, need, recordings_params
 
-# OpenAI event names whose Open Responses counterpart has another name (same fields), and
-# OpenAI events for items the specification has no type for (custom tool calls).
+# OpenAI's raw-reasoning events (`raw_reasoning=True` only), which Open Responses names
+# differently with the same fields; and OpenAI events for items the specification has no type
+# for (custom tool calls).
 RENAMED = {"response.reasoning_text.delta": "response.reasoning.delta",
            "response.reasoning_text.done": "response.reasoning.done"}
 NOT_IN_SPEC = frozenset({"response.custom_tool_call_input.delta",
@@ -74,10 +76,10 @@ def _document(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     return doc, events
 
 
-def _walk(rec: Recording) -> Iterator[tuple[str, Mapping[str, Any]]]:
+def _walk(rec: Recording, raw_reasoning: bool) -> Iterator[tuple[str, Mapping[str, Any]]]:
     """Everything the adapter emits for a recording: ("event", e) and ("response", r)."""
     if rec.is_sse:
-        events = replay_stream(rec)
+        events = replay_stream(rec, raw_reasoning)
         check_stream(events)
         for event in events:
             if event["type"] not in NOT_IN_SPEC:
@@ -91,11 +93,12 @@ def _walk(rec: Recording) -> Iterator[tuple[str, Mapping[str, Any]]]:
 _CHAT_OK = recordings_params(lambda r: r.status < 400, CHAT_DIR)
 
 
+@pytest.mark.parametrize("raw_reasoning", [False, True], ids=["summary", "raw-reasoning"])
 @pytest.mark.parametrize("rec", _CHAT_OK)
-def test_openresponses_types(rec: Recording | None) -> None:
+def test_openresponses_types(rec: Recording | None, raw_reasoning: bool) -> None:
     rec = need(rec, CHAT_DIR)
     models = _pydantic_events()
-    for kind, value in _walk(rec):
+    for kind, value in _walk(rec, raw_reasoning):
         if kind == "response":
             openresponses_types.ResponseResource.model_validate(value)
         else:
@@ -108,8 +111,8 @@ def test_openapi_document() -> None:
     registry = Registry().with_resource("urn:open-responses", Resource.from_contents(
         doc, default_specification=DRAFT202012))
     recs = [need(p.values[0], CHAT_DIR) for p in _CHAT_OK]
-    for rec in recs:
-        for kind, value in _walk(rec):
+    for rec, raw_reasoning in itertools.product(recs, (False, True)):
+        for kind, value in _walk(rec, raw_reasoning):
             name = "ResponseResource" if kind == "response" else events[value["type"]]
             schema = {"$ref": f"urn:open-responses#/components/schemas/{name}"}
             jsonschema.Draft202012Validator(schema, registry=registry).validate(value)

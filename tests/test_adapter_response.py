@@ -59,7 +59,7 @@ def test_order_reasoning_message_calls_and_custom_tools() -> None:
                   "tool_calls", {"tools": tools})
     assert [i["type"] for i in r["output"]] == ["reasoning", "message", "function_call",
                                                 "custom_tool_call"]
-    assert r["output"][0]["content"] == [{"type": "reasoning_text", "text": "hmm"}]
+    assert r["output"][0]["summary"] == [{"type": "summary_text", "text": "hmm"}]
     assert (r["output"][3]["call_id"], r["output"][3]["input"]) == ("c2", "diff")
     assert len({i["id"] for i in r["output"]}) == 4
 
@@ -106,3 +106,11 @@ def test_upstream_error_shapes(status: int, body: bytes, message: str, code: str
                                type_: str) -> None:
     assert upstream_error(status, body) == {"error": {"message": message, "type": type_,
                                                       "param": None, "code": code}}
+
+
+def test_raw_reasoning_is_reasoning_text_content() -> None:
+    call = translate_request({"model": "m", "input": "x"}, raw_reasoning=True)
+    r = translate_completion(call, completion({"content": "a", "reasoning": "hmm"}), RID, 5)
+    validate_response(r)
+    assert (r["output"][0]["summary"], r["output"][0]["content"]) == (
+        [], [{"type": "reasoning_text", "text": "hmm"}])

@@ -52,9 +52,12 @@ def of_type(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 @given(st.lists(st.text(min_size=0, max_size=8), max_size=30),
        st.lists(st.text(min_size=1, max_size=8), max_size=5),
-       st.sampled_from(["stop", "length", "content_filter"]))
-def test_any_chunking_of_text(pieces: list[str], thoughts: list[str], finish: str) -> None:
-    t = translator()
+       st.sampled_from(["stop", "length", "content_filter"]), st.booleans())
+def test_any_chunking_of_text(pieces: list[str], thoughts: list[str], finish: str,
+                              raw_reasoning: bool) -> None:
+    call = translate_request({"model": "m", "input": "x", "stream": True},
+                             raw_reasoning=raw_reasoning)
+    t = StreamTranslator(call, RID, 1)
     events = t.start()
     for piece in thoughts:
         events += t.feed(chunk({"reasoning_content": piece}))
@@ -73,7 +76,8 @@ def test_any_chunking_of_text(pieces: list[str], thoughts: list[str], finish: st
     messages = [i for i in final["output"] if i["type"] == "message"]
     assert [p["text"] for m in messages for p in m["content"]] == ([text] if text else [])
     reasoning = [i for i in final["output"] if i["type"] == "reasoning"]
-    assert [p["text"] for r in reasoning for p in r["content"]] == (
+    where = "content" if raw_reasoning else "summary"
+    assert [p["text"] for r in reasoning for p in r[where]] == (
         ["".join(thoughts)] if thoughts else [])
     assert final["status"] == ("completed" if finish == "stop" else "incomplete")
     assert final["usage"]["total_tokens"] == 7

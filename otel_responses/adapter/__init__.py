@@ -23,8 +23,9 @@ the input are dropped (chat servers take no reasoning back); namespaced tools ar
 ``{namespace}__{name}`` and answered under their own name and namespace; custom tools are
 functions taking one string ``input`` and are answered as ``custom_tool_call`` items (their
 input is emitted whole when the call completes, as it has to be JSON-decoded); chat reasoning
-deltas (``reasoning_content`` or ``reasoning``) become a reasoning item with
-``reasoning_text`` content; only choice 0 is translated.
+deltas (``reasoning_content`` or ``reasoning``) become a reasoning item streamed as a reasoning
+summary (``translate_request(..., raw_reasoning=True)``: as OpenAI's ``reasoning_text``
+content instead; see `ChatCall.reasoning_part`); only choice 0 is translated.
 """
 
 from otel_responses.adapter.request import (

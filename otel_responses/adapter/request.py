@@ -77,6 +77,11 @@ class ChatCall:
     `dropped_reasoning`: reasoning items in the input that carried readable text (dropped all
     the same; ones carrying only encrypted content are not counted). `client_metadata` and
     `prompt_cache_key` stay on our side (for the span), never sent upstream.
+    `reasoning_part`: how the upstream's reasoning text is given back. "summary_text" (the
+    default) streams it as reasoning summary events, the only reasoning events both the openai
+    SDK and the Open Responses specification define (and what Codex shows by default);
+    "reasoning_text" streams OpenAI's raw-reasoning events (`response.reasoning_text.*`),
+    which Open Responses names differently (`response.reasoning.*`).
     """
 
     request: dict[str, Any]
@@ -88,6 +93,7 @@ class ChatCall:
     dropped_reasoning: int = 0
     client_metadata: Mapping[str, Any] | None = None
     prompt_cache_key: str | None = None
+    reasoning_part: Literal["summary_text", "reasoning_text"] = "summary_text"
 
 
 def with_max_tokens(request: Mapping[str, Any]) -> dict[str, Any]:
@@ -463,10 +469,11 @@ def _settings(body: Mapping[str, Any], tools: _Tools) -> dict[str, Any]:
     }
 
 
-def translate_request(body: Mapping[str, Any], *,
-                      unsupported_tools: UnsupportedTools = "drop") -> ChatCall:
+def translate_request(body: Mapping[str, Any], *, unsupported_tools: UnsupportedTools = "drop",
+                      raw_reasoning: bool = False) -> ChatCall:
     """Translate a Responses create body; raise `AdapterRequestError` for what cannot be
-    honoured (built-in tools are dropped instead when `unsupported_tools` is "drop")."""
+    honoured (built-in tools are dropped instead when `unsupported_tools` is "drop").
+    `raw_reasoning`: give reasoning back as `reasoning_text` (see `ChatCall`)."""
     body = _obj(body, "body")
     _check_unhonoured(body)
     model = _str(body.get("model"), "model")
@@ -532,4 +539,5 @@ def translate_request(body: Mapping[str, Any], *,
         dropped_reasoning=messages.dropped_reasoning,
         client_metadata=client_metadata if isinstance(client_metadata, Mapping) else None,
         prompt_cache_key=body.get("prompt_cache_key"),
+        reasoning_part="reasoning_text" if raw_reasoning else "summary_text",
     )

@@ -27,13 +27,13 @@ def item_id(prefix: str, response_id: str, output_index: int) -> str:
 
 
 def text_part(kind: str, text: str, logprobs: list[Any] | None = None) -> dict[str, Any]:
-    """A content part: `output_text`, `refusal` or `reasoning_text`."""
+    """A part: `output_text`, `refusal`, `reasoning_text` or `summary_text`."""
     if kind == "output_text":
         return {"type": "output_text", "annotations": [], "logprobs": logprobs or [],
                 "text": text}
     if kind == "refusal":
         return {"type": "refusal", "refusal": text}
-    return {"type": "reasoning_text", "text": text}
+    return {"type": kind, "text": text}
 
 
 def message_item(id_: str, status: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -42,8 +42,14 @@ def message_item(id_: str, status: str, parts: list[dict[str, Any]]) -> dict[str
 
 
 def reasoning_item(id_: str, status: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
-    # Chat reasoning is the raw chain of thought: `content` (reasoning_text), not a summary.
-    return {"id": id_, "type": "reasoning", "summary": [], "content": parts, "status": status}
+    """A reasoning item holding `summary_text` parts in `summary`, `reasoning_text` parts in
+    `content` (see `ChatCall.reasoning_part`)."""
+    item = {"id": id_, "type": "reasoning", "status": status,
+            "summary": [p for p in parts if p["type"] == "summary_text"]}
+    content = [p for p in parts if p["type"] == "reasoning_text"]
+    if content:
+        item["content"] = content
+    return item
 
 
 def custom_input(arguments: str) -> str:
@@ -153,7 +159,7 @@ def translate_completion(call: ChatCall, completion: Mapping[str, Any], response
     reasoning = _reasoning_text(message)
     if reasoning:
         output.append(reasoning_item(item_id("rs", response_id, 0), status,
-                                     [text_part("reasoning_text", reasoning)]))
+                                     [text_part(call.reasoning_part, reasoning)]))
     parts = []
     if isinstance(message.get("content"), str) and message["content"]:
         logprobs = logprobs_of(choice.get("logprobs")) if call.logprobs else None

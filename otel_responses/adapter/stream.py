@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from otel_responses.adapter.request import ChatCall
@@ -28,12 +29,31 @@ from otel_responses.adapter.response import (
 
 Event = dict[str, Any]
 
-# Per content-part kind: the item type holding it, its delta event and its done event's field.
-_DELTA = {"output_text": "response.output_text.delta", "refusal": "response.refusal.delta",
-          "reasoning_text": "response.reasoning_text.delta"}
-_DONE = {"output_text": "response.output_text.done", "refusal": "response.refusal.done",
-         "reasoning_text": "response.reasoning_text.done"}
-_DONE_FIELD = {"output_text": "text", "refusal": "refusal", "reasoning_text": "text"}
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    """The events of one kind of streamed part, and where its index and text go."""
+
+    added: str
+    delta: str
+    done: str
+    part_done: str
+    index_key: str  # content_index, or summary_index for reasoning summaries
+    field: str  # the done event's field with the whole text
+
+
+_CONTENT = ("response.content_part.added", "response.content_part.done", "content_index")
+_KINDS = {
+    "output_text": _Kind(_CONTENT[0], "response.output_text.delta", "response.output_text.done",
+                         _CONTENT[1], _CONTENT[2], "text"),
+    "refusal": _Kind(_CONTENT[0], "response.refusal.delta", "response.refusal.done",
+                     _CONTENT[1], _CONTENT[2], "refusal"),
+    "reasoning_text": _Kind(_CONTENT[0], "response.reasoning_text.delta",
+                            "response.reasoning_text.done", _CONTENT[1], _CONTENT[2], "text"),
+    "summary_text": _Kind("response.reasoning_summary_part.added",
+                          "response.reasoning_summary_text.delta",
+                          "response.reasoning_summary_text.done",
+                          "response.reasoning_summary_part.done", "summary_index", "text"),
+}
 
 
 def sse_bytes(event: Mapping[str, Any]) -> bytes:
@@ -71,7 +91,6 @@ class _Text:
     def part(self) -> dict[str, Any]:
         assert self.kind is not None
         return text_part(self.kind, "".join(self.chunks), self.logprobs)
-
     def item(self, status: str) -> dict[str, Any]:
         parts = self.parts + ([self.part()] if self.kind else [])
         build = message_item if self.type == "message" else reasoning_item
@@ -150,7 +169,7 @@ class StreamTranslator:
             delta = choice.get("delta") or {}
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if reasoning and isinstance(reasoning, str):
-                self._delta(out, "reasoning", "reasoning_text", reasoning)
+                self._delta(out, "reasoning", self._call.reasoning_part, reasoning)
             content = delta.get("content")
             if content and isinstance(content, str):
                 logprobs = logprobs_of(choice.get("logprobs")) if self._call.logprobs else []
@@ -238,16 +257,17 @@ class StreamTranslator:
             text = self._text = _Text(item_type, item_id(
                 "msg" if item_type == "message" else "rs", self._id, index), index)
             self._add_item(out, text.item("in_progress"), text)
+        spec = _KINDS[kind]
         if text.kind != kind:
             self._close_part(out, text)
             text.kind = kind
-            out.append(self._event({"type": "response.content_part.added", "item_id": text.id,
+            out.append(self._event({"type": spec.added, "item_id": text.id,
                                     "output_index": text.index,
-                                    "content_index": len(text.parts),
+                                    spec.index_key: len(text.parts),
                                     "part": text_part(kind, "")}))
         text.chunks.append(delta)
-        event = {"type": _DELTA[kind], "item_id": text.id, "output_index": text.index,
-                 "content_index": len(text.parts), "delta": delta}
+        event = {"type": spec.delta, "item_id": text.id, "output_index": text.index,
+                 spec.index_key: len(text.parts), "delta": delta}
         if kind == "output_text":
             event["logprobs"] = logprobs or []
             if logprobs:
@@ -257,15 +277,15 @@ class StreamTranslator:
     def _close_part(self, out: list[Event], text: _Text) -> None:
         if text.kind is None:
             return
+        spec = _KINDS[text.kind]
         part = text.part()
         common = {"item_id": text.id, "output_index": text.index,
-                  "content_index": len(text.parts)}
-        done = {"type": _DONE[text.kind], **common,
-                _DONE_FIELD[text.kind]: part.get("text", part.get("refusal"))}
+                  spec.index_key: len(text.parts)}
+        done = {"type": spec.done, **common, spec.field: part[spec.field]}
         if text.kind == "output_text":
             done["logprobs"] = part["logprobs"]
         out.append(self._event(done))
-        out.append(self._event({"type": "response.content_part.done", **common, "part": part}))
+        out.append(self._event({"type": spec.part_done, **common, "part": part}))
         text.parts.append(part)
         text.kind, text.chunks, text.logprobs = None, [], []
 
