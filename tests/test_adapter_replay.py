@@ -45,11 +45,10 @@ def test_stream_recording(rec: Recording | None) -> None:
     assert final["model"] == sse_payloads(rec.body)[0]["model"]
     if status == "failed":
         assert [e["type"] for e in events[-2:]] == ["error", "response.failed"]
-    else:
-        # The SDK's own accumulator (behind the strict stream helper) takes the stream whole.
-        last = sdk_accumulate(events)
-        assert last.type == events[-1]["type"]
-        assert last.response.output_text == outcome.text
+    # The SDK's own accumulator (behind the strict stream helper) takes the stream whole.
+    last = sdk_accumulate(events)
+    assert (last.type, last.response.status) == (events[-1]["type"], status)
+    assert last.response.output_text == outcome.text
 
 
 @pytest.mark.parametrize("rec", recordings_params(lambda r: r.status < 400 and not r.is_sse,

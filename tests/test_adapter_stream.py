@@ -193,7 +193,9 @@ def test_cut_stream_fails() -> None:
     assert check_stream(events)["status"] == "failed"
     events = run([chunk({"content": "no finish"})])
     final = check_stream(events)
-    assert final["status"] == "failed" and of_type(events, "error") == []
+    assert final["status"] == "failed"
+    assert [(e["type"], e.get("code")) for e in events[-2:]] == [
+        ("error", "upstream_incomplete"), ("response.failed", None)]
 
 
 def test_usage_never_made_up_and_model_from_upstream() -> None:

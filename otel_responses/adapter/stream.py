@@ -184,12 +184,13 @@ class StreamTranslator:
         return out
 
     def finish(self, completed_at: int | None = None) -> list[Event]:
-        """The upstream stream ended: close every open item, then one terminal event
-        (`failed` if no finish_reason ever came: the stream was cut)."""
+        """The upstream stream ended: close every open item, then one terminal event (or, if
+        no finish_reason ever came, the stream was cut: as `fail`)."""
         if self._response is not None:
             return []
-        if self._finish_reason is None:
-            return self._failed([], "The upstream stream ended without a finish_reason.")
+        if self._finish_reason is None:  # a cut stream, however cleanly it ended
+            return self.fail("The upstream stream ended without a finish_reason.",
+                             "upstream_incomplete")
         status, reason = outcome(self._finish_reason)
         out: list[Event] = []
         self._close_text(out, status)
@@ -208,7 +209,9 @@ class StreamTranslator:
         # OpenAI's SDK reads the fields flat, Open Responses nested: both are given.
         first = self._event({"type": "error", "code": code, "message": message, "param": None,
                              "error": error})
-        return self._failed([first], message)
+        self._response = self._build(FAILED, self._output(INCOMPLETE),
+                                     error={"code": "server_error", "message": message})
+        return [first, self._event({"type": "response.failed", "response": self._response})]
 
     # ---- internals --------------------------------------------------------------------------
 
@@ -235,12 +238,6 @@ class StreamTranslator:
                 out.append(self._call_item(item, status))
             else:
                 out.append(item)
-        return out
-
-    def _failed(self, out: list[Event], message: str) -> list[Event]:
-        self._response = self._build(FAILED, self._output(INCOMPLETE),
-                                     error={"code": "server_error", "message": message})
-        out.append(self._event({"type": "response.failed", "response": self._response}))
         return out
 
     def _add_item(self, out: list[Event], item: dict[str, Any], slot: _Text | _Call) -> None:
