@@ -24,7 +24,13 @@ from pydantic import BaseModel
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from tests.adapter_checks import check_stream, replay_completion, replay_stream
+from otel_responses.adapter import translate_completion, translate_request
+from tests.adapter_checks import (
+    check_stream,
+    replay_completion,
+    replay_stream,
+    validate_response,
+)
 from tests.recordings import CHAT_DIR, Recording, need, recordings_params
 
 # OpenAI's raw-reasoning events (`raw_reasoning=True` only), which Open Responses names
@@ -116,3 +122,19 @@ def test_openapi_document() -> None:
             name = "ResponseResource" if kind == "response" else events[value["type"]]
             schema = {"$ref": f"urn:open-responses#/components/schemas/{name}"}
             jsonschema.Draft202012Validator(schema, registry=registry).validate(value)
+
+
+def test_echoed_settings_conform_even_when_given_as_null() -> None:
+    nulls = dict.fromkeys(("temperature", "top_p", "top_logprobs", "tool_choice",
+                           "parallel_tool_calls", "metadata", "service_tier", "instructions",
+                           "max_output_tokens", "user", "text", "reasoning"))
+    for body in (nulls, {"temperature": 0.5, "reasoning": {"effort": "low"},
+                         "text": {"format": {"type": "json_object"}, "verbosity": "low"},
+                         "tools": [{"type": "function", "name": "f"}],
+                         "tool_choice": {"type": "function", "name": "f"}}):
+        call = translate_request({"model": "m", "input": "x", **body})
+        completion = {"model": "m", "choices": [{"index": 0, "finish_reason": "stop",
+                                                 "message": {"content": "{}"}}]}
+        response = translate_completion(call, completion, "resp_1", 1)
+        openresponses_types.ResponseResource.model_validate(response)
+        validate_response(response)

@@ -289,3 +289,23 @@ def test_codex_turn_translates() -> None:
     assert call.prompt_cache_key == body["prompt_cache_key"]
     assert call.client_metadata == body["client_metadata"]
     assert not {"prompt_cache_key", "client_metadata", "include", "store"} & set(req)
+
+
+@pytest.mark.parametrize("body", [
+    {"input": [{"type": "message", "role": "user", "content": "Say hello."}], "stream": False},
+    {"input": [{"type": "message", "role": "system", "content": "Be a pirate."},
+               {"type": "message", "role": "user", "content": "Hello."}], "stream": True},
+    {"input": [{"type": "message", "role": "user", "content": "Weather?"}],
+     "tools": [{"type": "function", "name": "get_weather", "description": "d",
+                "parameters": {"type": "object", "properties": {}, "required": []}}]},
+    {"input": [{"type": "message", "role": "user", "content": [
+        {"type": "input_text", "text": "What is this?"},
+        {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}]}]},
+    {"input": [{"type": "message", "role": "user", "content": "I am Alice."},
+               {"type": "message", "role": "assistant", "content": "Hello Alice!"},
+               {"type": "message", "role": "user", "content": "Who am I?"}]},
+], ids=["basic", "system-prompt", "tool", "image", "multi-turn"])
+def test_open_responses_request_shapes(body: dict[str, Any]) -> None:
+    """The request shapes of the Open Responses compliance checks all translate."""
+    req = chat(body)
+    assert len(req["messages"]) == len(body["input"])

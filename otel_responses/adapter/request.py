@@ -439,28 +439,33 @@ def _check_unhonoured(body: Mapping[str, Any]) -> None:
 
 
 def _settings(body: Mapping[str, Any], tools: _Tools) -> dict[str, Any]:
-    """The request's settings as a Response object echoes them (OpenAI's defaults filled in)."""
+    """The request's settings as a Response object echoes them (OpenAI's defaults filled in
+    for those not given, or given as null)."""
+    def given(key: str, default: Any) -> Any:
+        value = body.get(key)
+        return default if value is None else value
+
     reasoning = dict(body.get("reasoning") or {})
     text = dict(body.get("text") or {})
     text.setdefault("format", {"type": "text"})
     return {
         "instructions": body.get("instructions"),
         "tools": tools.echo,
-        "tool_choice": body.get("tool_choice", "auto"),
-        "parallel_tool_calls": body.get("parallel_tool_calls", True),
-        "temperature": body.get("temperature", 1.0),
-        "top_p": body.get("top_p", 1.0),
-        "presence_penalty": body.get("presence_penalty", 0.0),
-        "frequency_penalty": body.get("frequency_penalty", 0.0),
-        "top_logprobs": body.get("top_logprobs", 0),
+        "tool_choice": given("tool_choice", "auto"),
+        "parallel_tool_calls": given("parallel_tool_calls", True),
+        "temperature": given("temperature", 1.0),
+        "top_p": given("top_p", 1.0),
+        "presence_penalty": given("presence_penalty", 0.0),
+        "frequency_penalty": given("frequency_penalty", 0.0),
+        "top_logprobs": given("top_logprobs", 0),
         "max_output_tokens": body.get("max_output_tokens"),
         "max_tool_calls": None,
-        "metadata": body.get("metadata") or {},
+        "metadata": given("metadata", {}),
         "previous_response_id": None,
         "store": False,  # nothing is stored (yet): saying otherwise would be a lie
         "background": False,
         "truncation": "disabled",
-        "service_tier": body.get("service_tier") or "default",
+        "service_tier": given("service_tier", "default"),
         "text": text,
         "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
         "user": body.get("user"),

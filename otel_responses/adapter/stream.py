@@ -91,6 +91,7 @@ class _Text:
     def part(self) -> dict[str, Any]:
         assert self.kind is not None
         return text_part(self.kind, "".join(self.chunks), self.logprobs)
+
     def item(self, status: str) -> dict[str, Any]:
         parts = self.parts + ([self.part()] if self.kind else [])
         build = message_item if self.type == "message" else reasoning_item
