@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from otel_responses.adapter import AdapterRequestError, translate_request, with_max_tokens
 from tests.recordings import codex_request, expected_input_roles
@@ -309,3 +312,36 @@ def test_open_responses_request_shapes(body: dict[str, Any]) -> None:
     """The request shapes of the Open Responses compliance checks all translate."""
     req = chat(body)
     assert len(req["messages"]) == len(body["input"])
+
+
+@given(st.lists(st.sampled_from(["user", "assistant", "call", "output", "reasoning"]),
+                max_size=20))
+def test_any_history_keeps_calls_in_order_before_their_results(kinds: list[str]) -> None:
+    items: list[dict[str, Any]] = []
+    calls = 0
+    for kind in kinds:
+        if kind in ("user", "assistant"):
+            items.append({"role": kind, "content": kind})
+        elif kind == "call":
+            calls += 1
+            items.append({"type": "function_call", "call_id": f"c{calls}",
+                          "name": "get_weather", "arguments": "{}"})
+        elif kind == "output" and calls:
+            items.append({"type": "function_call_output", "call_id": f"c{calls}",
+                          "output": "ok"})
+        elif kind == "reasoning":
+            items.append({"type": "reasoning", "summary": [], "encrypted_content": "x"})
+    msgs = chat({"input": items, "tools": [FN]})["messages"]
+    sent = [c["id"] for m in msgs for c in m.get("tool_calls", [])]
+    assert sent == [f"c{n}" for n in range(1, calls + 1)]
+    for i, m in enumerate(msgs):
+        if m["role"] == "tool":  # answers a call made earlier
+            assert any(c["id"] == m["tool_call_id"] for prev in msgs[:i]
+                       for c in prev.get("tool_calls", []))
+        if i and m.get("tool_calls") and m["content"] is None:  # calls merge into the turn
+            assert msgs[i - 1]["role"] != "assistant"
+    kept = [i for i in items if i.get("type") != "reasoning"]
+    merged = sum(b.get("type") == "function_call"
+                 and (a.get("type") == "function_call" or a.get("role") == "assistant")
+                 for a, b in itertools.pairwise(kept))
+    assert len(msgs) == len(kept) - merged
