@@ -7,6 +7,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from hypothesis import strategies as st
 from openai import omit
 from openai._models import construct_type
 from openai.lib.streaming.responses._responses import ResponseStreamState
@@ -192,3 +193,44 @@ def replay_completion(rec: Recording) -> dict[str, Any]:
     """The Response object the adapter makes of a recorded non-streamed chat completion."""
     call = translate_request(responses_body(rec.request_body))
     return translate_completion(call, json.loads(rec.body), RESPONSE_ID, CREATED_AT)
+
+
+def chunk(delta: dict[str, Any] | None = None, finish: str | None = None,
+          **extra: Any) -> dict[str, Any]:
+    return {"id": "c", "object": "chat.completion.chunk", "model": "up-model",
+            "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish}], **extra}
+
+
+@st.composite
+def chat_streams(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Any mix of text, refusal, reasoning and tool-call deltas (several per chunk, ids and
+    names only on a call's first fragment), usage anywhere, maybe a finish, maybe an error."""
+    text = st.text(min_size=0, max_size=5)
+    started: set[int] = set()
+    chunks = []
+    for _ in range(draw(st.integers(0, 12))):
+        delta: dict[str, Any] = {}
+        for field in draw(st.sets(st.sampled_from(["content", "refusal", "reasoning_content",
+                                                   "reasoning", "tool_calls"]))):
+            if field != "tool_calls":
+                delta[field] = draw(text)
+                continue
+            delta["tool_calls"] = []
+            for i in draw(st.lists(st.integers(0, 3), min_size=1, max_size=3, unique=True)):
+                fragment: dict[str, Any] = {"index": i, "function": {"arguments": draw(text)}}
+                if i not in started:
+                    started.add(i)
+                    fragment["id"] = f"call_{i}"
+                    fragment["function"]["name"] = f"tool{i}"
+                delta["tool_calls"].append(fragment)
+        chunks.append(chunk(delta))
+        if draw(st.booleans()) and draw(st.booleans()):
+            chunks.append({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2,
+                                                    "total_tokens": 3}})
+    ending = draw(st.sampled_from(["stop", "tool_calls", "length", "content_filter", None,
+                                   "error"]))
+    if ending == "error":
+        chunks.append({"error": {"message": "boom", "code": 500}})
+    elif ending:
+        chunks.append(chunk({}, ending))
+    return chunks

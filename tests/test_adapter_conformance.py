@@ -20,12 +20,15 @@ from typing import Any
 import jsonschema
 import openresponses_types
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from otel_responses.adapter import translate_completion, translate_request
+from otel_responses.adapter import StreamTranslator, translate_completion, translate_request
 from tests.adapter_checks import (
+    chat_streams,
     check_stream,
     replay_completion,
     replay_stream,
@@ -87,28 +90,56 @@ def _walk(rec: Recording, raw_reasoning: bool) -> Iterator[tuple[str, Mapping[st
     if rec.is_sse:
         events = replay_stream(rec, raw_reasoning)
         check_stream(events)
-        for event in events:
-            if event["type"] not in NOT_IN_SPEC:
-                yield "event", _spec_event(event)
-            if "response" in event:
-                yield "response", event["response"]
+        yield from _objects(events)
     else:
         yield "response", replay_completion(rec)
+
+
+def _objects(events: list[dict[str, Any]]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    for event in events:
+        if event["type"] not in NOT_IN_SPEC:
+            yield "event", _spec_event(event)
+        if "response" in event:
+            yield "response", event["response"]
 
 
 _CHAT_OK = recordings_params(lambda r: r.status < 400, CHAT_DIR)
 
 
-@pytest.mark.parametrize("raw_reasoning", [False, True], ids=["summary", "raw-reasoning"])
-@pytest.mark.parametrize("rec", _CHAT_OK)
-def test_openresponses_types(rec: Recording | None, raw_reasoning: bool) -> None:
-    rec = need(rec, CHAT_DIR)
+def _validate_with_types(objects: Iterator[tuple[str, Mapping[str, Any]]]) -> None:
     models = _pydantic_events()
-    for kind, value in _walk(rec, raw_reasoning):
+    for kind, value in objects:
         if kind == "response":
             openresponses_types.ResponseResource.model_validate(value)
         else:
             models[value["type"]].model_validate(value)
+
+
+@pytest.mark.parametrize("raw_reasoning", [False, True], ids=["summary", "raw-reasoning"])
+@pytest.mark.parametrize("rec", _CHAT_OK)
+def test_openresponses_types(rec: Recording | None, raw_reasoning: bool) -> None:
+    _validate_with_types(_walk(need(rec, CHAT_DIR), raw_reasoning))
+
+
+@settings(max_examples=40)
+@given(chat_streams(), st.booleans(), st.booleans())
+def test_any_chat_stream_conforms(chunks: list[dict[str, Any]], logprobs: bool,
+                                  raw_reasoning: bool) -> None:
+    """Streams no recording has: refusals, parallel calls, logprobs, cut and failed ones."""
+    body = {"model": "m", "input": "x", "stream": True, "top_logprobs": 2 if logprobs else 0,
+            "tools": [{"type": "function", "name": f"tool{i}"} for i in range(4)]}
+    translator = StreamTranslator(translate_request(body, raw_reasoning=raw_reasoning), "resp_1",
+                                  1)
+    lp = {"content": [{"token": "a", "logprob": -0.5, "bytes": [97],
+                       "top_logprobs": [{"token": "a", "logprob": -0.5, "bytes": [97]}]}]}
+    events = translator.start()
+    for c in chunks:
+        for choice in c.get("choices", []):
+            choice["logprobs"] = lp
+        events += translator.feed(c)
+    events += translator.finish()
+    check_stream(events)
+    _validate_with_types(_objects(events))
 
 
 def test_openapi_document() -> None:

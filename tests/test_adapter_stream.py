@@ -16,7 +16,7 @@ from otel_responses.adapter import (
     translate_completion,
     translate_request,
 )
-from tests.adapter_checks import check_stream, sdk_accumulate
+from tests.adapter_checks import chat_streams, check_stream, chunk, sdk_accumulate
 from tests.recordings import need, recordings_params
 
 RID = "resp_test"
@@ -28,12 +28,6 @@ def translator(body: dict[str, Any] | None = None) -> StreamTranslator:
     call = translate_request({"model": "m", "input": "x", "stream": True, "tools": TOOLS,
                               **(body or {})})
     return StreamTranslator(call, RID, 1)
-
-
-def chunk(delta: dict[str, Any] | None = None, finish: str | None = None,
-          **extra: Any) -> dict[str, Any]:
-    return {"id": "c", "object": "chat.completion.chunk", "model": "up-model",
-            "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish}], **extra}
 
 
 def run(chunks: list[dict[str, Any]], t: StreamTranslator | None = None) -> list[dict[str, Any]]:
@@ -248,41 +242,6 @@ def test_sse_framing_is_openais(rec: Any) -> None:
     for block in blocks:
         data = json.loads(block.split("\ndata: ", 1)[1])
         assert sse_bytes(data) == (block + "\n\n").encode()
-
-
-@st.composite
-def chat_streams(draw: st.DrawFn) -> list[dict[str, Any]]:
-    """Any mix of text, refusal, reasoning and tool-call deltas (several per chunk, ids and
-    names only on a call's first fragment), usage anywhere, maybe a finish, maybe an error."""
-    text = st.text(min_size=0, max_size=5)
-    started: set[int] = set()
-    chunks = []
-    for _ in range(draw(st.integers(0, 12))):
-        delta: dict[str, Any] = {}
-        for field in draw(st.sets(st.sampled_from(["content", "refusal", "reasoning_content",
-                                                   "reasoning", "tool_calls"]))):
-            if field != "tool_calls":
-                delta[field] = draw(text)
-                continue
-            delta["tool_calls"] = []
-            for i in draw(st.lists(st.integers(0, 3), min_size=1, max_size=3, unique=True)):
-                fragment: dict[str, Any] = {"index": i, "function": {"arguments": draw(text)}}
-                if i not in started:
-                    started.add(i)
-                    fragment["id"] = f"call_{i}"
-                    fragment["function"]["name"] = f"tool{i}"
-                delta["tool_calls"].append(fragment)
-        chunks.append(chunk(delta))
-        if draw(st.booleans()) and draw(st.booleans()):
-            chunks.append({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2,
-                                                    "total_tokens": 3}})
-    ending = draw(st.sampled_from(["stop", "tool_calls", "length", "content_filter", None,
-                                   "error"]))
-    if ending == "error":
-        chunks.append({"error": {"message": "boom", "code": 500}})
-    elif ending:
-        chunks.append(chunk({}, ending))
-    return chunks
 
 
 @settings(max_examples=60)  # each example validates every event with pydantic
