@@ -1,5 +1,5 @@
-"""Validity checks for what the Chat Completions adapter emits: one stream checker (SDK event
-types, sequence numbers, indexes and ids, deltas adding up) reused by every adapter test."""
+"""Shared by the adapter tests: the one stream validity checker (SDK event types, sequence
+numbers, indexes and ids, deltas adding up), recording replays, and a chat-stream strategy."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 from typing import Any
 
@@ -345,3 +346,12 @@ def test_any_history_keeps_calls_in_order_before_their_results(kinds: list[str])
                  and (a.get("type") == "function_call" or a.get("role") == "assistant")
                  for a, b in itertools.pairwise(kept))
     assert len(msgs) == len(kept) - merged
+
+
+def test_request_body_is_left_untouched() -> None:
+    body = codex_request()
+    before = copy.deepcopy(body)
+    call = translate_request(body)
+    assert body == before
+    with_max_tokens(call.request)
+    assert body == before
