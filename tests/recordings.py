@@ -138,3 +138,56 @@ def expected_input_roles(body: Mapping[str, Any]) -> list[str]:
         roles.append(item["role"] if item.get("type", "message") == "message"
                      else ITEM_TYPE_ROLES[item["type"]])
     return roles
+
+
+@dataclass(frozen=True)
+class ChatOutcome:
+    """What a recorded chat completion (streamed or not) says, read plainly from choice 0:
+    the reference the adapter's translation is compared with."""
+
+    text: str
+    reasoning: str
+    refusal: str
+    tool_calls: list[tuple[str | None, str, str]]  # (id, name, arguments) by tool-call index
+    usage: dict[str, Any] | None  # the chat usage object last reported, if any
+    finish_reason: str | None
+    error: bool  # an in-band error chunk
+
+
+def chat_outcome(rec: Recording) -> ChatOutcome:
+    if not rec.is_sse:
+        body = json.loads(rec.body)
+        choice = body["choices"][0]
+        message = choice["message"]
+        return ChatOutcome(
+            text=message.get("content") or "",
+            reasoning=message.get("reasoning_content") or message.get("reasoning") or "",
+            refusal=message.get("refusal") or "",
+            tool_calls=[(c["id"], c["function"]["name"], c["function"]["arguments"])
+                        for c in message.get("tool_calls") or []],
+            usage=body.get("usage"), finish_reason=choice.get("finish_reason"), error=False)
+    text, reasoning, refusal = [], [], []
+    calls: dict[int, list[Any]] = {}
+    usage, finish, error = None, None, False
+    for chunk in sse_payloads(rec.body):
+        if chunk.get("error"):
+            error = True
+        usage = chunk.get("usage") or (chunk.get("x_groq") or {}).get("usage") or usage
+        for choice in chunk.get("choices") or []:
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            text.append(delta.get("content") or "")
+            reasoning.append(delta.get("reasoning_content") or delta.get("reasoning") or "")
+            refusal.append(delta.get("refusal") or "")
+            for frag in delta.get("tool_calls") or []:
+                call = calls.setdefault(frag["index"], [None, "", ""])
+                call[0] = call[0] or frag.get("id")
+                call[1] = call[1] or (frag.get("function") or {}).get("name") or ""
+                call[2] += (frag.get("function") or {}).get("arguments") or ""
+            finish = choice.get("finish_reason") or finish
+        if error:
+            break
+    return ChatOutcome("".join(text), "".join(reasoning), "".join(refusal),
+                       [tuple(calls[i]) for i in sorted(calls)],  # type: ignore[misc]
+                       usage, finish, error)
