@@ -37,6 +37,7 @@ ENABLERS = (
                     "llama.cpp server + SmolLM2, the prometheus-operator CRD schemas)"),
     ("unshare", "a kernel and user that allow `unshare -n` (network namespaces)"),
     ("prometheus", "apt-get install -y --no-install-recommends prometheus  (prometheus, promtool)"),
+    ("redis-server", "apt-get install -y --no-install-recommends redis-server"),
     ("OPEN_RESPONSES_OPENAPI", "OPEN_RESPONSES_OPENAPI=<path of a local copy of the Open "
      "Responses OpenAPI document>  (no package registry ships it)"),
 )
