@@ -22,6 +22,9 @@ _STATUS_OUTCOMES = {"completed": Outcome.COMPLETED, "incomplete": Outcome.INCOMP
 # Request bodies past this are not kept for parsing (the bytes still flow upstream), and
 # compressed bodies are decoded up to it. Non-stream response bodies keep a `BodyWindow`.
 MAX_KEPT_BODY = 64 * 1024 * 1024
+# A compressed event stream is parsed as it passes, not kept: past MAX_KEPT_BODY it may go on
+# decoding this many bytes per coded byte. Event streams compress 5-50:1; a bomb, ~1000:1.
+STREAM_DECODE_RATIO = 200
 
 
 @dataclass(slots=True)
@@ -113,7 +116,8 @@ class CallRecorder:
         self._status = status
         if is_event_stream(headers):
             self._stream = ResponseStream()
-        self._decoder = _decoder_for(headers)
+        growth = STREAM_DECODE_RATIO if self._stream is not None else 0
+        self._decoder = _decoder_for(headers, growth)
 
     @property
     def bytes_seen(self) -> int:
@@ -207,7 +211,8 @@ class CallRecorder:
             record.error = error
 
 
-def _decoder_for(headers: list[tuple[bytes, bytes]]) -> ContentDecoder | None:
+def _decoder_for(headers: list[tuple[bytes, bytes]],
+                 per_input_byte: int = 0) -> ContentDecoder | None:
     """A decoder when the body has a Content-Encoding (else None: plain bodies cost nothing)."""
     values = [v for k, v in headers if k.lower() == b"content-encoding"]
-    return decoder(values, MAX_KEPT_BODY) if values else None
+    return decoder(values, MAX_KEPT_BODY, per_input_byte) if values else None
