@@ -1,6 +1,6 @@
-"""Adapter mode's pure core: serve the Responses API over a Chat Completions server.
+"""Sans-IO Responses ⇄ Chat Completions translation: the pure core of adapter mode.
 
-Dicts in, dicts out, no I/O. The I/O edge uses it like this:
+Dicts in, dicts out, no I/O. The I/O edge, `otel_responses.adapter`, uses it like this:
 
 1. ``call = translate_request(body, unsupported_tools="drop")`` (raises
    `AdapterRequestError`: answer ``err.status`` with ``err.body()``). POST ``call.request``
@@ -28,15 +28,15 @@ summary (``translate_request(..., raw_reasoning=True)``: as OpenAI's ``reasoning
 content instead; see `ChatCall.reasoning_part`); only choice 0 is translated.
 """
 
-from otel_responses.adapter.request import (
+from otel_responses.protocol.chat.request import (
     AdapterRequestError,
     ChatCall,
     ToolName,
     translate_request,
     with_max_tokens,
 )
-from otel_responses.adapter.response import translate_completion, upstream_error
-from otel_responses.adapter.stream import StreamTranslator, sse_bytes
+from otel_responses.protocol.chat.response import translate_completion, upstream_error
+from otel_responses.protocol.chat.stream import StreamTranslator, sse_bytes
 
 __all__ = [
     "AdapterRequestError",
