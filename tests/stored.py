@@ -24,7 +24,8 @@ def streamed(body: Mapping[str, Any], text: str = "",
                               "stream": True})
     translator = StreamTranslator(call, f"resp_{next(_ids):06d}", int(time.time()))
     events = translator.start()
-    pieces = [text[i::3] for i in range(3)] if text else []
+    third = -(-len(text) // 3)
+    pieces = [text[i:i + third] for i in range(0, len(text), third)] if text else []
     for piece in pieces:
         events += translator.feed(chunk({"content": piece}))
     for i, (call_id, name, arguments) in enumerate(calls):
