@@ -6,8 +6,10 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+from otel_responses.protocol.chat.request import UnsupportedTools
+from otel_responses.store.url import StoreSpec, default_data_dir
 from otel_responses.telemetry.options import TelemetryOptions
 from otel_responses.transport.target import UpstreamTarget
 
@@ -17,6 +19,8 @@ TELEMETRY_FIELDS = frozenset({"provider", "session_header", "user_header", "gena
                               "trace_root", "max_attribute_length"})
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+UPSTREAM_APIS = ("responses", "chat")
+UNSUPPORTED_TOOLS = ("drop", "error")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +32,8 @@ class Settings:
     port: int = 8080
     upstream: str | None = None
     upstream_api_key: str | None = field(default=None, repr=False)
+    upstream_api: Literal["responses", "chat"] = "responses"  # chat: /v1/responses adapted
+    unsupported_tools: UnsupportedTools = "drop"  # adapter: built-in tools dropped, or a 400
     connect_timeout: float = 10.0
     read_timeout: float = 600.0
     max_body_bytes: int = 32 * 1024 * 1024
@@ -41,12 +47,18 @@ class Settings:
     metrics_host: str | None = None  # None: the host
     metrics_models: tuple[str, ...] | None = None
     metrics_max_models: int = 50
+    # Response store (adapter mode): None is a SQLite file in data_dir.
+    store: str | None = field(default=None, repr=False)  # a Redis URL may hold a password
+    data_dir: str = field(default_factory=default_data_dir)
+    store_ttl: float = 30 * 24 * 3600.0
+    store_max_mb: float | None = None  # None: per backend (DEFAULT_MAX_MB)
 
     def __post_init__(self) -> None:
-        if self.log_format not in LOG_FORMATS:
-            raise SettingError("log_format", f"must be one of {', '.join(LOG_FORMATS)}")
-        if self.log_level not in LOG_LEVELS:
-            raise SettingError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+        for name, choices in (("log_format", LOG_FORMATS), ("log_level", LOG_LEVELS),
+                              ("upstream_api", UPSTREAM_APIS),
+                              ("unsupported_tools", UNSUPPORTED_TOOLS)):
+            if getattr(self, name) not in choices:
+                raise SettingError(name, f"must be one of {', '.join(choices)}")
         for name in ("connect_timeout", "read_timeout", "shutdown_grace", "client_header_timeout",
                      "max_body_bytes", "max_attribute_length", "metrics_max_models"):
             if not 0 < _value(self, name) < math.inf:  # NaN fails this too
@@ -69,6 +81,23 @@ class Settings:
         if self.metrics_host is not None and self.metrics_port is None:
             raise SettingError("metrics_host", "needs a metrics port: without one, metrics are "
                                "served at /metrics on the main port")
+        self._check_store()
+
+    def _check_store(self) -> None:
+        try:
+            StoreSpec.parse(self.store, self.data_dir)
+        except ValueError as exc:
+            # The message never quotes the URL: it may carry a password.
+            raise SettingError("store", str(exc)) from None
+        for name in ("store_ttl", "store_max_mb"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < math.inf:
+                raise SettingError(name, "must be a finite number > 0")
+
+    @property
+    def store_spec(self) -> StoreSpec:
+        """The parsed ``store`` (checked when these settings were made)."""
+        return StoreSpec.parse(self.store, self.data_dir)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -106,6 +135,20 @@ def parse_bool(raw: str) -> bool:
     raise ValueError(f"expected true or false, not {raw!r}")
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(raw: str) -> float:
+    """Seconds, or a number with a unit: ``90``, ``15m``, ``12h``, ``30d``."""
+    value = raw.strip().lower()
+    unit = _DURATION_UNITS.get(value[-1:])
+    try:
+        return float(value[:-1] if unit else value) * (unit or 1)
+    except ValueError:
+        raise ValueError(f"expected seconds or a duration such as 12h or 30d, not {raw!r}") \
+            from None
+
+
 def parse_list(raw: str) -> tuple[str, ...]:
     """A comma-separated list; blanks around and between the commas are dropped."""
     return tuple(item for item in (part.strip() for part in raw.split(",")) if item)
@@ -140,10 +183,17 @@ class Option:
 SERVE_OPTIONS: tuple[Option, ...] = (
     Option("host", "interface to listen on"),
     Option("port", "port to listen on", int),
-    Option("upstream", "base URL of the Responses upstream, e.g. https://api.openai.com/v1 "
-           "(unset: start the built-in demo upstream)", metavar="URL"),
+    Option("upstream", "base URL of the upstream, e.g. https://api.openai.com/v1 or, with "
+           "--upstream-api chat, http://localhost:8000/v1 (unset: start the built-in demo "
+           "upstream, which serves both APIs)", metavar="URL"),
     Option("upstream_api_key", "API key sent to the upstream, replacing the client's "
            "Authorization/api-key (unset: forward the client's)", metavar="KEY"),
+    Option("upstream_api", "the API the upstream speaks: responses (forwarded byte for byte) or "
+           "chat (POST /v1/responses is served by the adapter over the upstream's "
+           "/chat/completions; every other path is forwarded)", choices=UPSTREAM_APIS),
+    Option("unsupported_tools", "with --upstream-api chat, built-in tools a chat server cannot "
+           "run (web_search, file_search...): drop them (recorded on the span) or refuse the "
+           "request with a 400", choices=UNSUPPORTED_TOOLS),
     Option("connect_timeout", "seconds to connect to the upstream (exceeded: 504)", float),
     Option("read_timeout", "seconds to wait for each upstream read (exceeded: 504)", float),
     Option("max_body_bytes", "largest request body accepted (larger: 413)", int),
@@ -173,6 +223,18 @@ SERVE_OPTIONS: tuple[Option, ...] = (
            metavar="MODELS"),
     Option("metrics_max_models", "distinct model label values kept when --metrics-models is "
            "unset; later ones are labelled 'other'", int, metavar="N"),
+    # Response store (adapter mode).
+    Option("store", "where adapter mode keeps responses for previous_response_id and GET: "
+           "memory, none, sqlite:///file.db (in --data-dir), sqlite:////abs/file.db, "
+           "redis://[:password@]host:port/db or rediss://… (unset: sqlite in --data-dir)",
+           metavar="URL"),
+    Option("data_dir", "directory for the proxy's state (the default SQLite store)",
+           metavar="DIR"),
+    Option("store_ttl", "how long stored responses are kept: seconds, or 12h, 30d…",
+           parse_duration, metavar="DURATION"),
+    Option("store_max_mb", "size bound of a memory or SQLite store, oldest evicted first "
+           "(unset: 256 for memory, 1024 for SQLite; Redis: its own maxmemory)", float,
+           metavar="MB"),
 )
 
 

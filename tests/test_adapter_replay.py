@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from otel_responses.adapter import upstream_error
+from otel_responses.protocol.chat import upstream_error
 from tests.adapter_checks import (
     check_stream,
     expected_status,

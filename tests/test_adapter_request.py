@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from otel_responses.adapter import AdapterRequestError, translate_request, with_max_tokens
+from otel_responses.protocol.chat import AdapterRequestError, translate_request, with_max_tokens
 from tests.recordings import codex_request, expected_input_roles
 
 FN = {"type": "function", "name": "get_weather", "description": "Weather in a city",

@@ -19,6 +19,7 @@ from otel_responses.outcome import FAULT_KINDS, STREAM_ENDINGS, UNREACHED
 from otel_responses.protocol.response_attributes import usage
 from otel_responses.protocol.sse import is_event_stream
 from otel_responses.protocol.text import encodable
+from otel_responses.store.record import OPERATIONS
 from otel_responses.telemetry.metrics_port import serve_metrics
 from otel_responses.telemetry.recorder import CallRecord
 from otel_responses.telemetry.spans import error_type
@@ -230,6 +231,14 @@ class ProxyMetrics:
         self.overhead = _Children(Histogram(
             "otel_responses_proxy_overhead", "Time the proxy itself added to a request.",
             ("route",), unit="seconds", buckets=OVERHEAD_BUCKETS, registry=registry))
+        # Response store (adapter mode).
+        self.store_errors = _Children(Counter(
+            "otel_responses_store_errors",
+            "Response store operations that failed or timed out, by operation (read, write, "
+            "delete); a failed write never fails the request it stores.", ("operation",),
+            registry=registry))
+        for operation in OPERATIONS:
+            self.store_errors.labels(operation)
         # Known label values start at zero, so rate() sees their first increment.
         for kind in FAULT_KINDS.values():
             self.upstream_faults.labels(kind)
@@ -279,6 +288,9 @@ class ProxyMetrics:
                     (record.duration_s - ttft) / (output - 1), exemplar)
         if record.stream:
             self.stream_endings.labels(record.outcome).inc()
+
+    def store_error(self, operation: str) -> None:
+        self.store_errors.labels(operation).inc()
 
     def track_streams(self, app: ASGIApp) -> ASGIApp:
         return _StreamTracker(app, self.open_streams)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from otel_responses.outcome import HTTP_ERRORS, SUCCESSES, Outcome
+from otel_responses.protocol.attributes import Attributes
 from otel_responses.protocol.body import ParsedBody
 from otel_responses.protocol.encoding import ContentDecoder, decoder
 from otel_responses.protocol.sse import is_event_stream
@@ -51,6 +52,7 @@ class CallRecord:
     response_unreadable: str | None = None
     request_truncated: bool = False
     response_truncated: bool = False
+    notes: Attributes = field(default_factory=dict)  # span attributes the endpoint added
 
     @property
     def is_error(self) -> bool:
@@ -74,12 +76,13 @@ class CallRecorder:
     __slots__ = ("_app_error", "_body", "_decoder", "_disconnected", "_end_ns",
                  "_first_token_ns", "_request", "_request_decoder", "_request_kept",
                  "_request_size", "_response_size", "_status", "_stream", "_terminal_ns",
-                 "parsed", "start_ns")
+                 "notes", "parsed", "start_ns")
 
     def __init__(self, start_ns: int, parsed: ParsedBody | None = None,
                  request_headers: list[tuple[bytes, bytes]] | None = None) -> None:
         self.start_ns = start_ns
         self.parsed = parsed or ParsedBody()
+        self.notes: Attributes = {}
         self._request: list[bytes] = []
         self._request_size = 0
         self._request_kept = 0
@@ -151,7 +154,7 @@ class CallRecorder:
             start_ns=self.start_ns, end_ns=end_ns, first_token_ns=self._first_token_ns,
             terminal_ns=self._terminal_ns,
             request_truncated=self._request_kept > MAX_KEPT_BODY,
-            response_truncated=not self._body.whole,
+            response_truncated=not self._body.whole, notes=self.notes,
         )
         if self._request_decoder is not None:
             record.request_unreadable = self._request_decoder.unreadable

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from otel_responses.adapter.request import ChatCall
-from otel_responses.adapter.response import (
+from otel_responses.protocol.chat.request import ChatCall
+from otel_responses.protocol.chat.response import (
     COMPLETED,
     FAILED,
     INCOMPLETE,

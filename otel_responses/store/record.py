@@ -1,0 +1,75 @@
+"""One stored response (`StoredResponse`), how it is serialised, and the protocol every backend
+implements (`ResponseStore`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+Operation = Literal["read", "write", "delete"]
+OPERATIONS: tuple[Operation, ...] = ("read", "write", "delete")
+
+
+class StoreUnavailable(Exception):
+    """The store could not be read or written (down, timed out, failing); the message says why
+    and never carries a credential."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """A response as the store keeps it.
+
+    ``response`` is the final Response object exactly as the client got it; ``input_items`` is
+    this request's own input (not the chain's), as a list of items that all have ids;
+    ``events`` are the streamed events in order (None: the response was not streamed).
+    ``owner`` is the inbound key that created it (None: no inbound keys); a record is visible
+    only to its owner. Times are Unix seconds.
+    """
+
+    id: str
+    owner: str | None
+    created_at: float
+    expires_at: float
+    response: Mapping[str, Any]
+    input_items: Sequence[Mapping[str, Any]]
+    events: Sequence[Mapping[str, Any]] | None
+    previous_response_id: str | None
+
+    def encode(self) -> bytes:
+        return json.dumps({
+            "id": self.id, "owner": self.owner, "created_at": self.created_at,
+            "expires_at": self.expires_at, "previous_response_id": self.previous_response_id,
+            "response": self.response, "input_items": self.input_items, "events": self.events,
+        }, ensure_ascii=False, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> StoredResponse:
+        """The record ``encode`` made; `StoreUnavailable` if ``data`` is not one (a store
+        holding something else is a failing store, not a missing record)."""
+        try:
+            raw = json.loads(data)
+            return cls(raw["id"], raw["owner"], float(raw["created_at"]),
+                       float(raw["expires_at"]), raw["response"], raw["input_items"],
+                       raw["events"], raw["previous_response_id"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreUnavailable(f"a stored record cannot be read: {exc}") from None
+
+    def visible(self, owner: str | None, now: float) -> bool:
+        return self.owner == owner and now < self.expires_at
+
+
+class ResponseStore(Protocol):
+    """A backend. ``get`` and ``delete`` see only records of ``owner`` that have not expired;
+    every method raises `StoreUnavailable` when the backend fails."""
+
+    async def get(self, response_id: str, owner: str | None) -> StoredResponse | None: ...
+
+    async def put(self, record: StoredResponse) -> None:
+        """Store ``record`` whole, or not at all (a reader never sees part of it)."""
+
+    async def delete(self, response_id: str, owner: str | None) -> bool:
+        """True if a record was deleted."""
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,138 @@
+"""The retrieval endpoints of adapter mode, pure ASGI: ``GET`` (JSON, or the events replayed
+as SSE) and ``DELETE /v1/responses/{id}``, and ``GET /v1/responses/{id}/input_items``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from otel_responses.protocol.chat.stream import sse_bytes
+from otel_responses.proxy.errors import ProxyError
+from otel_responses.store.items import ListingError, input_items_page
+from otel_responses.store.record import StoredResponse, StoreUnavailable
+from otel_responses.store.service import Responses
+
+log = logging.getLogger("otel_responses.store")
+
+OWNER_SCOPE_KEY = "otel_responses.owner"
+"""Where an inbound-key guard puts the caller's identity; records are visible to it only."""
+
+
+def owner_of(scope: Scope) -> str | None:
+    owner = scope.get(OWNER_SCOPE_KEY)
+    return owner if isinstance(owner, str) else None
+
+
+def store_unavailable() -> ProxyError:
+    return ProxyError(503, "The response store is unavailable; try again later.",
+                      "server_error", "store_unavailable")
+
+
+def not_found(response_id: str) -> ProxyError:
+    return ProxyError(404, f"Response with id '{response_id}' not found.",
+                      "invalid_request_error", "not_found", "response_id")
+
+
+def _invalid(param: str, message: str) -> ProxyError:
+    return ProxyError(400, message, "invalid_request_error", "invalid_value", param)
+
+
+def json_bytes(value: Any) -> bytes:
+    """JSON as the adapter writes it, so a stored Response reads back byte for byte."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+async def _send(send: Send, content_type: bytes, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", content_type),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+Handler = Callable[[Responses, str, Scope, Send], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreEndpoint:
+    """One retrieval route: reads the id and the query, answers store faults with a 503."""
+
+    responses: Responses
+    handler: Handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response_id = scope["path_params"]["response_id"]
+        try:
+            await self.handler(self.responses, response_id, scope, send)
+        except StoreUnavailable as exc:
+            log.warning("%s %s: %s", scope["method"], scope["path"], exc)
+            await store_unavailable().send(send)
+        except ProxyError as err:
+            await err.send(send)
+
+
+def _query(scope: Scope) -> dict[str, str]:
+    return dict(parse_qsl(scope["query_string"].decode("latin-1")))
+
+
+async def _found(responses: Responses, response_id: str, scope: Scope) -> StoredResponse:
+    record = await responses.get(response_id, owner_of(scope))
+    if record is None:
+        raise not_found(response_id)
+    return record
+
+
+async def retrieve(responses: Responses, response_id: str, scope: Scope, send: Send) -> None:
+    """The stored Response; with ``stream=true`` its events after ``starting_after``."""
+    query = _query(scope)
+    record = await _found(responses, response_id, scope)
+    if query.get("stream") != "true":
+        await _send(send, b"application/json", json_bytes(record.response))
+        return
+    if record.events is None:
+        raise _invalid("stream", f"Response '{response_id}' was not created with stream=true, "
+                                 "so it cannot be streamed.")
+    raw = query.get("starting_after", "-1")
+    try:
+        after = int(raw)
+    except ValueError:
+        raise _invalid("starting_after", f"Invalid starting_after '{raw}': expected an "
+                                         "integer.") from None
+    body = b"".join(sse_bytes(event) for event in record.events
+                    if event.get("sequence_number", -1) > after)
+    await _send(send, b"text/event-stream; charset=utf-8", body)
+
+
+async def delete(responses: Responses, response_id: str, scope: Scope, send: Send) -> None:
+    if not await responses.delete(response_id, owner_of(scope)):
+        raise not_found(response_id)
+    await _send(send, b"application/json",
+                json_bytes({"id": response_id, "object": "response", "deleted": True}))
+
+
+async def input_items(responses: Responses, response_id: str, scope: Scope,
+                      send: Send) -> None:
+    record = await _found(responses, response_id, scope)
+    try:
+        page = input_items_page(record.input_items, _query(scope))
+    except ListingError as exc:
+        raise _invalid(exc.param, exc.message) from None
+    await _send(send, b"application/json", json_bytes(page))
+
+
+def store_routes(responses: Responses) -> list[Route]:
+    """The retrieval routes, served from ``responses`` (adapter mode), named as the proxy's."""
+    return [
+        Route("/v1/responses/{response_id}", StoreEndpoint(responses, retrieve),
+              methods=["GET"], name="responses.retrieve"),
+        Route("/v1/responses/{response_id}", StoreEndpoint(responses, delete),
+              methods=["DELETE"], name="responses.delete"),
+        Route("/v1/responses/{response_id}/input_items", StoreEndpoint(responses, input_items),
+              methods=["GET"], name="responses.input_items"),
+    ]
