@@ -3,6 +3,7 @@ genai-prices table for the model and provider, with the resolved per-token rates
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -194,10 +195,14 @@ class Pricer:
         # runs in a worker thread while calls are priced).
         self._state: tuple[tuple[PriceEntry, ...], _Cache] = (tuple(entries), {})
         if self.table:
-            import genai_prices  # ~0.2 s and ~30 MB: only when the table can be used
+            import genai_prices  # ~0.1 s and ~15 MB: only when the table can be used
 
             self._calc_price = genai_prices.calc_price
             self._usage = genai_prices.Usage
+            # The table's data loads on its first lookup: do that now, not on the first call.
+            with contextlib.suppress(LookupError):
+                self._calc_price(self._usage(input_tokens=0, output_tokens=0), "",
+                                 provider_id=provider)
 
     @property
     def entries(self) -> tuple[PriceEntry, ...]:
