@@ -52,6 +52,8 @@ class Settings:
     data_dir: str = field(default_factory=default_data_dir)
     store_ttl: float = 30 * 24 * 3600.0
     store_max_mb: float | None = None  # None: per backend (DEFAULT_MAX_MB)
+    cost: bool = True  # price each call (llm.cost.* on spans, the cost metrics)
+    prices: str | None = None  # the operator's price file (YAML or JSON), re-read on change
 
     def __post_init__(self) -> None:
         for name, choices in (("log_format", LOG_FORMATS), ("log_level", LOG_LEVELS),
@@ -163,6 +165,7 @@ class Option:
     parse: Callable[[str], Any] = str
     choices: tuple[str, ...] | None = None
     metavar: str | None = None
+    env_name: str | None = None  # the variable, when it is not ENV_PREFIX + NAME
 
     @property
     def flag(self) -> str:
@@ -170,7 +173,7 @@ class Option:
 
     @property
     def env(self) -> str:
-        return ENV_PREFIX + self.name.upper()
+        return self.env_name or ENV_PREFIX + self.name.upper()
 
     @property
     def default(self) -> Any:
@@ -235,6 +238,12 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("store_max_mb", "size bound of a memory or SQLite store, oldest evicted first "
            "(unset: 256 for memory, 1024 for SQLite; Redis: its own maxmemory)", float,
            metavar="MB"),
+    Option("cost", "price every call in USD (llm.cost.* span attributes, "
+           "otel_responses_cost_usd_total)", parse_bool),
+    Option("prices", "YAML or JSON file of your own prices, USD per million tokens: "
+           '{"models": [{"match": GLOB, "input": N, "cached_input": N, "output": N}]}; '
+           "first match wins, over the genai-prices table; re-read when it changes",
+           metavar="FILE", env_name=ENV_PREFIX + "PRICES_FILE"),
 )
 
 

@@ -13,6 +13,7 @@ from otel_responses.protocol.encoding import ContentDecoder, decoder
 from otel_responses.protocol.sse import is_event_stream
 from otel_responses.protocol.stream import ResponseStream
 from otel_responses.protocol.window import BodyWindow
+from otel_responses.telemetry.cost import Pricing
 
 # A Responses status or terminal event → how the call ended (streams: else how the bytes
 # stopped).
@@ -53,6 +54,8 @@ class CallRecord:
     request_truncated: bool = False
     response_truncated: bool = False
     notes: Attributes = field(default_factory=dict)  # span attributes the endpoint added
+    # Set by the middleware's pricer before the span and the sinks see the call.
+    cost: Pricing = None
 
     @property
     def is_error(self) -> bool:
