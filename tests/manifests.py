@@ -33,6 +33,7 @@ PROXY_COMMAND = "otel-responses"
 _FLAGS = {o.flag: o for o in SERVE_OPTIONS} | {
     "--no-" + o.flag[2:]: o for o in SERVE_OPTIONS if o.parse is parse_bool}
 _ENV_OPTIONS = {o.env: o for o in SERVE_OPTIONS}
+_OPTIONS = {o.name: o for o in SERVE_OPTIONS}
 # Variables of the interpreter and the OS that an image may set besides the product's own.
 _PLATFORM_ENV = frozenset({"PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED"})
 _VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
@@ -49,6 +50,31 @@ def _otel_sdk_env() -> frozenset[str]:
 KNOWN_ENV = (frozenset(_ENV_OPTIONS) | _otel_sdk_env() | frozenset(
     {"OPENINFERENCE_" + f.name.upper() for f in dataclasses.fields(MaskingConfig)}
     | {"OTEL_SEMCONV_STABILITY_OPT_IN"}))
+
+
+# Settings that name a path in the container: a directory the proxy writes, files it reads.
+_WRITTEN_DIRS = frozenset({"data_dir"})
+_READ_FILES = frozenset({"prices", "api_keys"})
+# What a Secret (never shipped) or someone else's ConfigMap holds, by the variable or the file
+# option that reads it; a Redis URL is moved onto a local server by `localize`.
+_STANDIN_REDIS = "redis://:stand-in@redis.invalid:6379/0"
+_SECRET_STANDINS = {"OTEL_RESPONSES_STORE": _STANDIN_REDIS,
+                    "OTEL_RESPONSES_RATE_LIMIT_STORE": _STANDIN_REDIS}
+_FILE_STANDINS = {"prices": "models: []\n"}
+_REDIS_OPTIONS = frozenset({"store", "rate_limit_store"})
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A directory the container gets: ``files`` from a ConfigMap shipped alongside, None for
+    a Secret's or a ConfigMap of the operator's (contents unknown here), {} for an empty one."""
+
+    path: str
+    files: Mapping[str, str] | None
+    writable: bool
+
+    def holds(self, path: str) -> bool:
+        return path == self.path or path.startswith(self.path.rstrip("/") + "/")
 
 
 _PROBE_URL = re.compile(r"http://([^:/'\"]+):(\d+)(/[^'\"\s]*)")
@@ -89,6 +115,7 @@ class ProxySpec:
     probes: tuple[Probe, ...]
     metrics_port: int
     grace_period: float  # seconds between SIGTERM and SIGKILL
+    mounts: tuple[Mount, ...] = ()
 
     def unknown_settings(self) -> list[str]:
         """Flags and variables the product does not have (a renamed flag lands here)."""
@@ -99,9 +126,31 @@ class ProxySpec:
                     if name not in KNOWN_ENV | _PLATFORM_ENV | referenced]
         return unknown
 
+    def unmounted_paths(self) -> list[str]:
+        """Path settings that miss their volume: on a read-only root filesystem the data
+        directory must be a writable mount, and a file must come from a mounted ConfigMap or
+        Secret that has it."""
+        problems = []
+        for name in sorted((_WRITTEN_DIRS | _READ_FILES) & set(_OPTIONS)):
+            path = self.setting(name)
+            if path is None:
+                continue
+            mount = next((m for m in self.mounts if m.holds(path)), None)
+            if mount is None or (name in _WRITTEN_DIRS and not mount.writable):
+                problems.append(f"{name}={path}: not on a {'writable ' * (name in _WRITTEN_DIRS)}"
+                                "volume")
+            elif name in _READ_FILES and mount.files is not None \
+                    and path.removeprefix(mount.path.rstrip("/") + "/") not in mount.files:
+                problems.append(f"{name}={path}: not in the volume at {mount.path}")
+        return problems
+
+    def uses_redis(self) -> bool:
+        return any((self.setting(n) or "").startswith(("redis://", "rediss://"))
+                   for n in _REDIS_OPTIONS if n in _OPTIONS)
+
     def setting(self, name: str) -> str | None:
         """The value the proxy gets for Settings field ``name``: its flag wins over its variable."""
-        option = next(o for o in SERVE_OPTIONS if o.name == name)
+        option = _OPTIONS[name]
         args = self.command
         for i, arg in enumerate(args):
             if arg == option.flag and i + 1 < len(args):
@@ -147,9 +196,21 @@ class LocalRun:
         return [str(BIN / name), *args]
 
 
-def localize(spec: ProxySpec, upstream: str, otlp: str) -> LocalRun:
-    """``spec`` with every port moved to a free loopback one, ``upstream`` as the upstream and
-    ``otlp`` as the OTLP endpoint; the rest of its command line and environment as written."""
+def localize(spec: ProxySpec, upstream: str, otlp: str, root: Path,
+             redis: str | None = None) -> LocalRun:
+    """``spec`` with every port moved to a free loopback one, ``upstream`` as the upstream,
+    ``otlp`` as the OTLP endpoint, ``redis`` for each Redis URL, and its volumes laid out under
+    ``root`` (paths in the container → the same paths under ``root``); the rest of its command
+    line and environment as written."""
+    for mount in spec.mounts:
+        directory = root / mount.path.lstrip("/")
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, text in (mount.files or {}).items():
+            (directory / name).write_text(text)
+    for name, text in _FILE_STANDINS.items():
+        path = spec.setting(name) if name in _OPTIONS else None
+        if path is not None and any(m.files is None and m.holds(path) for m in spec.mounts):
+            (root / path.lstrip("/")).write_text(text)
     # A port on loopback only is not among the container's ports: its flag still names it.
     numbers = {str(port) for port in spec.ports.values()} | {
         value for name in ("port", "metrics_port") if (value := spec.setting(name)) is not None}
@@ -160,6 +221,11 @@ def localize(spec: ProxySpec, upstream: str, otlp: str) -> LocalRun:
     def value(name: str, raw: str) -> str:
         if name in ("port", "metrics_port"):
             return str(local[raw])
+        if name in _WRITTEN_DIRS | _READ_FILES and raw.startswith("/"):
+            return str(root) + raw
+        if name in _REDIS_OPTIONS and raw.startswith(("redis://", "rediss://")):
+            assert redis is not None, f"{spec.source} needs a Redis server"
+            return redis
         return replaced.get(name, raw)
 
     argv = list(spec.command)
@@ -215,21 +281,41 @@ def proxy_specs(objects: list[dict[str, Any]], source: str) -> list[ProxySpec]:
             probes = tuple(Probe.written(probe)
                            for kind in ("startupProbe", "readinessProbe", "livenessProbe")
                            if (probe := container.get(kind)) is not None)
+            volumes = {v["name"]: v for v in pod.get("volumes", [])}
             found.append(ProxySpec(
                 source=f"{source}: {workload['kind']}/{workload['metadata']['name']}/"
                        f"{container['name']}",
                 command=command, env=tuple(_container_env(container, objects)), ports=ports,
                 probes=probes, metrics_port=int(annotations["prometheus.io/port"]),
-                grace_period=pod.get("terminationGracePeriodSeconds", 30)))
+                grace_period=pod.get("terminationGracePeriodSeconds", 30),
+                mounts=tuple(_mount(m, volumes[m["name"]], objects)
+                             for m in container.get("volumeMounts", []))))
     return found
+
+
+def _config_maps(objects: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    return {o["metadata"]["name"]: o.get("data", {}) for o in objects if o["kind"] == "ConfigMap"}
+
+
+def _mount(mount: dict[str, Any], volume: dict[str, Any],
+           objects: list[dict[str, Any]]) -> Mount:
+    assert "subPath" not in mount, f"{mount}: a subPath mount never sees the volume's updates"
+    written = bool({"emptyDir", "persistentVolumeClaim"} & set(volume))
+    files: Mapping[str, str] | None = {}
+    if "configMap" in volume:
+        files = _config_maps(objects).get(volume["configMap"]["name"])
+    elif "secret" in volume:
+        files = None
+    else:
+        assert written, volume
+    return Mount(mount["mountPath"], files, written and not mount.get("readOnly", False))
 
 
 def _container_env(container: dict[str, Any],
                    objects: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
     """The container's environment as the kubelet builds it: envFrom first, then env; secrets
     get a stand-in key, field references a stand-in value."""
-    config_maps = {o["metadata"]["name"]: o.get("data", {})
-                   for o in objects if o["kind"] == "ConfigMap"}
+    config_maps = _config_maps(objects)
     for source in container.get("envFrom", []):
         ref = source["configMapRef"]["name"]  # a secretRef would need a Secret we do not ship
         yield from config_maps[ref].items()
@@ -238,7 +324,7 @@ def _container_env(container: dict[str, Any],
         if "value" in var:
             yield var["name"], var["value"]
         elif "secretKeyRef" in ref:
-            yield var["name"], "sk-deploy-test"
+            yield var["name"], _SECRET_STANDINS.get(var["name"], "sk-deploy-test")
         elif "configMapKeyRef" in ref:
             key = ref["configMapKeyRef"]
             yield var["name"], config_maps[key["name"]][key["key"]]
@@ -266,7 +352,9 @@ def dockerfile_spec(path: Path) -> ProxySpec:
         env=tuple(env), ports={str(p): p for p in exposed},
         probes=(Probe.running(tuple(json.loads(healthcheck))),),
         metrics_port=int(metrics or exposed[0]),
-        grace_period=10.0)  # `docker stop`'s default before SIGKILL
+        grace_period=10.0,  # `docker stop`'s default before SIGKILL
+        mounts=tuple(Mount(path, {}, writable=True) for rest in instructions.get("VOLUME", [])
+                     for path in json.loads(rest)))
 
 
 def helm(values: dict[str, Any]) -> list[dict[str, Any]]:

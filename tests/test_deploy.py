@@ -14,6 +14,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,6 +43,7 @@ from tests.manifests import (
     proxy_specs,
 )
 from tests.otlp import otlp_http_receiver
+from tests.redisd import redis_server
 from tests.servers import wait_http_ok
 from tests.upstreams import RawUpstream
 
@@ -65,6 +67,24 @@ HELM_VALUES: dict[str, dict[str, Any]] = {
     },
     "sidecar": {"mode": "sidecar", "port": 8787,
                 "otlp": {"endpoint": "http://collector:4318"}},
+    # Adapter mode on one replica with its SQLite store on a claim, the chart's own prices.
+    "gateway-chat-sqlite": {
+        "upstream": {"api": "chat", "unsupportedTools": "error"},
+        "store": {"type": "sqlite", "ttl": "12h", "maxMB": 64,
+                  "persistence": {"enabled": True, "size": "2Gi", "storageClassName": "ssd"}},
+        "cost": {"prices": {"models": [{"match": "my-finetune-*", "input": 3,
+                                         "cached_input": 0.3, "output": 12}]}},
+        "replicaCount": 1, "autoscaling": {"enabled": False},
+        "podDisruptionBudget": {"enabled": False},
+    },
+    # Replicas sharing a Redis store; your own prices ConfigMap.
+    "gateway-chat-redis": {
+        "upstream": {"api": "chat"},
+        "store": {"type": "redis", "redis": {"urlSecret": {"name": "redis", "key": "url"}}},
+        "cost": {"pricesConfigMap": {"name": "my-prices", "key": "prices.json"}},
+    },
+    "sidecar-memory-no-cost": {"mode": "sidecar", "store": {"type": "memory", "maxMB": 32},
+                               "cost": {"enabled": False, "prices": {"models": []}}},
 }
 
 
@@ -224,13 +244,33 @@ def test_every_flag_and_variable_exists(spec: ProxySpec) -> None:
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.source)
-def test_manifest_runs_as_written(spec: ProxySpec, upstream: RawUpstream, tmp_path: Path) -> None:
-    """The container's command line and environment, on loopback ports: every probe answers,
+def test_paths_are_on_their_volumes(spec: ProxySpec) -> None:
+    """The root filesystem is read-only: the data directory is a writable volume, and the
+    price and key files are in the ConfigMap or Secret mounted where the flag says."""
+    assert spec.unmounted_paths() == []
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with redis_server() as server:
+        yield server.url
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.source)
+def test_manifest_runs_as_written(spec: ProxySpec, upstream: RawUpstream, tmp_path: Path,
+                                  request: pytest.FixtureRequest) -> None:
+    """The container's command line and environment, on loopback ports, its volumes under a
+    temporary directory and any Redis URL on a local redis-server: every probe answers,
     metrics are served, spans reach the OTLP endpoint, and SIGTERM drains a held stream well
     inside the pod's termination grace period."""
     assert spec.shutdown_grace() < spec.grace_period, "SIGKILL would cut the drain short"
+    redis = request.getfixturevalue("redis_url") if spec.uses_redis() else None
+    # The adapter would translate the raw upstream's events; a forwarded path keeps its bytes.
+    held_path = "/v1/chat/completions" if spec.setting("upstream_api") == "chat" \
+        else "/v1/responses"
     with otlp_http_receiver() as receiver:
-        run = localize(spec, upstream.url + "/v1", receiver.endpoint.removesuffix("/v1/traces"))
+        run = localize(spec, upstream.url + "/v1", receiver.endpoint.removesuffix("/v1/traces"),
+                       tmp_path / "container", redis)
         upstream.release.clear()
         proc = subprocess.Popen(run.argv, env=run.env, cwd=tmp_path, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
@@ -252,7 +292,7 @@ def test_manifest_runs_as_written(spec: ProxySpec, upstream: RawUpstream, tmp_pa
             api_port = spec.probes[0].port
             result: dict[str, object] = {}
             reader = threading.Thread(target=_read_held_stream,
-                                      args=(run.url(api_port, "/v1/responses"), result))
+                                      args=(run.url(api_port, held_path), result))
             reader.start()
             _wait_for_held_stream(upstream)
             proc.send_signal(signal.SIGTERM)
@@ -303,8 +343,8 @@ def test_chart_settings_are_the_serve_flags_the_chart_does_not_set_itself() -> N
     """values.schema.json's ``settings`` names and ``masking`` names are the product's: a flag
     added, renamed or removed must show up in the chart."""
     schema = json.loads((CHART / "values.schema.json").read_text())["properties"]
-    spec = next(s for s in SPECS if s.source.startswith("helm/gateway-full"))
-    own = {o.name for o in SERVE_OPTIONS
+    helm_specs = [s for s in SPECS if s.source.startswith("helm/")]
+    own = {o.name for o in SERVE_OPTIONS for spec in helm_specs
            if o.flag in spec.command or o.env in dict(spec.env)} - {
                n.replace("-", "_") for n in HELM_VALUES["gateway-full"]["settings"]}
     settings = {n.replace("-", "_") for n in schema["settings"]["propertyNames"]["enum"]}
@@ -314,11 +354,43 @@ def test_chart_settings_are_the_serve_flags_the_chart_does_not_set_itself() -> N
         if f.name.startswith("hide_")}
 
 
-@pytest.mark.parametrize("values", [{"settings": {"upstream-api": "chat"}}, {"mode": "proxy"},
-                                    {"shutdownGrace": 60}])
-def test_chart_refuses_values_the_product_cannot_take(values: dict[str, Any]) -> None:
-    with pytest.raises(Exception, match=r"schema|terminationGracePeriodSeconds"):
+_ONE_SQLITE_REPLICA = HELM_VALUES["gateway-chat-sqlite"]
+
+
+@pytest.mark.parametrize(("values", "error"), [
+    ({"settings": {"upstream-api": "chat"}}, "schema"),
+    ({"settings": {"store": "memory"}}, "schema"),
+    ({"mode": "proxy"}, "schema"),
+    ({"upstream": {"api": "completions"}}, "schema"),
+    ({"store": {"type": "postgres"}}, "schema"),
+    ({"store": {"ttl": "a month"}}, "schema"),
+    ({"cost": {"prices": {"models": [{"match": "gpt-*", "input": 1}]}}}, "schema"),
+    ({"shutdownGrace": 60}, "terminationGracePeriodSeconds"),
+    ({"store": {"type": "redis"}}, "urlSecret"),
+    ({"mode": "sidecar", "store": {"persistence": {"enabled": True}}}, "gateway mode"),
+    # SQLite is one file for one process: no second replica, no autoscaler, and no PDB that
+    # would keep the single pod from ever being evicted.
+    ({"store": {"type": "sqlite"}}, "replicaCount: 1"),
+    (_ONE_SQLITE_REPLICA | {"replicaCount": 2}, "replicaCount: 1"),
+    (_ONE_SQLITE_REPLICA | {"autoscaling": {"enabled": True}}, "autoscaling.enabled: false"),
+    (_ONE_SQLITE_REPLICA | {"podDisruptionBudget": {"enabled": True}}, "podDisruptionBudget"),
+])
+def test_chart_refuses_values_the_product_cannot_take(values: dict[str, Any], error: str) -> None:
+    with pytest.raises(Exception, match=error):
         helm(values)
+
+
+def test_chart_sqlite_gateway_is_one_pod_replaced_not_rolled() -> None:
+    """Two pods never write the SQLite file, nor share its ReadWriteOnce claim."""
+    objects = RENDERED["helm/gateway-chat-sqlite"]
+    deployment, = (o for o in objects if o["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert not {"HorizontalPodAutoscaler", "PodDisruptionBudget"} & {o["kind"] for o in objects}
+    claim, = (o for o in objects if o["kind"] == "PersistentVolumeClaim")
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["otel-responses-data"]["persistentVolumeClaim"]["claimName"] == \
+        claim["metadata"]["name"]
 
 
 def test_compose_file_is_valid_against_the_compose_spec() -> None:

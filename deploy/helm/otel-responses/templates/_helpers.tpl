@@ -59,29 +59,13 @@ args: ["serve", "--host", {{ ternary "127.0.0.1" "0.0.0.0" (eq .Values.mode "sid
 envFrom:
   - configMapRef:
       name: {{ include "otel-responses.fullname" . }}
-{{- with .Values.upstream.apiKeySecret }}
-{{- if or .name $.Values.otlp.headersSecret.name $.Values.extraEnv }}
+{{- with include "otel-responses.env" . }}
 env:
-{{- if .name }}
-  - name: OTEL_RESPONSES_UPSTREAM_API_KEY
-    valueFrom:
-      secretKeyRef:
-        name: {{ .name }}
-        key: {{ .key }}
+  {{- . | nindent 2 }}
 {{- end }}
-{{- with $.Values.otlp.headersSecret }}
-{{- if .name }}
-  - name: OTEL_EXPORTER_OTLP_HEADERS
-    valueFrom:
-      secretKeyRef:
-        name: {{ .name }}
-        key: {{ .key }}
-{{- end }}
-{{- end }}
-{{- with $.Values.extraEnv }}
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- end }}
+{{- with include "otel-responses.volumeMounts" . }}
+volumeMounts:
+  {{- . | nindent 2 }}
 {{- end }}
 ports:
 {{- if ne .Values.mode "sidecar" }}
@@ -110,5 +94,99 @@ resources:
 {{- with .Values.securityContext }}
 securityContext:
   {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+
+{{/* Where the image keeps state (its VOLUME) and where the prices ConfigMap is mounted. */}}
+{{- define "otel-responses.dataDir" -}}/var/lib/otel-responses{{- end -}}
+{{- define "otel-responses.pricesDir" -}}/etc/otel-responses/prices{{- end -}}
+
+{{/* The prices ConfigMap (yours, or the chart's from cost.prices) and its key; empty when
+there is no price file or cost is off. */}}
+{{- define "otel-responses.pricesConfigMap" -}}
+{{- if not .Values.cost.enabled -}}
+{{- else if .Values.cost.pricesConfigMap.name -}}
+{{- .Values.cost.pricesConfigMap.name -}}
+{{- else if .Values.cost.prices -}}
+{{- include "otel-responses.fullname" . }}-prices
+{{- end -}}
+{{- end -}}
+{{- define "otel-responses.pricesKey" -}}
+{{- ternary .Values.cost.pricesConfigMap.key "prices.yaml" (ne .Values.cost.pricesConfigMap.name "") -}}
+{{- end -}}
+
+{{/* A secretKeyRef variable: (list NAME SECRET-VALUE). */}}
+{{- define "otel-responses.secretEnv" -}}
+{{- $name := index . 0 }}{{ $secret := index . 1 -}}
+- name: {{ $name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret.name }}
+      key: {{ $secret.key }}
+{{- end -}}
+
+{{/* The container's env entries (secrets and extraEnv; the rest comes from the ConfigMap).
+env wins over envFrom, so a secret's variable replaces the ConfigMap's. */}}
+{{- define "otel-responses.env" -}}
+{{- if .Values.upstream.apiKeySecret.name }}
+{{ include "otel-responses.secretEnv" (list "OTEL_RESPONSES_UPSTREAM_API_KEY" .Values.upstream.apiKeySecret) }}
+{{- end }}
+{{- if eq .Values.store.type "redis" }}
+{{ include "otel-responses.secretEnv" (list "OTEL_RESPONSES_STORE" .Values.store.redis.urlSecret) }}
+{{- end }}
+{{- if .Values.otlp.headersSecret.name }}
+{{ include "otel-responses.secretEnv" (list "OTEL_EXPORTER_OTLP_HEADERS" .Values.otlp.headersSecret) }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Mounted as directories, never with subPath: the kubelet swaps a ConfigMap's or Secret's
+files in place, and the proxy re-reads the file it names. */}}
+{{- define "otel-responses.volumeMounts" -}}
+- name: otel-responses-data
+  mountPath: {{ include "otel-responses.dataDir" . }}
+{{- if include "otel-responses.pricesConfigMap" . }}
+- name: otel-responses-prices
+  mountPath: {{ include "otel-responses.pricesDir" . }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "otel-responses.volumes" -}}
+- name: otel-responses-data
+{{- if .Values.store.persistence.enabled }}
+  persistentVolumeClaim:
+    claimName: {{ .Values.store.persistence.existingClaim | default (printf "%s-data" (include "otel-responses.fullname" .)) }}
+{{- else }}
+  emptyDir: {}
+{{- end }}
+{{- with include "otel-responses.pricesConfigMap" . }}
+- name: otel-responses-prices
+  configMap:
+    name: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{/* Values the schema cannot judge alone. */}}
+{{- define "otel-responses.checks" -}}
+{{- if not (lt (float64 .Values.shutdownGrace) (float64 .Values.terminationGracePeriodSeconds)) }}
+{{- fail "terminationGracePeriodSeconds must be above shutdownGrace, or SIGKILL cuts the drain short" }}
+{{- end }}
+{{- if and (eq .Values.store.type "redis") (not .Values.store.redis.urlSecret.name) }}
+{{- fail "store.type redis needs store.redis.urlSecret.name (a Secret holding the redis:// URL)" }}
+{{- end }}
+{{- if and (eq .Values.mode "sidecar") .Values.store.persistence.enabled }}
+{{- fail "store.persistence is for gateway mode: a sidecar's data directory is an emptyDir in your app's pod" }}
+{{- end }}
+{{- if and (eq .Values.mode "gateway") (eq .Values.store.type "sqlite") }}
+{{- if or .Values.autoscaling.enabled (ne (int .Values.replicaCount) 1) }}
+{{- fail "store.type sqlite is one file for one process: set replicaCount: 1 and autoscaling.enabled: false, or use store.type redis to share the store between replicas" }}
+{{- end }}
+{{- if .Values.podDisruptionBudget.enabled }}
+{{- fail "store.type sqlite runs one replica, which a PodDisruptionBudget would keep from ever being evicted (node drains hang): set podDisruptionBudget.enabled: false" }}
+{{- end }}
 {{- end }}
 {{- end -}}
