@@ -12,6 +12,7 @@ from opentelemetry.trace import Span, TracerProvider, set_span_in_context
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from otel_responses import __version__
+from otel_responses.caller import caller_of
 from otel_responses.protocol.body import SCOPE_KEY, ParsedBody
 from otel_responses.telemetry.options import TelemetryOptions
 from otel_responses.telemetry.recorder import CallRecord, CallRecorder
@@ -76,7 +77,9 @@ class _RecordingResponder:
 
     def __init__(self, middleware: ResponsesTelemetryMiddleware, scope: Scope) -> None:
         self.middleware = middleware
-        parsed = ParsedBody()
+        parsed = scope.get(SCOPE_KEY)
+        if not isinstance(parsed, ParsedBody):  # else a guard in front parsed it already
+            parsed = ParsedBody()
         self.scope = {**scope, SCOPE_KEY: parsed}  # the app's access log reuses the parsed body
         self.call = CallRecorder(time.time_ns(), parsed, scope["headers"])
         self.span: Span | None = None
@@ -142,6 +145,7 @@ class _RecordingResponder:
         middleware, span = self.middleware, self.span
         try:
             record = self.call.finish()
+            record.caller = caller_of(self.scope)
             if span is not None and middleware.spans is not None:
                 middleware.spans.finish(span, record, self.scope["headers"])
             for sink in middleware.sinks:

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from otel_responses.caller import Caller
 from otel_responses.outcome import HTTP_ERRORS, SUCCESSES, Outcome
 from otel_responses.protocol.body import ParsedBody
 from otel_responses.protocol.encoding import ContentDecoder, decoder
@@ -48,6 +49,7 @@ class CallRecord:
     response_unreadable: str | None = None
     request_truncated: bool = False
     response_truncated: bool = False
+    caller: Caller | None = None  # the authenticated key's identity, when the guard is on
 
     @property
     def is_error(self) -> bool:
