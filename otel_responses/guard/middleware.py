@@ -31,6 +31,7 @@ access_log = logging.getLogger("otel_responses.access")
 
 MINUTE, DAY = 60.0, 86400.0
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_CACHED_CHECKS = 4096
 # A limit store outage is logged at most this often (every failure is counted).
 _STORE_LOG_INTERVAL = 10.0
 # Each limit: its window, the cost an admission charges (tokens are charged after the call),
@@ -123,6 +124,9 @@ class Guard:
         self.clock = clock
         self.events = events or GuardEvents()
         self._store_logged = -math.inf
+        self._checks_of: Keys | None = None
+        self._cached: dict[tuple[bytes, str | None], tuple[list[Check],
+                                                           list[tuple[str, str | None]]]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.exempt:
@@ -144,10 +148,10 @@ class Guard:
                 await self._reject(scope, send, started, "model_not_allowed", key.caller,
                                    model_not_allowed(model if readable else None))
                 return
-        checks, kinds = _checks(keys, key, model)
+        checks, kinds = self._checks(keys, key, model)
         ticket = _Ticket(key.caller)
         if checks:
-            admission = await self._admit(checks)
+            admission = await self._admit(checks, any(c.window == CONCURRENT for c in checks))
             if admission is None and not self.fail_open:
                 await self._reject(scope, send, started, "limit_store_unavailable", key.caller,
                                    store_unavailable())
@@ -176,9 +180,24 @@ class Guard:
         if ticket is not None and ticket.token_counters:
             ticket.tokens = charged_tokens(call)
 
-    async def _admit(self, checks: list[Check]) -> Admission | None:
+    def _checks(self, keys: Keys, key: ApiKey,
+                model: str | None) -> tuple[list[Check], list[tuple[str, str | None]]]:
+        """`_checks`, kept per key and model until the keys file changes (models come from
+        clients: the cache stops growing at `_CACHED_CHECKS`)."""
+        if keys is not self._checks_of:
+            self._checks_of, self._cached = keys, {}
+        found = self._cached.get((key.digest, model))
+        if found is None:
+            found = _checks(keys, key, model)
+            if len(self._cached) < _CACHED_CHECKS:
+                self._cached[(key.digest, model)] = found
+        return found
+
+    async def _admit(self, checks: list[Check], slots: bool) -> Admission | None:
+        # A lease names the concurrency slots a call holds; only they need a unique one.
+        lease = uuid.uuid4().hex if slots else ""
         try:
-            return await self.store.admit(checks, self.clock(), uuid.uuid4().hex)
+            return await self.store.admit(checks, self.clock(), lease)
         except Exception as exc:
             self._store_failed("admit", exc)
             return None
