@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from opentelemetry.sdk.trace import TracerProvider
 from starlette.applications import Starlette
@@ -16,6 +17,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from otel_responses.adapter import AdaptedCallSink, Adapter, AdapterEndpoint
 from otel_responses.config import Settings
+from otel_responses.guard.keys import KeysFile
+from otel_responses.guard.limits import LimitStore, MemoryStore
+from otel_responses.guard.middleware import Guard, GuardEvents
+from otel_responses.guard.redis_store import RedisStore
 from otel_responses.proxy.forward import Endpoint, Proxy
 from otel_responses.proxy.paths import PathGuard
 from otel_responses.telemetry.cost import Pricer
@@ -34,7 +39,8 @@ _ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = None,
-               demo: bool = False, adapted_call_sinks: Sequence[AdaptedCallSink] = ()) -> ASGIApp:
+               demo: bool = False, adapted_call_sinks: Sequence[AdaptedCallSink] = (),
+               clock: Callable[[], float] = time.time) -> ASGIApp:
     """Build the proxy app for ``settings`` (``settings.upstream`` must be set).
 
     Spans go to ``tracer_provider``; without one, a provider is built from the standard
@@ -45,13 +51,22 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     (its ``adapted_call_sinks`` get every call that ended with a Response).
     With ``settings.cost``, calls are priced (``settings.prices`` first, re-read on change);
     an unusable price file raises `PricesError` (a ValueError).
+    With ``settings.api_keys`` a guard checks keys and limits in front of everything
+    (``clock``, in seconds, times the limits' windows). A keys file that cannot be used
+    raises ValueError.
     """
     if settings.upstream is None:
         raise ValueError("create_app needs an upstream URL")
     target = UpstreamTarget.parse(settings.upstream)
     options = settings.telemetry.replace(upstream_host=target.host, upstream_port=target.port)
     metrics = ProxyMetrics(provider=genai_provider_name(options.llm_provider),
-                           models=settings.metrics_models, max_models=settings.metrics_max_models)
+                           models=settings.metrics_models, max_models=settings.metrics_max_models,
+                           key_label=settings.metrics_key_label)
+    keys = KeysFile(settings.api_keys) if settings.api_keys is not None else None
+    store: LimitStore | None = None
+    if keys is not None:
+        store = MemoryStore() if settings.rate_limit_store == "memory" \
+            else RedisStore(settings.rate_limit_store)
     proxy = Proxy(settings, observers=(metrics.observe_exchange,))
     create: Endpoint | AdapterEndpoint = proxy.endpoint("responses.create")
     if settings.upstream_api == "chat":
@@ -79,6 +94,8 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
             if stop_metrics is not None:
                 await asyncio.to_thread(stop_metrics)
             await proxy.aclose()
+            if store is not None:
+                await store.aclose()
             if owned is not None:
                 # Flushes spans still queued for export, off the event loop.
                 await asyncio.to_thread(shutdown_provider, owned)
@@ -115,16 +132,28 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
         Route("/{path:path}", proxy.endpoint("passthrough"), methods=_ANY_METHOD),
     ]
     provider = tracer_provider or owned
-    app = ResponsesTelemetryMiddleware(
+    telemetry = ResponsesTelemetryMiddleware(
         # Inside the telemetry: a refused path is neither forwarded nor a span.
         metrics.track_streams(PathGuard(_ExactRoutes(Starlette(routes=routes, lifespan=lifespan),
                                                      routes))),
         tracer_provider=provider, tracing=provider is not None, options=options,
         sinks=(metrics.observe_call,), pricer=pricer)
     metrics.watch(in_flight=lambda: proxy.in_flight,
-                  telemetry_errors=lambda: app.telemetry_errors,
+                  telemetry_errors=lambda: telemetry.telemetry_errors,
                   span_pipelines=span_pipelines(provider))
-    return app
+    if keys is None or store is None:
+        return telemetry
+    # In front of the telemetry: a refused key is neither forwarded nor a span.
+    guard = Guard(telemetry, keys, store, fail_open=settings.rate_limit_fail == "open",
+                  exempt=frozenset({"/healthz", "/readyz"} | (
+                      {"/metrics"} if settings.metrics_port is None else set())),
+                  max_body_bytes=settings.max_body_bytes, clock=clock,
+                  events=GuardEvents(rejected=metrics.observe_rejection,
+                                     store_failed=metrics.observe_store_error,
+                                     charged=metrics.observe_charge))
+    # The guard learns a call's tokens from what the telemetry recorded, through a sink.
+    telemetry.sinks += (guard.observe_call,)
+    return guard
 
 
 class _ExactRoutes:

@@ -180,8 +180,9 @@ class ProxyMetrics:
     """
 
     def __init__(self, *, provider: str = "openai", models: Iterable[str] | None = None,
-                 max_models: int = 50) -> None:
+                 max_models: int = 50, key_label: bool = False) -> None:
         self.registry = CollectorRegistry()
+        self.key_label = key_label
         self.provider = provider
         self._model = LabelGuard(max_models, models)
         self._error_type = LabelGuard(MAX_ERROR_TYPES, overflow="_OTHER")
@@ -241,6 +242,18 @@ class ProxyMetrics:
         for operation in OPERATIONS:
             self.store_errors.labels(operation)
         self._cost_metrics(registry)
+        # The guard's (keys and limits); the key's name is a label only when asked for.
+        key = ("key",) if key_label else ()
+        self.rejections = _Children(Counter(
+            "otel_responses_rejections", "Requests the guard refused, by reason.",
+            ("reason", *key), registry=registry))
+        self.limit_store_errors = _Children(Counter(
+            "otel_responses_limit_store_errors",
+            "Rate-limit store failures, by operation (admit: the request was admitted or "
+            "refused as --rate-limit-fail says).", ("operation",), registry=registry))
+        self.tokens_charged = Counter(
+            "otel_responses_limit_tokens_charged",
+            "Tokens charged to keys' token limits after their calls.", key, registry=registry)
         # Known label values start at zero, so rate() sees their first increment.
         for kind in FAULT_KINDS.values():
             self.upstream_faults.labels(kind)
@@ -316,6 +329,20 @@ class ProxyMetrics:
 
     def store_error(self, operation: str) -> None:
         self.store_errors.labels(operation).inc()
+
+    def observe_rejection(self, reason: str, key: str | None) -> None:
+        self.rejections.labels(reason, *self._key(key)).inc()
+
+    def observe_store_error(self, operation: str) -> None:
+        self.limit_store_errors.labels(operation).inc()
+
+    def observe_charge(self, tokens: float, key: str) -> None:
+        counter = self.tokens_charged
+        (counter.labels(*self._key(key)) if self.key_label else counter).inc(tokens)
+
+    def _key(self, key: str | None) -> tuple[str, ...]:
+        # Key names come from the operator's keys file: bounded, and never the key itself.
+        return (encodable(key or ""),) if self.key_label else ()
 
     def track_streams(self, app: ASGIApp) -> ASGIApp:
         return _StreamTracker(app, self.open_streams)

@@ -12,6 +12,7 @@ from opentelemetry.trace import Span, TracerProvider, set_span_in_context
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from otel_responses import __version__
+from otel_responses.caller import caller_of
 from otel_responses.protocol.body import SCOPE_KEY, ParsedBody
 from otel_responses.protocol.notes import NOTES_KEY
 from otel_responses.telemetry.cost import Pricer
@@ -81,7 +82,9 @@ class _RecordingResponder:
 
     def __init__(self, middleware: ResponsesTelemetryMiddleware, scope: Scope) -> None:
         self.middleware = middleware
-        parsed = ParsedBody()
+        parsed = scope.get(SCOPE_KEY)
+        if not isinstance(parsed, ParsedBody):  # else a guard in front parsed it already
+            parsed = ParsedBody()
         self.call = CallRecorder(time.time_ns(), parsed, scope["headers"])
         # The app's access log reuses the parsed body; an endpoint may add span attributes.
         self.scope = {**scope, SCOPE_KEY: parsed, NOTES_KEY: self.call.notes}
@@ -151,6 +154,7 @@ class _RecordingResponder:
             if middleware.pricer is not None:
                 record.cost = middleware.pricer.price(record.request, record.response,
                                                       record.start_ns)
+            record.caller = caller_of(self.scope)
             if span is not None and middleware.spans is not None:
                 middleware.spans.finish(span, record, self.scope["headers"])
             for sink in middleware.sinks:

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from otel_responses.caller import Caller
 from otel_responses.outcome import HTTP_ERRORS, SUCCESSES, Outcome
 from otel_responses.protocol.attributes import Attributes
 from otel_responses.protocol.body import ParsedBody
@@ -56,6 +57,7 @@ class CallRecord:
     notes: Attributes = field(default_factory=dict)  # span attributes the endpoint added
     # Set by the middleware's pricer before the span and the sinks see the call.
     cost: Pricing = None
+    caller: Caller | None = None  # the authenticated key's identity, when the guard is on
 
     @property
     def is_error(self) -> bool:

@@ -1,0 +1,163 @@
+"""What keys and limits cost per request: the proxy without keys, with keys and limits in
+memory, and with them in Redis, side by side in one run.
+
+    python bench/guard.py                # ~3 min: 7 repetitions, small requests at c=1 and 10
+    python bench/guard.py --report-only  # re-print the tables from bench/out/guard.json
+
+Every proxy is untraced (the guard is the only difference) in front of the same demo upstream;
+the keyed ones get a keys file with the load generator's key and every limit set (none is
+reached), so each request is authenticated, checked against four limits and charged. The
+Redis one talks to a local redis-server (Debian's package) started here. Figures are medians
+over repetitions; "vs off" is taken per repetition, so drift between repetitions cancels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import payloads
+import servers
+from clients import Spread, _by_rep, _cell, paired
+from run import BENCH, Suite, _machine, _package_version
+
+CONFIGS = ("off", "memory", "redis")
+TARGETS_MS = {"memory": 0.1, "redis": 0.4}  # the issue's: added p50 at c=1
+KEYS = {
+    "keys": [{"name": "bench", "key": payloads.MASTER_KEY, "team": "bench",
+              "limits": {"requests_per_minute": 10**9, "tokens_per_minute": 10**12,
+                         "tokens_per_day": 10**13, "max_concurrent": 10**4}}],
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=7, help="repetitions per cell [7]")
+    p.add_argument("--seconds", type=float, default=2.0, help="measured seconds per run [2.0]")
+    p.add_argument("--max-requests", type=int, default=20_000)
+    p.add_argument("--concurrency", default="1,10")
+    p.add_argument("--scenarios", default="small")
+    p.add_argument("--report-only", action="store_true")
+    p.add_argument("--results", type=Path, default=BENCH / "out" / "guard.json")
+    args = p.parse_args(argv)
+    args.quick, args.bsp_delay_ms = False, 500  # what Suite.matrix reads besides the above
+    return args
+
+
+def start_redis(rundir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A redis-server without persistence on a free loopback port; its URL once it answers."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server not found: apt-get install -y redis-server")
+    port = servers.free_port()
+    with open(rundir / "redis.log", "wb") as log:
+        proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1",
+                                 "--save", "", "--appendonly", "no"], stdout=log,
+                                stderr=subprocess.STDOUT, cwd=rundir)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return proc, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit(f"redis-server did not start; see {rundir}") from None
+            time.sleep(0.05)
+
+
+def measure_all(args: argparse.Namespace, rundir: Path) -> tuple[list[dict[str, Any]],
+                                                                 list[str]]:
+    suite = Suite(args, rundir)
+    keys = rundir / "keys.json"
+    keys.write_text(json.dumps(KEYS))
+    redis, url = start_redis(rundir)
+    try:
+        up = suite._add(servers.start_upstream("upstream", rundir))
+        up.wait_ready(30)
+        flags = {"off": (), "memory": ("--api-keys", str(keys)),
+                 "redis": ("--api-keys", str(keys), "--rate-limit-store", url)}
+        configs = {name: suite._add(servers.start_proxy(
+            name, rundir, up, tracing=False, sink=None, bsp_delay_ms=args.bsp_delay_ms,
+            flags=flags[name])) for name in CONFIGS}
+        for server in configs.values():
+            server.wait_ready(30)
+        suite.sanity(configs)
+        runs = suite.matrix(configs, up, None)
+    finally:
+        suite.stop()
+        redis.kill()
+        redis.wait(10)
+    return runs, suite.notes
+
+
+def report(results: dict[str, Any]) -> str:
+    runs, meta = results["runs"], results["meta"]
+    lines = [f"`{meta['command']}` on {meta['date']}, {meta['machine']}; otel-responses "
+             f"{meta['package']}; {meta['repeats']} repetitions; median (interquartile range) "
+             "over repetitions; every proxy untraced.", ""]
+    for scenario, title in meta["scenarios"].items():
+        levels = sorted({r["concurrency"] for r in runs if r["scenario"] == scenario})
+        lines += [f"**{title}**", "", "| c | guard | p50 ms | p99 ms | CPU ms / request "
+                  "| vs off: p50 ms | vs off: p99 ms | vs off: CPU ms |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for conc in levels:
+            for name in CONFIGS:
+                own = [Spread.of(list(_by_rep(runs, scenario, conc, name, f).values()))
+                       for f in ("p50", "p99", "cpu")]
+                added = [("–" if name == "off" else
+                          _cell(paired(runs, scenario, conc, name, "off", f), True))
+                         for f in ("p50", "p99", "cpu")]
+                lines.append(f"| {conc} | {name} | " + " | ".join(_cell(s) for s in own)
+                             + " | " + " | ".join(added) + " |")
+        lines.append("")
+    for name, target in TARGETS_MS.items():
+        added = paired(runs, "small", 1, name, "off", "p50")
+        if added is not None:
+            verdict = "met" if added.median <= target else "NOT met"
+            lines.append(f"- {name}: {added.median:+.3f} ms added p50 at c=1 (target "
+                         f"≤ {target} ms): {verdict}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    out = args.results.with_suffix(".md")
+    if args.report_only:
+        out.write_text(report(json.loads(args.results.read_text())))
+        print(out.read_text())
+        return
+    rundir = Path(tempfile.mkdtemp(prefix="otel-guard-"))
+    print(f"logs in {rundir}", flush=True)
+    runs, notes = measure_all(args, rundir)
+    known = payloads.scenarios()
+    wanted = [s for s in args.scenarios.split(",") if s in known]
+    results = {
+        "meta": {
+            "command": ("python bench/guard.py " + " ".join(
+                sys.argv[1:] if argv is None else argv)).strip(),
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": _machine(), "package": _package_version(), "repeats": args.repeats,
+            "scenarios": {s: known[s].title for s in wanted}, "notes": notes,
+        },
+        "runs": runs,
+    }
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=1))
+    out.write_text(report(results))
+    print(out.read_text())
+
+
+if __name__ == "__main__":
+    main()

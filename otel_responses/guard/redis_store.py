@@ -1,0 +1,136 @@
+"""Limit counters in Redis, shared by every replica: each admission is one Lua script, so the
+check-then-charge of all its limits is atomic across processes (`limits` has the window)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from otel_responses.guard.limits import BUCKETS, Admission, Check, State
+
+PREFIX = "otel-responses:limit:"
+# A replica that dies holding concurrency slots frees them after this (no stream lasts that long
+# in practice; a longer one stops counting then).
+LEASE_SECONDS = 3600.0
+
+# Windows are hashes {bucket index: amount}; slots are sorted sets {lease: expiry}. The caller's
+# clock is used (ARGV[1]), so replicas must agree on the time to within a bucket (NTP does).
+_ADMIT = """
+local now, lease, lease_seconds = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local buckets = tonumber(ARGV[4])
+local out = {0}
+local admitted = true
+local found = {}
+for i = 1, #KEYS do
+  local base = 4 + (i - 1) * 3
+  local window, limit, cost = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]),
+    tonumber(ARGV[base + 3])
+  local used, wait = 0, 0
+  if window == 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+    used = redis.call('ZCARD', KEYS[i])
+    if used + 1 > limit then wait = 1 end
+  else
+    local width = window / buckets
+    local oldest = math.floor(now / width) - buckets
+    local flat = redis.call('HGETALL', KEYS[i])
+    local kept = {}
+    for j = 1, #flat, 2 do
+      local index = tonumber(flat[j])
+      if index < oldest then
+        redis.call('HDEL', KEYS[i], flat[j])
+      else
+        local amount = tonumber(flat[j + 1])
+        used = used + amount
+        kept[#kept + 1] = {index, amount}
+      end
+    end
+    if used + cost > limit or used >= limit then
+      table.sort(kept, function(a, b) return a[1] < b[1] end)
+      wait = window
+      local left = used
+      for _, bucket in ipairs(kept) do
+        left = left - bucket[2]
+        if left + cost <= limit and left < limit then
+          wait = math.max(0, (bucket[1] + 1) * width + window - now)
+          break
+        end
+      end
+    end
+    found[i] = math.floor(now / width)
+  end
+  if wait > 0 then admitted = false end
+  out[#out + 1] = tostring(used)
+  out[#out + 1] = tostring(wait)
+end
+if admitted then
+  out[1] = 1
+  for i = 1, #KEYS do
+    local base = 4 + (i - 1) * 3
+    local window, cost = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 3])
+    if window == 0 then
+      redis.call('ZADD', KEYS[i], now + lease_seconds, lease)
+      redis.call('PEXPIRE', KEYS[i], math.ceil(lease_seconds * 1000))
+    elseif cost > 0 then
+      redis.call('HINCRBYFLOAT', KEYS[i], found[i], cost)
+      redis.call('PEXPIRE', KEYS[i], math.ceil(window * (1 + 2 / buckets) * 1000))
+    end
+  end
+end
+return out
+"""
+
+_CHARGE = """
+local now, buckets = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 1, #KEYS do
+  local window, amount = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
+  redis.call('HINCRBYFLOAT', KEYS[i], math.floor(now / (window / buckets)), amount)
+  redis.call('PEXPIRE', KEYS[i], math.ceil(window * (1 + 2 / buckets) * 1000))
+end
+return #KEYS
+"""
+
+
+class RedisStore:
+    """`LimitStore` on a Redis server (``redis://`` or ``rediss://`` URL). Calls fail fast
+    (``timeout`` seconds, no retries) so an outage costs a request little; the guard then fails
+    open or closed."""
+
+    def __init__(self, url: str, timeout: float = 0.5) -> None:
+        self._redis = aioredis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0), health_check_interval=0)
+        self._admit = self._redis.register_script(_ADMIT)
+        self._charge = self._redis.register_script(_CHARGE)
+
+    async def admit(self, checks: Sequence[Check], now: float, lease: str) -> Admission:
+        args: list[str | float] = [repr(now), lease, repr(LEASE_SECONDS), BUCKETS]
+        for check in checks:
+            args += [repr(check.window), repr(check.limit), repr(check.cost)]
+        reply = await self._admit(keys=[PREFIX + c.counter for c in checks], args=args)
+        states = tuple(State(float(reply[i]), float(reply[i + 1]))
+                       for i in range(1, len(reply), 2))
+        return Admission(reply[0] == 1, states, lease)
+
+    async def charge(self, charges: Sequence[tuple[str, float, float]], now: float) -> None:
+        charges = [c for c in charges if c[2]]
+        if not charges:
+            return
+        args: list[str | float] = [repr(now), BUCKETS]
+        for _, window, amount in charges:
+            args += [repr(window), repr(amount)]
+        await self._charge(keys=[PREFIX + c[0] for c in charges], args=args)
+
+    async def release(self, counters: Sequence[str], lease: str) -> None:
+        if counters:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for counter in counters:
+                    pipe.zrem(PREFIX + counter, lease)
+                await pipe.execute()
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
