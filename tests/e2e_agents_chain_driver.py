@@ -13,20 +13,13 @@ import json
 import sys
 from typing import Any
 
-from agents import (
-    Agent,
-    Runner,
-    function_tool,
-    set_default_openai_api,
-    set_default_openai_client,
-    set_tracing_disabled,
-)
+import agents
 from openai import AsyncOpenAI
 
 TOOL_CALLS: list[str] = []
 
 
-@function_tool
+@agents.function_tool
 def get_weather(city: str) -> str:
     """The current weather in a city."""
     TOOL_CALLS.append(city)
@@ -34,15 +27,15 @@ def get_weather(city: str) -> str:
 
 
 async def main(base_url: str) -> dict[str, Any]:
-    set_tracing_disabled(True)
-    set_default_openai_api("responses")
-    set_default_openai_client(AsyncOpenAI(base_url=base_url, api_key="sk-e2e", max_retries=0),
-                              use_for_tracing=False)
-    agent = Agent(name="weather", instructions="You answer questions about the weather.",
+    agents.set_tracing_disabled(True)
+    agents.set_default_openai_api("responses")
+    agents.set_default_openai_client(AsyncOpenAI(base_url=base_url, api_key="sk-e2e",
+                                                 max_retries=0), use_for_tracing=False)
+    agent = agents.Agent(name="weather", instructions="You answer questions about the weather.",
                   tools=[get_weather], model="demo")
-    first = await Runner.run(agent, "Call get_weather for Paris, please.",
+    first = await agents.Runner.run(agent, "Call get_weather for Paris, please.",
                              auto_previous_response_id=True)
-    later = await Runner.run(agent, "Thanks, that is all.",
+    later = await agents.Runner.run(agent, "Thanks, that is all.",
                              previous_response_id=first.last_response_id)
     return {"outputs": [first.final_output, later.final_output], "tool_calls": TOOL_CALLS,
             "responses": [r.response_id for r in first.raw_responses + later.raw_responses]}
