@@ -180,6 +180,8 @@ def startup_summary(settings: Settings, *, demo: bool) -> str:
     """One line: what the proxy forwards to, where its spans go, where its metrics are."""
     metrics = _url(settings.metrics_host or settings.host, settings.metrics_port or settings.port)
     api = " (Chat Completions, adapted)" if settings.upstream_api == "chat" else ""
+    if settings.upstream_api == "chat":  # the store's line part: never a Redis password
+        api += f"; responses stored: {settings.store_spec.described}"
     return (f"otel-responses {__version__} on {_url(settings.host, settings.port)}: upstream "
             f"{settings.upstream}{api}; spans: {describe_span_export(os.environ, demo=demo)}; "
             f"metrics: {metrics}/metrics")

@@ -218,3 +218,27 @@ def test_sqlite_waits_off_the_event_loop_and_gives_up(tmp_path: Path) -> None:
     ticks, error = asyncio.run(_sqlite(path, write))
     assert "locked" in error
     assert ticks >= 5  # the loop ran on while the write waited
+
+
+def _small(response_id: str, text: str) -> StoredResponse:
+    """A record small enough to share a database page with others."""
+    now = time.time()
+    return StoredResponse(response_id, None, now, now + 60, {"id": response_id, "text": text},
+                          [], None, None)
+
+
+def test_a_deleted_response_leaves_no_trace_in_the_sqlite_file(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    secret = "the-patient-is-allergic-to-penicillin"
+    records = [_small("resp_before", "fine"), _small("resp_doomed", secret),
+               _small("resp_after", "fine")]
+
+    async def work(store: SQLiteStore) -> bool:
+        for r in records:
+            await store.put(r)
+        return await store.delete("resp_doomed", None)
+    assert asyncio.run(_sqlite(path, work))
+    # Closed: the write-ahead log is checkpointed into the file and removed.
+    assert [p.name for p in tmp_path.iterdir()] == ["r.db"]
+    data = path.read_bytes()
+    assert b"resp_after" in data and secret.encode() not in data

@@ -26,14 +26,19 @@ class ListingError(ValueError):
         self.message = message
 
 
+def input_as_items(value: Any) -> list[Item]:
+    """A request's ``input`` as a list of items (a string is one user message)."""
+    if isinstance(value, str):
+        return [{"type": "message", "role": "user", "content": value}]
+    return [item for item in value if isinstance(item, Mapping)] if isinstance(value, list) \
+        else []
+
+
 def listed_input(value: Any, new_id: Callable[[str], str]) -> list[dict[str, Any]]:
     """A request's ``input`` as ``input_items`` lists it: a list of typed items, each with an
     id (``new_id(prefix)`` makes the missing ones), message text as content parts."""
-    raw = [{"type": "message", "role": "user", "content": value}] if isinstance(value, str) \
-        else [item for item in value if isinstance(item, Mapping)] if isinstance(value, list) \
-        else []
     listed = []
-    for item in raw:
+    for item in input_as_items(value):
         kind = item.get("type", "message")
         entry = {"id": item.get("id") or new_id(_ID_PREFIX.get(kind, "item_")), **item,
                  "type": kind}

@@ -64,6 +64,7 @@ class SQLiteStore:
                              timeout=BUSY_TIMEOUT)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
+        db.execute("PRAGMA secure_delete=ON")  # deleted user data is zeroed, not left in free pages
         db.executescript(_SCHEMA)
         self._db = db
 
