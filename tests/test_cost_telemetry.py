@@ -51,6 +51,11 @@ TOKEN_KEYS = {"llm.token_count.prompt": ("input_tokens",),
                                                             "cached_tokens"),
               "llm.token_count.completion_details.reasoning": ("output_tokens_details",
                                                                "reasoning_tokens")}
+# (llm.cost.<name>, where the usage reports its tokens, the table's own price, its parent's)
+DETAILS = (("prompt_details.cache_read", ("input_tokens_details", "cached_tokens"),
+            "cache_read_mtok", "input_mtok"),
+           ("completion_details.reasoning", ("output_tokens_details", "reasoning_tokens"),
+            "output_reasoning_mtok", "output_mtok"))
 USAGE = {"input_tokens": 1_000_000, "input_tokens_details": {"cached_tokens": 250_000},
          "output_tokens": 100_000, "output_tokens_details": {"reasoning_tokens": 40_000},
          "total_tokens": 1_100_000}
@@ -167,28 +172,22 @@ def test_every_recorded_call_with_usage_costs_what_genai_prices_says(
                                                                rel=1e-9)
             assert got["llm.cost.prompt"] + got["llm.cost.completion"] == \
                 pytest.approx(got["llm.cost.total"], rel=1e-12)
-            price = calc.model_price
-            cached = _dig(reported, ("input_tokens_details", "cached_tokens"))
-            if cached is not None:
-                rate = price.cache_read_mtok if price.cache_read_mtok is not None \
-                    else price.input_mtok
-                assert got["llm.cost.prompt_details.cache_read"] == \
-                    pytest.approx(cached * float(rate) / 1e6, rel=1e-9)
-                covered["cached"] += cached > 0
-            reasoning = _dig(reported, ("output_tokens_details", "reasoning_tokens"))
-            if reasoning is not None:
-                rate = price.output_reasoning_mtok if price.output_reasoning_mtok is not None \
-                    else price.output_mtok
-                assert got["llm.cost.completion_details.reasoning"] == \
-                    pytest.approx(reasoning * float(rate) / 1e6, rel=1e-9)
-                covered["reasoning"] += reasoning > 0
+            # The details: their tokens at their own rate in the table, else their parent's.
+            for name, path, own, parent in DETAILS:
+                count = _dig(reported, path)
+                if count is not None:
+                    rate = getattr(calc.model_price, own)
+                    rate = getattr(calc.model_price, parent) if rate is None else rate
+                    assert got[f"llm.cost.{name}"] == \
+                        pytest.approx(count * float(rate) / 1e6, rel=1e-9)
+                    covered[name] += count > 0
             covered["stream" if rec.is_sse else "body"] += 1
             covered[final["status"]] += 1
         assert {m: value(samples, "otel_responses_cost_unpriced_total", model=m)
                 for m in unpriced} == unpriced
     # The recordings cover what the issue names: streams and bodies, incomplete responses,
     # cached and reasoning tokens.
-    assert min(covered[k] for k in ("stream", "body", "incomplete", "cached", "reasoning")) > 0
+    assert min(covered[k] for k in ("stream", "body", "incomplete", *(d[0] for d in DETAILS))) > 0
 
 
 def test_failed_responses_that_report_usage_are_priced(upstream: RawUpstream) -> None:
