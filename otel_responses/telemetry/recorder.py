@@ -12,7 +12,7 @@ from otel_responses.protocol.encoding import ContentDecoder, decoder
 from otel_responses.protocol.sse import is_event_stream
 from otel_responses.protocol.stream import ResponseStream
 from otel_responses.protocol.window import BodyWindow
-from otel_responses.telemetry.cost import Pricing
+from otel_responses.telemetry.cost import CostBreakdown, Pricing
 
 # A Responses status or terminal event → how the call ended (streams: else how the bytes
 # stopped).
@@ -51,6 +51,11 @@ class CallRecord:
     response_truncated: bool = False
     # Set by the middleware's pricer before the span and the sinks see the call.
     cost: Pricing = None
+
+    @property
+    def cost_usd(self) -> float | None:
+        """What the call cost in USD (``llm.cost.total``), None when it was not priced."""
+        return self.cost.total if isinstance(self.cost, CostBreakdown) else None
 
     @property
     def is_error(self) -> bool:
