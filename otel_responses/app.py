@@ -60,7 +60,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await proxy.start()
         stop_metrics = (metrics.serve(settings.metrics_host or settings.host,
-                                      settings.metrics_port)
+                                      settings.metrics_port, settings.client_header_timeout)
                         if settings.metrics_port is not None else None)
         reloads = asyncio.create_task(prices.watch()) if prices is not None else None
         try:
