@@ -154,7 +154,8 @@ class Fault:
     ``error`` (``status`` with an OpenAI error body, or HTML when ``how="html"``), ``junk``
     (``size`` bytes of junk as SSE), ``flood`` (``size`` bytes of SSE as fast as the socket
     takes them), ``huge`` (fixed-length JSON of ``size`` bytes), ``gzipstream`` (a whole SSE
-    stream gzipped, with ``size`` bytes of hex comment lines after its first event).
+    stream gzipped, with ``size`` bytes of hex comment lines after its first event; with
+    ``how="json"``, a gzipped JSON Response whose text is ``size`` bytes of hex).
     """
 
     kind: str
@@ -315,7 +316,8 @@ class FaultUpstream:
             return True
         if kind == "gzipstream":
             data = gzip_stream(fault)
-            head = _head(200, "text/event-stream", len(data))
+            head = _head(200, "application/json" if fault.how == "json" else "text/event-stream",
+                         len(data))
             await self._write(fault, writer, head.replace(b"\r\n\r\n",
                                                           b"\r\nContent-Encoding: gzip\r\n\r\n"))
             for i in range(0, len(data), 1 << 16):
@@ -395,15 +397,22 @@ def flood_parts(fault: Fault) -> tuple[bytes, bytes, int]:
 
 @functools.lru_cache(maxsize=2)
 def gzip_stream(fault: Fault) -> bytes:
-    """A ``gzipstream`` body: the fault's SSE stream with ``size`` bytes of comment lines of
-    random hex after its first event (about 2:1 under gzip, like real streams far from a bomb),
-    gzipped."""
+    """A ``gzipstream`` body: ``size`` bytes of random hex (about 2:1 under gzip, far from a
+    bomb) as comment lines after the first event of the fault's SSE stream, or with
+    ``how="json"`` as the text of a JSON Response (usage last); gzipped."""
+    noise = random.Random(fault.seed).randbytes(fault.size // 2).hex()
+    if fault.how == "json":
+        return gzip.compress(json.dumps({
+            "id": "resp_gz", "object": "response", "model": "fault-model", "status": "completed",
+            "output": [{"id": "msg_gz", "type": "message", "role": "assistant",
+                        "content": [{"type": "output_text", "text": noise}]}],
+            "usage": {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2}}).encode(),
+            compresslevel=1)
     sse = fault.sse().body
     first = sse.index(b"\n\n") + 2
     line = 1 << 16
-    noise = random.Random(fault.seed).randbytes(fault.size // 2).hex().encode()
-    comments = b"".join(b": " + noise[i:i + line] + b"\n" for i in range(0, len(noise), line))
-    return gzip.compress(sse[:first] + comments + b"\n" + sse[first:], compresslevel=1)
+    comments = "".join(f": {noise[i:i + line]}\n" for i in range(0, len(noise), line))
+    return gzip.compress(sse[:first] + comments.encode() + b"\n" + sse[first:], compresslevel=1)
 
 
 def flood_length(fault: Fault) -> int:

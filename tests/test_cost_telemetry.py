@@ -8,6 +8,7 @@ import collections
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,16 +17,20 @@ from urllib.parse import urlsplit
 
 import genai_prices
 import httpx
+import openai
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_responses.cli import _option_values, build_parser
 from otel_responses.config import SERVE_OPTIONS, settings_from
+from otel_responses.demo.app import create_demo_app
 from otel_responses.telemetry import prices_file
-from otel_responses.telemetry.cost import CostBreakdown, Pricer, PricesError
+from otel_responses.telemetry.cost import CostBreakdown, Pricer, PricesError, parse_prices
+from otel_responses.telemetry.middleware import ResponsesTelemetryMiddleware
 from otel_responses.telemetry.options import TelemetryOptions, infer_provider
 from otel_responses.telemetry.prices_file import PricesFile
 from tests.recordings import Recording, final_response, load_recordings, need
+from tests.servers import serve_asgi
 from tests.spans import SpanSink
 from tests.test_cli import _cli
 from tests.test_metrics import (
@@ -51,6 +56,11 @@ TOKEN_KEYS = {"llm.token_count.prompt": ("input_tokens",),
                                                             "cached_tokens"),
               "llm.token_count.completion_details.reasoning": ("output_tokens_details",
                                                                "reasoning_tokens")}
+# (llm.cost.<name>, where the usage reports its tokens, the table's own price, its parent's)
+DETAILS = (("prompt_details.cache_read", ("input_tokens_details", "cached_tokens"),
+            "cache_read_mtok", "input_mtok"),
+           ("completion_details.reasoning", ("output_tokens_details", "reasoning_tokens"),
+            "output_reasoning_mtok", "output_mtok"))
 USAGE = {"input_tokens": 1_000_000, "input_tokens_details": {"cached_tokens": 250_000},
          "output_tokens": 100_000, "output_tokens_details": {"reasoning_tokens": 40_000},
          "total_tokens": 1_100_000}
@@ -167,28 +177,22 @@ def test_every_recorded_call_with_usage_costs_what_genai_prices_says(
                                                                rel=1e-9)
             assert got["llm.cost.prompt"] + got["llm.cost.completion"] == \
                 pytest.approx(got["llm.cost.total"], rel=1e-12)
-            price = calc.model_price
-            cached = _dig(reported, ("input_tokens_details", "cached_tokens"))
-            if cached is not None:
-                rate = price.cache_read_mtok if price.cache_read_mtok is not None \
-                    else price.input_mtok
-                assert got["llm.cost.prompt_details.cache_read"] == \
-                    pytest.approx(cached * float(rate) / 1e6, rel=1e-9)
-                covered["cached"] += cached > 0
-            reasoning = _dig(reported, ("output_tokens_details", "reasoning_tokens"))
-            if reasoning is not None:
-                rate = price.output_reasoning_mtok if price.output_reasoning_mtok is not None \
-                    else price.output_mtok
-                assert got["llm.cost.completion_details.reasoning"] == \
-                    pytest.approx(reasoning * float(rate) / 1e6, rel=1e-9)
-                covered["reasoning"] += reasoning > 0
+            # The details: their tokens at their own rate in the table, else their parent's.
+            for name, path, own, parent in DETAILS:
+                count = _dig(reported, path)
+                if count is not None:
+                    rate = getattr(calc.model_price, own)
+                    rate = getattr(calc.model_price, parent) if rate is None else rate
+                    assert got[f"llm.cost.{name}"] == \
+                        pytest.approx(count * float(rate) / 1e6, rel=1e-9)
+                    covered[name] += count > 0
             covered["stream" if rec.is_sse else "body"] += 1
             covered[final["status"]] += 1
         assert {m: value(samples, "otel_responses_cost_unpriced_total", model=m)
                 for m in unpriced} == unpriced
     # The recordings cover what the issue names: streams and bodies, incomplete responses,
     # cached and reasoning tokens.
-    assert min(covered[k] for k in ("stream", "body", "incomplete", "cached", "reasoning")) > 0
+    assert min(covered[k] for k in ("stream", "body", "incomplete", *(d[0] for d in DETAILS))) > 0
 
 
 def test_failed_responses_that_report_usage_are_priced(upstream: RawUpstream) -> None:
@@ -357,3 +361,28 @@ def test_cost_flags_and_their_variables() -> None:
                          "OTEL_RESPONSES_PRICES_FILE": "/etc/p.yaml"}) == (False, "/etc/p.yaml")
     assert settings(["--no-cost", "--prices", "a.json"], {}) == (False, "a.json")
     assert settings(["--cost"], {"OTEL_RESPONSES_COST": "off"}) == (True, None)
+
+
+def test_a_sink_gets_each_calls_cost_as_its_span_has_it() -> None:
+    """What a budget guard's sink sees: ``CallRecord.cost_usd``, set before the sinks run, for
+    streams and bodies, on the demo upstream's own traffic."""
+    spans, charged = SpanSink(), list[float | None]()
+    pricer = Pricer(None, parse_prices({"models": [{"match": "demo", "input": 3, "output": 15}]}))
+    app = ResponsesTelemetryMiddleware(create_demo_app(), tracer_provider=spans.provider,
+                                       sinks=(lambda record: charged.append(record.cost_usd),),
+                                       pricer=pricer)
+    with serve_asgi(app) as base, openai.OpenAI(base_url=base + "/v1", api_key="unused") as client:
+        body = client.responses.create(model="demo", input="Hello there")
+        with client.responses.stream(model="demo", input="Say more, at length") as stream:
+            streamed = stream.get_final_response()
+        finished = spans.wait(2)
+        for _ in range(500):  # the sinks run just after each span ends
+            if len(charged) == 2:
+                break
+            time.sleep(0.01)
+    # $3 per million input tokens, $15 per million output tokens.
+    expected = [(r.usage.input_tokens * 3 + r.usage.output_tokens * 15) / 1e6
+                for r in (body, streamed) if r.usage is not None]
+    assert len(expected) == 2 and expected[0] != expected[1]
+    assert charged == pytest.approx(expected)
+    assert [s.attributes["llm.cost.total"] for s in finished] == pytest.approx(expected)
