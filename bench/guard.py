@@ -14,12 +14,10 @@ over repetitions; "vs off" is taken per repetition, so drift between repetitions
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,8 +25,17 @@ from typing import Any
 
 import payloads
 import servers
-from clients import Spread, _by_rep, _cell, paired
-from run import BENCH, Suite, _machine, _package_version
+from clients import (
+    Spread,
+    _by_rep,
+    _cell,
+    matrix_parser,
+    paired,
+    parse_matrix,
+    reported_only,
+    write_results,
+)
+from run import Suite
 
 CONFIGS = ("off", "memory", "redis")
 TARGETS_MS = {"memory": 0.1, "redis": 0.4}  # the issue's: added p50 at c=1
@@ -40,18 +47,7 @@ KEYS = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repeats", type=int, default=7, help="repetitions per cell [7]")
-    p.add_argument("--seconds", type=float, default=2.0, help="measured seconds per run [2.0]")
-    p.add_argument("--max-requests", type=int, default=20_000)
-    p.add_argument("--concurrency", default="1,10")
-    p.add_argument("--scenarios", default="small")
-    p.add_argument("--report-only", action="store_true")
-    p.add_argument("--results", type=Path, default=BENCH / "out" / "guard.json")
-    args = p.parse_args(argv)
-    args.quick, args.bsp_delay_ms = False, 500  # what Suite.matrix reads besides the above
-    return args
+    return parse_matrix(matrix_parser(__doc__, "guard.json", repeats=7, scenarios="small"), argv)
 
 
 def start_redis(rundir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -60,7 +56,7 @@ def start_redis(rundir: Path) -> tuple[subprocess.Popen[bytes], str]:
     if binary is None:
         raise SystemExit("redis-server not found: apt-get install -y redis-server")
     port = servers.free_port()
-    with open(rundir / "redis.log", "wb") as log:
+    with open(rundir / "redis-server.log", "wb") as log:
         proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1",
                                  "--save", "", "--appendonly", "no"], stdout=log,
                                 stderr=subprocess.STDOUT, cwd=rundir)
@@ -133,31 +129,12 @@ def report(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    out = args.results.with_suffix(".md")
-    if args.report_only:
-        out.write_text(report(json.loads(args.results.read_text())))
-        print(out.read_text())
+    if reported_only(args, report):
         return
     rundir = Path(tempfile.mkdtemp(prefix="otel-guard-"))
     print(f"logs in {rundir}", flush=True)
     runs, notes = measure_all(args, rundir)
-    known = payloads.scenarios()
-    wanted = [s for s in args.scenarios.split(",") if s in known]
-    results = {
-        "meta": {
-            "command": ("python bench/guard.py " + " ".join(
-                sys.argv[1:] if argv is None else argv)).strip(),
-            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": _machine(), "package": _package_version(), "repeats": args.repeats,
-            "scenarios": {s: known[s].title for s in wanted}, "notes": notes,
-        },
-        "runs": runs,
-    }
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(results, indent=1))
-    out.write_text(report(results))
-    print(out.read_text())
-
+    write_results(args, argv, "guard.py", runs, notes, report)
 
 if __name__ == "__main__":
     main()

@@ -167,7 +167,7 @@ def serve(settings: Settings) -> None:
     try:
         try:
             app = create_app(settings, demo=demo_server is not None)
-        except ValueError as exc:  # an OTEL_* variable the exporter cannot use
+        except ValueError as exc:  # an OTEL_* variable the exporter cannot use, a keys file
             raise SystemExit(f"otel-responses: {exc}") from None
         log.info("%s", startup_summary(settings, demo=demo_server is not None))
         Server(uvicorn_config(app, settings)).run()
@@ -182,9 +182,13 @@ def startup_summary(settings: Settings, *, demo: bool) -> str:
     api = " (Chat Completions, adapted)" if settings.upstream_api == "chat" else ""
     if settings.upstream_api == "chat":  # the store's line part: never a Redis password
         api += f"; responses stored: {settings.store_spec.described}"
+    # The rate-limit store's URL is not named: it may hold a password.
+    keys = (f"; keys: {settings.api_keys}, limits in "
+            f"{'memory' if settings.rate_limit_store == 'memory' else 'redis'}"
+            if settings.api_keys else "")
     return (f"otel-responses {__version__} on {_url(settings.host, settings.port)}: upstream "
             f"{settings.upstream}{api}; spans: {describe_span_export(os.environ, demo=demo)}; "
-            f"metrics: {metrics}/metrics")
+            f"metrics: {metrics}/metrics{keys}")
 
 
 def _url(host: str, port: int) -> str:

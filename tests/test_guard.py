@@ -7,6 +7,8 @@ import asyncio
 import base64
 import json
 import logging
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -340,3 +342,13 @@ def test_redis_down_fails_open_or_closed_then_recovers(demo: str, tmp_path: Path
                           'reason="limit_store_unavailable"') == 4
         server.start()  # a fresh, empty server: the limit counts from zero again
         assert [_status(base, ALICE) for _ in range(3)] == [200, 200, 429]
+
+
+def test_a_broken_keys_file_stops_the_start_naming_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "keys.yaml"
+    path.write_text(f"keys:\n  - name: alice\n    key: {ALICE}\n    limits: {{rpm: 5}}\n")
+    done = subprocess.run([sys.executable, "-m", "otel_responses", "--api-keys", str(path),
+                           "--port", "0"], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "keys[0].limits has unknown fields: rpm" in done.stderr
+    assert ALICE not in done.stderr + done.stdout

@@ -41,9 +41,9 @@ def test_tokens_admit_while_some_are_left_and_charges_come_after() -> None:
     store = MemoryStore()
     tpm = Check("k:tpm", 100, 60.0)  # cost 0: tokens are charged when the call ends
     assert run(store.admit([tpm], T0, "a")).admitted
-    run(store.charge([("k:tpm", 60.0, 99)], T0))
+    run(store.settle([("k:tpm", 60.0, 99)], [], "", T0))
     assert run(store.admit([tpm], T0 + 1, "b")).admitted  # 1 token left: admitted
-    run(store.charge([("k:tpm", 60.0, 50)], T0 + 1))  # the call overshot: charged anyway
+    run(store.settle([("k:tpm", 60.0, 50)], [], "", T0 + 1))  # the call overshot: charged anyway
     refused = run(store.admit([tpm], T0 + 2, "c"))
     assert not refused.admitted and refused.states[0].used == 149
     # Once T0's 99 leave, 50 remain (< 100): admitted again.
@@ -55,7 +55,7 @@ def test_an_admission_is_all_or_nothing() -> None:
     store = MemoryStore()
     rpm = Check("k:rpm", 10, 60.0, 1.0)
     tpd = Check("k:tpd", 5, 86400.0)
-    run(store.charge([("k:tpd", 86400.0, 5)], T0))
+    run(store.settle([("k:tpd", 86400.0, 5)], [], "", T0))
     refused = run(store.admit([rpm, tpd], T0, "a"))
     assert not refused.admitted and refused.states[0].wait == 0 and refused.states[1].wait > 0
     assert run(store.admit([rpm], T0, "b")).states[0].used == 0  # the refusal charged nothing
@@ -67,7 +67,7 @@ def test_concurrency_slots_are_taken_and_released_by_lease() -> None:
     assert run(store.admit([slot], T0, "a")).admitted
     assert run(store.admit([slot], T0, "b")).admitted
     assert not run(store.admit([slot], T0, "c")).admitted
-    run(store.release(["k:conc"], "a"))
+    run(store.settle([], ["k:conc"], "a", T0))
     assert run(store.admit([slot], T0, "c")).admitted
 
 
@@ -127,11 +127,11 @@ def test_redis_answers_as_the_memory_store(redis: RedisServer, steps: list[Step]
                         leases.append(lease)
                 elif step.kind == "charge":
                     for s in (memory, shared):
-                        await s.charge([(prefix + "w", 60.0, step.cost)], now)
+                        await s.settle([(prefix + "w", 60.0, step.cost)], [], "", now)
                 elif leases:
                     lease = leases.pop(0)
                     for s in (memory, shared):
-                        await s.release([prefix + "c"], lease)
+                        await s.settle([], [prefix + "c"], lease, now)
         finally:
             await shared.aclose()
 

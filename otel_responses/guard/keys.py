@@ -96,14 +96,19 @@ def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> 
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise KeysFileError(f"cannot read {path}: {exc.__class__.__name__}") from None
+        raise KeysFileError(f"cannot read the keys file {path}: {exc.__class__.__name__}") \
+            from None
     try:
         document = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
         # The parsers' messages quote the offending line, which may hold a key: only where.
         where = getattr(exc, "problem_mark", None) or getattr(exc, "lineno", None)
-        raise KeysFileError(f"{path} is not valid YAML or JSON (near {where})") from None
-    return parse(document, os.environ if env is None else env)
+        raise KeysFileError(f"the keys file {path} is not valid YAML or JSON (near {where})") \
+            from None
+    try:
+        return parse(document, os.environ if env is None else env)
+    except KeysFileError as exc:
+        raise KeysFileError(f"the keys file {path}: {exc}") from None
 
 
 def parse(document: Any, env: Mapping[str, str]) -> Keys:

@@ -52,11 +52,10 @@ class LimitStore(Protocol):
 
     async def admit(self, checks: Sequence[Check], now: float, lease: str) -> Admission: ...
 
-    async def charge(self, charges: Sequence[tuple[str, float, float]], now: float) -> None:
-        """Add each (counter, window, amount), unconditionally: usage known after the call."""
-
-    async def release(self, counters: Sequence[str], lease: str) -> None:
-        """Give back the concurrency slots ``lease`` took in ``counters``."""
+    async def settle(self, charges: Sequence[tuple[str, float, float]], slots: Sequence[str],
+                     lease: str, now: float) -> None:
+        """When a call ends: add each (counter, window, amount) unconditionally (usage known
+        after the call), and give back the concurrency ``slots`` that ``lease`` took."""
 
     async def aclose(self) -> None: ...
 
@@ -143,18 +142,17 @@ class MemoryStore:
                     self._add(check.counter, check.window, check.cost, now)
         return Admission(admitted, tuple(states), lease)
 
-    async def charge(self, charges: Sequence[tuple[str, float, float]], now: float) -> None:
+    async def settle(self, charges: Sequence[tuple[str, float, float]], slots: Sequence[str],
+                     lease: str, now: float) -> None:
         for counter, window, amount in charges:
             if amount:
                 self._window(Check(counter, 0, window), now)  # expire before adding
                 self._add(counter, window, amount, now)
-
-    async def release(self, counters: Sequence[str], lease: str) -> None:
-        for counter in counters:
-            slots = self._slots.get(counter)
-            if slots is not None:
-                slots.discard(lease)
-                if not slots:
+        for counter in slots:
+            held = self._slots.get(counter)
+            if held is not None:
+                held.discard(lease)
+                if not held:
                     del self._slots[counter]
 
     async def aclose(self) -> None:

@@ -77,7 +77,7 @@ def charged_tokens(call: FinishedCall) -> int:
 @dataclass
 class GuardEvents:
     """Where the guard reports, for metrics: a rejection (reason, key name or None), a limit
-    store failure (operation: admit, charge or release) and tokens charged to a key."""
+    store failure (operation: admit or settle) and tokens charged to a key."""
 
     rejected: Callable[[str, str | None], None] = lambda reason, key: None
     store_failed: Callable[[str], None] = lambda operation: None
@@ -203,20 +203,18 @@ class Guard:
             return None
 
     async def _settle(self, ticket: _Ticket) -> None:
-        now = self.clock()
-        if ticket.tokens:
-            try:
-                await self.store.charge([(counter, window, ticket.tokens)
-                                         for counter, window in ticket.token_counters], now)
-            except Exception as exc:
-                self._store_failed("charge", exc)
-            else:
-                self.events.charged(ticket.tokens, ticket.caller.name)
-        if ticket.slots and ticket.lease is not None:
-            try:
-                await self.store.release(ticket.slots, ticket.lease)
-            except Exception as exc:
-                self._store_failed("release", exc)
+        charges = [(counter, window, ticket.tokens) for counter, window in ticket.token_counters
+                   ] if ticket.tokens else []
+        slots = ticket.slots if ticket.lease is not None else []
+        if not charges and not slots:
+            return
+        try:
+            await self.store.settle(charges, slots, ticket.lease or "", self.clock())
+        except Exception as exc:
+            self._store_failed("settle", exc)
+            return
+        if charges:
+            self.events.charged(ticket.tokens or 0, ticket.caller.name)
 
     def _store_failed(self, operation: str, exc: Exception) -> None:
         self.events.store_failed(operation)

@@ -1,5 +1,6 @@
 """Limit counters in Redis, shared by every replica: each admission is one Lua script, so the
-check-then-charge of all its limits is atomic across processes (`limits` has the window)."""
+check-then-charge of all its limits is atomic across processes (`limits` has the window), and
+so is each settlement (tokens charged, slots given back): two round trips per call."""
 
 from __future__ import annotations
 
@@ -83,12 +84,16 @@ end
 return out
 """
 
-_CHARGE = """
-local now, buckets = tonumber(ARGV[1]), tonumber(ARGV[2])
-for i = 1, #KEYS do
-  local window, amount = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
+_SETTLE = """
+local now, buckets, charges, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
+  ARGV[4]
+for i = 1, charges do
+  local window, amount = tonumber(ARGV[3 + 2 * i]), tonumber(ARGV[4 + 2 * i])
   redis.call('HINCRBYFLOAT', KEYS[i], math.floor(now / (window / buckets)), amount)
   redis.call('PEXPIRE', KEYS[i], math.ceil(window * (1 + 2 / buckets) * 1000))
+end
+for i = charges + 1, #KEYS do
+  redis.call('ZREM', KEYS[i], lease)
 end
 return #KEYS
 """
@@ -104,7 +109,7 @@ class RedisStore:
             url, socket_timeout=timeout, socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0), health_check_interval=0)
         self._admit = self._redis.register_script(_ADMIT)
-        self._charge = self._redis.register_script(_CHARGE)
+        self._settle = self._redis.register_script(_SETTLE)
 
     async def admit(self, checks: Sequence[Check], now: float, lease: str) -> Admission:
         args: list[str | float] = [repr(now), lease, repr(LEASE_SECONDS), BUCKETS]
@@ -115,21 +120,16 @@ class RedisStore:
                        for i in range(1, len(reply), 2))
         return Admission(reply[0] == 1, states, lease)
 
-    async def charge(self, charges: Sequence[tuple[str, float, float]], now: float) -> None:
+    async def settle(self, charges: Sequence[tuple[str, float, float]], slots: Sequence[str],
+                     lease: str, now: float) -> None:
         charges = [c for c in charges if c[2]]
-        if not charges:
+        if not charges and not slots:
             return
-        args: list[str | float] = [repr(now), BUCKETS]
+        args: list[str | float] = [repr(now), BUCKETS, len(charges), lease]
         for _, window, amount in charges:
             args += [repr(window), repr(amount)]
-        await self._charge(keys=[PREFIX + c[0] for c in charges], args=args)
-
-    async def release(self, counters: Sequence[str], lease: str) -> None:
-        if counters:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for counter in counters:
-                    pipe.zrem(PREFIX + counter, lease)
-                await pipe.execute()
+        keys = [PREFIX + c[0] for c in charges] + [PREFIX + c for c in slots]
+        await self._settle(keys=keys, args=args)  # one round trip for both
 
     async def aclose(self) -> None:
         await self._redis.aclose()
