@@ -60,7 +60,9 @@ _READ_FILES = frozenset({"prices", "api_keys"})
 _STANDIN_REDIS = "redis://:stand-in@redis.invalid:6379/0"
 _SECRET_STANDINS = {"OTEL_RESPONSES_STORE": _STANDIN_REDIS,
                     "OTEL_RESPONSES_RATE_LIMIT_STORE": _STANDIN_REDIS}
-_FILE_STANDINS = {"prices": "models: []\n"}
+CLIENT_KEY = "sk-deploy-test-client"  # the stand-in keys file's one key
+_FILE_STANDINS = {"prices": "models: []\n",
+                  "api_keys": f"keys:\n  - name: deploy-test\n    key: {CLIENT_KEY}\n"}
 _REDIS_OPTIONS = frozenset({"store", "rate_limit_store"})
 
 

@@ -25,11 +25,13 @@ import pytest
 import yaml
 
 from otel_responses.config import SERVE_OPTIONS
+from otel_responses.store.url import StoreSpec
 from otel_responses.telemetry.export import exporter_names
 from otel_responses.telemetry.masking import MaskingConfig
 from tests.manifests import (
     BIN,
     CHART,
+    CLIENT_KEY,
     COMPOSE,
     DEPLOY,
     ROOT,
@@ -77,14 +79,18 @@ HELM_VALUES: dict[str, dict[str, Any]] = {
         "replicaCount": 1, "autoscaling": {"enabled": False},
         "podDisruptionBudget": {"enabled": False},
     },
-    # Replicas sharing a Redis store; your own prices ConfigMap.
+    # Replicas sharing a Redis store and rate-limit counters; your own prices ConfigMap.
     "gateway-chat-redis": {
         "upstream": {"api": "chat"},
         "store": {"type": "redis", "redis": {"urlSecret": {"name": "redis", "key": "url"}}},
         "cost": {"pricesConfigMap": {"name": "my-prices", "key": "prices.json"}},
+        "guard": {"keysSecret": {"name": "keys", "key": "keys.json"},
+                  "rateLimit": {"storeSecret": {"name": "redis"}, "fail": "closed"},
+                  "metricsKeyLabel": True},
     },
     "sidecar-memory-no-cost": {"mode": "sidecar", "store": {"type": "memory", "maxMB": 32},
-                               "cost": {"enabled": False, "prices": {"models": []}}},
+                               "cost": {"enabled": False, "prices": {"models": []}},
+                               "guard": {"keysSecret": {"name": "keys"}}},
 }
 
 
@@ -307,6 +313,11 @@ def test_manifest_runs_as_written(spec: ProxySpec, upstream: RawUpstream, tmp_pa
                 proc.kill()
             log = proc.communicate()[0]
         assert result.get("body") == b'data: {"n":0}\n\ndata: {"n":"last"}\n\n', (result, log)
+        if spec.setting("upstream_api") == "chat":  # the adapter opened its store at startup
+            store = StoreSpec.parse(run.env.get("OTEL_RESPONSES_STORE"),
+                                    run.env["OTEL_RESPONSES_DATA_DIR"])
+            assert store.kind != "sqlite" or (store.path is not None and store.path.is_file()
+                                              and store.path.is_relative_to(tmp_path)), store
         if "otlp" not in exporter_names(run.env, demo=False):
             return
         spans = receiver.wait_for(1)
@@ -315,8 +326,10 @@ def test_manifest_runs_as_written(spec: ProxySpec, upstream: RawUpstream, tmp_pa
 
 def _read_held_stream(url: str, out: dict[str, object]) -> None:
     try:
+        # The key of the stand-in keys file, where a manifest turns the guard on.
         with httpx.stream("POST", url, content=b'{"model":"m","stream":true}',
-                          headers={"x-scenario": "held"}, timeout=30) as resp:
+                          headers={"x-scenario": "held", "authorization": f"Bearer {CLIENT_KEY}"},
+                          timeout=30) as resp:
             out["body"] = b"".join(resp.iter_raw())
     except httpx.HTTPError as exc:  # the assertion on "body" reports it
         out["error"] = exc

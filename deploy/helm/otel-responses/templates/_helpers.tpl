@@ -101,6 +101,7 @@ securityContext:
 {{/* Where the image keeps state (its VOLUME) and where the prices ConfigMap is mounted. */}}
 {{- define "otel-responses.dataDir" -}}/var/lib/otel-responses{{- end -}}
 {{- define "otel-responses.pricesDir" -}}/etc/otel-responses/prices{{- end -}}
+{{- define "otel-responses.keysDir" -}}/etc/otel-responses/keys{{- end -}}
 
 {{/* The prices ConfigMap (yours, or the chart's from cost.prices) and its key; empty when
 there is no price file or cost is off. */}}
@@ -135,6 +136,9 @@ env wins over envFrom, so a secret's variable replaces the ConfigMap's. */}}
 {{- if eq .Values.store.type "redis" }}
 {{ include "otel-responses.secretEnv" (list "OTEL_RESPONSES_STORE" .Values.store.redis.urlSecret) }}
 {{- end }}
+{{- if .Values.guard.rateLimit.storeSecret.name }}
+{{ include "otel-responses.secretEnv" (list "OTEL_RESPONSES_RATE_LIMIT_STORE" .Values.guard.rateLimit.storeSecret) }}
+{{- end }}
 {{- if .Values.otlp.headersSecret.name }}
 {{ include "otel-responses.secretEnv" (list "OTEL_EXPORTER_OTLP_HEADERS" .Values.otlp.headersSecret) }}
 {{- end }}
@@ -153,6 +157,11 @@ files in place, and the proxy re-reads the file it names. */}}
   mountPath: {{ include "otel-responses.pricesDir" . }}
   readOnly: true
 {{- end }}
+{{- if .Values.guard.keysSecret.name }}
+- name: otel-responses-keys
+  mountPath: {{ include "otel-responses.keysDir" . }}
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{- define "otel-responses.volumes" -}}
@@ -167,6 +176,11 @@ files in place, and the proxy re-reads the file it names. */}}
 - name: otel-responses-prices
   configMap:
     name: {{ . }}
+{{- end }}
+{{- with .Values.guard.keysSecret.name }}
+- name: otel-responses-keys
+  secret:
+    secretName: {{ . }}
 {{- end }}
 {{- end -}}
 
