@@ -50,7 +50,7 @@ from tests.servers import wait_http_ok
 from tests.upstreams import RawUpstream
 
 KUBERNETES_VERSION = "1.33.0"  # native sidecars are on by default from 1.29
-KUSTOMIZATIONS = ("gateway", "sidecar", "sidecar-legacy")
+KUSTOMIZATIONS = ("gateway", "gateway-keys", "sidecar", "sidecar-legacy")
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 
