@@ -71,7 +71,8 @@ HELM_VALUES: dict[str, dict[str, Any]] = {
                 "otlp": {"endpoint": "http://collector:4318"}},
     # Adapter mode on one replica with its SQLite store on a claim, the chart's own prices.
     "gateway-chat-sqlite": {
-        "upstream": {"api": "chat", "unsupportedTools": "error"},
+        "upstream": {"url": "http://vllm.llm.svc:8000/v1", "api": "chat",
+                     "unsupportedTools": "error"},
         "store": {"type": "sqlite", "ttl": "12h", "maxMB": 64,
                   "persistence": {"enabled": True, "size": "2Gi", "storageClassName": "ssd"}},
         "cost": {"prices": {"models": [{"match": "my-finetune-*", "input": 3,
@@ -237,6 +238,27 @@ def test_ports_reached_from_outside_do_not_listen_on_loopback_only(spec: ProxySp
                                      if probe.command is None]
     for port in outside:
         assert not ipaddress.ip_address(spec.listen_host(port)).is_loopback, port
+
+
+_DEFAULT_PORTS = {"https": 443, "http": 80, "redis": 6379, "rediss": 6379}
+
+
+def _connects_to(spec: ProxySpec) -> set[int]:
+    """The ports the proxy opens connections to: upstream, OTLP endpoint, Redis."""
+    urls = [spec.setting("upstream"), dict(spec.env).get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            spec.setting("store"), spec.setting("rate_limit_store")]
+    return {parts.port or _DEFAULT_PORTS[parts.scheme]
+            for url in urls if url and url.split("://")[0] in _DEFAULT_PORTS
+            for parts in [urlsplit(url)]}
+
+
+@pytest.mark.parametrize("name", [n for n, objects in RENDERED.items()
+                                  if any(o["kind"] == "NetworkPolicy" for o in objects)])
+def test_network_policy_lets_the_proxy_reach_what_it_is_configured_to(name: str) -> None:
+    policy, = (o for o in RENDERED[name] if o["kind"] == "NetworkPolicy")
+    allowed = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
+    for spec in proxy_specs(RENDERED[name], name):
+        assert _connects_to(spec) <= allowed, spec.source
 
 
 def test_every_manifest_runs_an_otel_responses_container() -> None:

@@ -204,3 +204,20 @@ files in place, and the proxy re-reads the file it names. */}}
 {{- end }}
 {{- end }}
 {{- end -}}
+
+{{/* Egress ports as a JSON list: networkPolicy.egressPorts, plus the explicit port of the
+upstream and OTLP URLs (a chat server on :8000) and Redis's 6379 when a Redis URL is in use
+(the URL is in a Secret: a Redis on another port goes into egressPorts). */}}
+{{- define "otel-responses.egressPorts" -}}
+{{- $ports := list }}
+{{- range .Values.networkPolicy.egressPorts }}{{ $ports = append $ports (int .) }}{{ end }}
+{{- range list .Values.upstream.url .Values.otlp.endpoint }}
+{{- with regexFind ":[0-9]+$" (get (urlParse .) "host") }}
+{{- $ports = append $ports (trimPrefix ":" . | int) }}
+{{- end }}
+{{- end }}
+{{- if or (eq .Values.store.type "redis") .Values.guard.rateLimit.storeSecret.name }}
+{{- $ports = append $ports 6379 }}
+{{- end }}
+{{- $ports | uniq | toJson }}
+{{- end -}}
