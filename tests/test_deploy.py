@@ -127,6 +127,14 @@ def test_dockerfile_runs_unprivileged_and_binds_every_interface() -> None:
     spec = dockerfile_spec(DEPLOY / "Dockerfile")
     assert spec.setting("host") == "0.0.0.0"
     assert spec.shutdown_grace() < spec.grace_period
+    # Each volume (the data directory) is made in the image, owned by that user: a new volume
+    # takes the directory's owner, so the proxy can write it under a read-only root.
+    made = {words[-1]: words for line in text.splitlines() if line.startswith("RUN install -d ")
+            for words in [line.split()]}
+    assert spec.mounts
+    for mount in spec.mounts:
+        words = made[mount.path]
+        assert words[words.index("-o") + 1] == user.split(":")[0], words
 
 
 @pytest.mark.parametrize("name", RENDERED)
