@@ -133,7 +133,7 @@ class ProxySpec:
         directory must be a writable mount, and a file must come from a mounted ConfigMap or
         Secret that has it."""
         problems = []
-        for name in sorted((_WRITTEN_DIRS | _READ_FILES) & set(_OPTIONS)):
+        for name in sorted(_WRITTEN_DIRS | _READ_FILES):
             path = self.setting(name)
             if path is None:
                 continue
@@ -148,7 +148,7 @@ class ProxySpec:
 
     def uses_redis(self) -> bool:
         return any((self.setting(n) or "").startswith(("redis://", "rediss://"))
-                   for n in _REDIS_OPTIONS if n in _OPTIONS)
+                   for n in _REDIS_OPTIONS)
 
     def setting(self, name: str) -> str | None:
         """The value the proxy gets for Settings field ``name``: its flag wins over its variable."""
@@ -210,7 +210,7 @@ def localize(spec: ProxySpec, upstream: str, otlp: str, root: Path,
         for name, text in (mount.files or {}).items():
             (directory / name).write_text(text)
     for name, text in _FILE_STANDINS.items():
-        path = spec.setting(name) if name in _OPTIONS else None
+        path = spec.setting(name)
         if path is not None and any(m.files is None and m.holds(path) for m in spec.mounts):
             (root / path.lstrip("/")).write_text(text)
     # A port on loopback only is not among the container's ports: its flag still names it.
@@ -316,7 +316,7 @@ def _mount(mount: dict[str, Any], volume: dict[str, Any],
 def _container_env(container: dict[str, Any],
                    objects: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
     """The container's environment as the kubelet builds it: envFrom first, then env; secrets
-    get a stand-in key, field references a stand-in value."""
+    get a stand-in (a key, or a Redis URL), field references a stand-in value."""
     config_maps = _config_maps(objects)
     for source in container.get("envFrom", []):
         ref = source["configMapRef"]["name"]  # a secretRef would need a Secret we do not ship
