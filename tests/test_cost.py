@@ -3,6 +3,7 @@ genai-prices itself computes, for every model it lists, through its public API."
 
 from __future__ import annotations
 
+import logging
 import random
 import warnings
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from otel_responses.telemetry.cost import (
     cost_attributes,
     parse_prices,
 )
+from otel_responses.telemetry.options import infer_provider
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 LOCAL = {"models": [
@@ -86,13 +88,25 @@ def test_first_matching_entry_wins_and_entries_win_over_the_table() -> None:
     assert pricer.cost(usage(10, 10), "local-llama-3", None, ns(NOW)) == Unpriced("local-llama-3")
 
 
-def test_no_price_is_never_a_guess() -> None:
+def test_no_price_is_never_a_guess(caplog: pytest.LogCaptureFixture) -> None:
     priced = Pricer("openai")
     assert priced.cost(usage(10, 10), "my-finetune", None, ns(NOW)) == Unpriced("my-finetune")
     # Without a provider the table is not consulted: a self-hosted gpt-oss is not OpenAI's.
     assert Pricer(None).cost(usage(10, 10), "gpt-4o", None, ns(NOW)) == Unpriced("gpt-4o")
     assert Pricer("openai", table=False).cost(usage(10, 10), "gpt-4o", None, ns(NOW)) == \
         Unpriced("gpt-4o")
+    # A provider the table does not know prices nothing from it (and says so at startup).
+    with caplog.at_level(logging.WARNING, "otel_responses.cost"):
+        vllm = Pricer("vllm")
+    assert not vllm.table and "'vllm' is not in the genai-prices table" in caplog.text
+    assert vllm.cost(usage(10, 10), "gpt-4o", None, ns(NOW)) == Unpriced("gpt-4o")
+    # Every provider the upstream host can name is in the table, by its id or a name it
+    # matches (xai for x-ai, mistralai for mistral).
+    hosts = ("api.openai.com", "x.openai.azure.com", "api.anthropic.com", "bedrock.amazonaws.com",
+             "generativelanguage.googleapis.com", "api.x.ai", "api.deepseek.com", "api.groq.com",
+             "api.fireworks.ai", "api.moonshot.ai", "api.cerebras.ai", "api.perplexity.ai",
+             "api.together.xyz", "api.mistral.ai", "api.cohere.com")
+    assert all(Pricer(infer_provider(host)).table for host in hosts)
     # Subsets larger than their total are not a usage anyone billed; a usage without its input
     # or output count cannot be priced; neither is a missing price (not counted as unpriced).
     assert priced.cost(usage(10, 10, cached=11), "gpt-4o", None, ns(NOW)) is None

@@ -30,7 +30,7 @@ from otel_responses.telemetry.middleware import ResponsesTelemetryMiddleware
 from otel_responses.telemetry.options import TelemetryOptions, infer_provider
 from otel_responses.telemetry.prices_file import PricesFile
 from tests.recordings import Recording, final_response, load_recordings, need
-from tests.servers import serve_asgi
+from tests.servers import run_cli, serve_asgi
 from tests.spans import SpanSink
 from tests.test_cli import _cli
 from tests.test_metrics import (
@@ -42,6 +42,7 @@ from tests.test_metrics import (
     send,
     span_ids,
     value,
+    wait_for,
     wait_for_calls,
 )
 from tests.upstreams import RawUpstream
@@ -217,9 +218,12 @@ def test_an_unknown_model_changes_nothing_but_the_unpriced_counter(
         with metered_proxy(upstream.url + "/v1", cost=cost,
                            telemetry=TelemetryOptions(provider="openai")) as (base, sink, _):
             spans.append(_calls(base, sink, [unknown])[0])
-            samples = wait_for_calls(base, 1)
+            counted = int(cost)  # the call is counted as unpriced only when pricing is on
+            samples = wait_for(base, lambda s, n=counted: value(
+                s, "gen_ai_client_operation_duration_seconds_count") == 1 and value(
+                s, "otel_responses_cost_unpriced_total") == n)
         assert value(samples, "otel_responses_cost_unpriced_total",
-                     model="acme-finetune-7") == (1 if cost else 0)
+                     model="acme-finetune-7") == counted
         assert value(samples, "otel_responses_cost_usd_total") == 0
     priced, unpriced = spans
     assert not _cost(priced)
@@ -232,17 +236,20 @@ def test_the_cost_metric_adds_up_to_the_spans(upstream: RawUpstream, tmp_path: P
     with metered_proxy(upstream.url + "/v1", prices=_prices(tmp_path),
                        telemetry=TelemetryOptions(provider="openai")) as (base, sink, _):
         attrs = _calls(base, sink, recs)
-        samples = wait_for_calls(base, len(recs))
-    totals: collections.Counter[str] = collections.Counter()
-    unpriced: collections.Counter[str] = collections.Counter()
-    for got in attrs:
-        model = got.get("llm.model_name")
-        if "llm.cost.total" in got:
-            totals[model] += got["llm.cost.total"]
-        elif "llm.token_count.prompt" in got:
-            unpriced[model] += 1
+        totals: collections.Counter[str] = collections.Counter()
+        unpriced: collections.Counter[str] = collections.Counter()
+        for got in attrs:
+            model = got.get("llm.model_name")
+            if "llm.cost.total" in got:
+                totals[model] += got["llm.cost.total"]
+            elif "llm.token_count.prompt" in got:
+                unpriced[model] += 1
+        metric = "otel_responses_cost_usd_total"
+        # The counters move just after each span ends: wait until the last call is in.
+        samples = wait_for(base, lambda s: value(s, metric) == pytest.approx(
+            sum(totals.values())) and value(s, "otel_responses_cost_unpriced_total") ==
+            sum(unpriced.values()))
     assert len(totals) >= 5 and unpriced  # priced models, and some that are not
-    metric = "otel_responses_cost_usd_total"
     for model, total in totals.items():
         assert value(samples, metric, model=model, provider="openai") == pytest.approx(total)
     assert value(samples, metric) == pytest.approx(sum(totals.values()))
@@ -251,7 +258,7 @@ def test_the_cost_metric_adds_up_to_the_spans(upstream: RawUpstream, tmp_path: P
     local = next(a for a in attrs if a.get("llm.model_name") == "local-llama-3")
     assert (local["llm.cost.prompt"], local["llm.cost.completion"]) == \
         pytest.approx((LOCAL_PROMPT, LOCAL_COMPLETION))
-    # The cached local tokens saved 250k x ($2 - $0.5)/M, the table's what it says.
+    # The cached local tokens saved 250k x ($2 - $0.5)/M, at the entry's rates.
     assert value(samples, "otel_responses_cost_cache_savings_usd_total",
                  model="local-llama-3") == pytest.approx(0.375)
     # Each cost sample carries an exemplar naming one of the calls' spans.
@@ -386,3 +393,16 @@ def test_a_sink_gets_each_calls_cost_as_its_span_has_it() -> None:
     assert len(expected) == 2 and expected[0] != expected[1]
     assert charged == pytest.approx(expected)
     assert [s.attributes["llm.cost.total"] for s in finished] == pytest.approx(expected)
+
+
+def test_the_demo_proxy_prices_its_model_from_a_price_file(tmp_path: Path) -> None:
+    """A newcomer's run: ``otel-responses --prices FILE`` with the demo upstream, as a process."""
+    path = _prices(tmp_path, {"models": [{"match": "de*", "input": 10, "output": 20}]})
+    with run_cli("--prices", path) as (base, _), \
+            openai.OpenAI(base_url=base + "/v1", api_key="unused") as client:
+        answer = client.responses.create(model="demo", input="Hello there")
+        assert answer.usage is not None
+        expected = (answer.usage.input_tokens * 10 + answer.usage.output_tokens * 20) / 1e6
+        samples = wait_for(base, lambda s: value(s, "otel_responses_cost_usd_total") > 0)
+    assert value(samples, "otel_responses_cost_usd_total", model="demo") == \
+        pytest.approx(expected)

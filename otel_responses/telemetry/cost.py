@@ -3,7 +3,7 @@ genai-prices table for the model and provider, with the resolved per-token rates
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +15,8 @@ from openinference.semconv.trace import SpanAttributes
 
 from otel_responses.protocol.attributes import Attributes
 from otel_responses.protocol.response_attributes import Usage, usage
+
+log = logging.getLogger("otel_responses.cost")
 
 PER_MILLION = 1_000_000
 # Distinct (model, service tier) rates kept; model names come from clients, so past this a
@@ -190,19 +192,20 @@ class Pricer:
     def __init__(self, provider: str | None = None, entries: Sequence[PriceEntry] = (),
                  *, table: bool = True) -> None:
         self.provider = provider
-        self.table = table and provider is not None
         # The entries and the rates resolved with them, swapped together by `use` (a reload
         # runs in a worker thread while calls are priced).
         self._state: tuple[tuple[PriceEntry, ...], _Cache] = (tuple(entries), {})
-        if self.table:
-            import genai_prices  # ~0.1 s and ~15 MB: only when the table can be used
+        self._table: Any = None  # genai-prices' Provider for ``provider``
+        if table and provider is not None:
+            self._table = _table_provider(provider)
+            if self._table is None:
+                log.warning("provider %r is not in the genai-prices table: only the price "
+                            "file prices calls", provider)
 
-            self._calc_price = genai_prices.calc_price
-            self._usage = genai_prices.Usage
-            # The table's data loads on its first lookup: do that now, not on the first call.
-            with contextlib.suppress(LookupError):
-                self._calc_price(self._usage(input_tokens=0, output_tokens=0), "",
-                                 provider_id=provider)
+    @property
+    def table(self) -> bool:
+        """Whether the genai-prices table prices what the entries do not."""
+        return self._table is not None
 
     @property
     def entries(self) -> tuple[PriceEntry, ...]:
@@ -244,17 +247,30 @@ class Pricer:
         for entry in entries:
             if fnmatchcase(model, entry.match):
                 return _entry_rates(entry), -_FOREVER, _FOREVER
-        if not self.table:
+        provider, providers, zero = self._table or (None, None, None)
+        # What genai_prices.calc_price does, less its lookup caches, which would keep every
+        # model name a client ever sent (the tests compare the two over the whole table).
+        model_info = provider.find_model(model, all_providers=providers) if provider else None
+        if model_info is None:
             return None, -_FOREVER, _FOREVER
         at = datetime.fromtimestamp(at_ns / 1e9, UTC)
-        try:
-            calc = self._calc_price(
-                self._usage(input_tokens=0, output_tokens=0), model, provider_id=self.provider,
-                genai_request_timestamp=at,
-                price_context={"service_tier": service_tier} if service_tier else None)
-        except LookupError:
-            return None, -_FOREVER, _FOREVER
-        return _table_rates(calc.model_price), *_price_window(calc.model, at)
+        calc = model_info.calc_price(
+            zero, provider, genai_request_timestamp=at,
+            price_context={"service_tier": service_tier} if service_tier else None)
+        return _table_rates(calc.model_price), *_price_window(model_info, at)
+
+
+def _table_provider(name: str) -> tuple[Any, Any, Any] | None:
+    """genai-prices' Provider named ``name`` (its id or a name it matches, such as ``azure``),
+    all providers (for its fallbacks) and a zero usage; None if the table has no such one."""
+    import genai_prices  # ~0.1 s and ~15 MB: only when the table can be used
+    from genai_prices.data_snapshot import find_provider_by_id, get_snapshot
+
+    providers = get_snapshot().providers
+    provider = find_provider_by_id(providers, name)
+    if provider is None:
+        return None
+    return provider, providers, genai_prices.Usage(input_tokens=0, output_tokens=0)
 
 
 def _text(value: Any) -> str | None:
