@@ -58,7 +58,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     store: LimitStore | None = None
     if keys is not None:
         store = MemoryStore() if settings.rate_limit_store == "memory" \
-            else RedisStore(settings.rate_limit_store)
+            else RedisStore(settings.rate_limit_store, on_error=metrics.observe_store_error)
     proxy = Proxy(settings, observers=(metrics.observe_exchange,))
     owned = build_tracer_provider(demo=demo) if options.tracing and tracer_provider is None \
         else None
