@@ -18,6 +18,7 @@ import httpx
 import openai
 import pytest
 
+from otel_responses.config import SettingError, Settings
 from otel_responses.demo.app import create_demo_app
 from tests.guard import Clock, client, guarded, metric, wait_metric, write_keys
 from tests.redisd import RedisServer, redis_server
@@ -352,3 +353,11 @@ def test_a_broken_keys_file_stops_the_start_naming_the_field(tmp_path: Path) -> 
     assert done.returncode != 0
     assert "keys[0].limits has unknown fields: rpm" in done.stderr
     assert ALICE not in done.stderr + done.stdout
+
+
+def test_store_and_fail_settings_are_checked() -> None:
+    for field, value in (("rate_limit_store", "mysql://x"), ("rate_limit_fail", "maybe")):
+        with pytest.raises(SettingError, match=field):
+            Settings(upstream="http://127.0.0.1:9/v1", **{field: value})
+    assert Settings(rate_limit_store="rediss://:pw@host:6380/1").rate_limit_store
+    assert "pw" not in repr(Settings(rate_limit_store="redis://:pw@host/0"))
