@@ -187,10 +187,7 @@ def measure_all(args: argparse.Namespace, rundir: Path) -> tuple[list[Run], list
             configs[name] = suite._add(servers.start_proxy(
                 name, rundir, up, tracing=False, sink=None, bsp_delay_ms=args.bsp_delay_ms,
                 transport=name))
-        for server in configs.values():
-            server.wait_ready(30)
-        suite.sanity(configs)
-        runs = suite.matrix(configs, up, None)
+        runs = suite.side_by_side(configs, up)
     finally:
         suite.stop()
     return runs, suite.notes

@@ -59,7 +59,7 @@ def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option],
     for opt in options:
         default = defaults[opt.name] if defaults and opt.name in defaults else opt.default
         shown = env.get(opt.env) or ("unset" if default is None else default)
-        if opt.secret and shown != "unset":
+        if opt.secret and shown not in ("unset", default):  # a URL may hold a password
             shown = "***"
         help_text = f"{opt.help} [env {opt.env}; default {shown}]"
         if opt.parse is parse_bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 import logging
 import subprocess
@@ -18,6 +19,7 @@ import httpx
 import openai
 import pytest
 
+from otel_responses.config import SettingError, Settings
 from otel_responses.demo.app import create_demo_app
 from tests.guard import Clock, client, guarded, metric, wait_metric, write_keys
 from tests.redisd import RedisServer, redis_server
@@ -105,20 +107,6 @@ def test_over_the_request_limit_is_429_rate_limit_error_with_headers(demo: str,
         assert int(headers["x-ratelimit-remaining-tokens"]) < 10_000
         assert metric(base, "otel_responses_rejections_total",
                       'reason="requests_per_minute"') == 1
-
-
-def test_sdk_retry_honours_retry_after(demo: str, tmp_path: Path) -> None:
-    """The SDK's retry waits what retry-after-ms says: with a window the test moves on, the
-    retried call passes."""
-    clock = Clock()
-    entry = alice(limits={"requests_per_minute": 1})
-    with guarded(demo, write_keys(tmp_path / "keys.yaml", keys(entry)), clock) as (base, _):
-        sdk = openai.OpenAI(base_url=base + "/v1", api_key=ALICE, max_retries=1)
-        sdk.responses.create(model="demo", input="hi")
-        clock.advance(3600)  # the retry after our 429, had it come, finds a fresh window
-        assert sdk.responses.create(model="demo", input="hi").output_text
-        assert metric(base, "otel_responses_rejections_total",
-                      'reason="requests_per_minute"') == 0
 
 
 # -- keys never leak; identity reaches spans, logs and the upstream key ---------------------
@@ -352,3 +340,38 @@ def test_a_broken_keys_file_stops_the_start_naming_the_field(tmp_path: Path) -> 
     assert done.returncode != 0
     assert "keys[0].limits has unknown fields: rpm" in done.stderr
     assert ALICE not in done.stderr + done.stdout
+
+
+def test_store_and_fail_settings_are_checked() -> None:
+    for field, value in (("rate_limit_store", "mysql://x"), ("rate_limit_fail", "maybe")):
+        with pytest.raises(SettingError, match=field):
+            Settings(upstream="http://127.0.0.1:9/v1", **{field: value})
+    assert Settings(rate_limit_store="rediss://:pw@host:6380/1").rate_limit_store
+    assert "pw" not in repr(Settings(rate_limit_store="redis://:pw@host/0"))
+
+
+def test_model_limits_count_per_key_and_glob(demo: str, tmp_path: Path) -> None:
+    document = keys(alice(), {"name": "bob", "key": BOB},
+                    model_limits={"demo*": {"requests_per_minute": 1}})
+    with guarded(demo, write_keys(tmp_path / "keys.yaml", document)) as (base, _):
+        assert _status(base, ALICE, "demo") == 200
+        assert _status(base, ALICE, "demo-large") == 429  # the same glob's counter
+        assert _status(base, ALICE, "other") == 200  # no glob matches: the key's own limits
+        assert _status(base, BOB, "demo") == 200  # each key has its own count
+
+
+def test_model_of_a_compressed_body_is_checked(upstream: RawUpstream, tmp_path: Path) -> None:
+    entry = alice(models=["demo"])
+    with guarded(upstream.url + "/v1", write_keys(tmp_path / "keys.yaml", keys(entry))) \
+            as (base, _):
+        def post(body: bytes, coding: str) -> httpx.Response:
+            return httpx.post(base + "/v1/responses", content=body, headers={
+                "authorization": f"Bearer {ALICE}", "content-encoding": coding,
+                "content-type": "application/json", "x-scenario": "echo"})
+
+        denied = post(gzip.compress(b'{"model": "gpt-4o", "input": "hi"}'), "gzip")
+        assert denied.status_code == 403 and denied.json()["error"]["param"] == "model"
+        body = gzip.compress(b'{"model": "demo", "input": "hi"}')
+        allowed = post(body, "gzip")
+        assert base64.b64decode(allowed.json()["body_b64"]) == body  # forwarded as received
+        assert post(b"\x1f\x8b broken", "gzip").status_code == 403  # its model is unreadable

@@ -128,7 +128,7 @@ class MemoryStore:
                 # Nothing says when a slot frees: a second is the usual retry.
                 states.append(State(used, 0.0 if ok else 1.0))
             else:
-                window = self._window(check, now)
+                window = self._window(check.counter, check.window, now)
                 used = window.total
                 ok = fits(used, check.limit, check.cost)
                 states.append(State(used, 0.0 if ok else wait_for(
@@ -146,7 +146,7 @@ class MemoryStore:
                      lease: str, now: float) -> None:
         for counter, window, amount in charges:
             if amount:
-                self._window(Check(counter, 0, window), now)  # expire before adding
+                self._window(counter, window, now)  # expire before adding
                 self._add(counter, window, amount, now)
         for counter in slots:
             held = self._slots.get(counter)
@@ -158,12 +158,12 @@ class MemoryStore:
     async def aclose(self) -> None:
         pass
 
-    def _window(self, check: Check, now: float) -> _Window:
-        window = self._windows.get(check.counter)
+    def _window(self, counter: str, length: float, now: float) -> _Window:
+        window = self._windows.get(counter)
         if window is None:
-            window = self._windows[check.counter] = _Window()
+            window = self._windows[counter] = _Window()
         else:
-            window.expire(math.floor(now / bucket_width(check.window)) - BUCKETS)
+            window.expire(math.floor(now / bucket_width(length)) - BUCKETS)
         return window
 
     def _add(self, counter: str, window: float, amount: float, now: float) -> None:
