@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from otel_responses.outcome import HTTP_ERRORS, SUCCESSES, Outcome
@@ -11,6 +11,7 @@ from otel_responses.protocol.body import ParsedBody
 from otel_responses.protocol.encoding import ContentDecoder, decoder
 from otel_responses.protocol.sse import is_event_stream
 from otel_responses.protocol.stream import ResponseStream
+from otel_responses.protocol.tools import ToolRun, tool_runs
 from otel_responses.protocol.window import BodyWindow
 
 # A Responses status or terminal event → how the call ended (streams: else how the bytes
@@ -48,6 +49,8 @@ class CallRecord:
     response_unreadable: str | None = None
     request_truncated: bool = False
     response_truncated: bool = False
+    # The response's tool call items: those the upstream ran, timed, and those the client runs.
+    tools: list[ToolRun] = field(default_factory=list)
 
     @property
     def is_error(self) -> bool:
@@ -132,6 +135,8 @@ class CallRecorder:
                     self._first_token_ns = time.time_ns()
                 if self._terminal_ns is None and acc.outcome is not None:
                     self._terminal_ns = time.time_ns()
+                if acc.unstamped:  # an item (a tool call) began or ended in this chunk
+                    acc.stamp(time.time_ns())
         else:
             self._body.feed(chunk)
         if not more_body:
@@ -181,6 +186,8 @@ class CallRecorder:
         record.events = stream.events
         record.malformed_events = stream.malformed
         record.terminal_event = stream.outcome
+        record.tools = tool_runs(record.response, stream.accumulator.item_times(),
+                                 record.start_ns, record.end_ns, stream.accumulator.has_final)
         if stream.outcome is not None:
             record.outcome = _STATUS_OUTCOMES.get(stream.outcome, Outcome.COMPLETED)
         elif self._disconnected:
@@ -199,6 +206,7 @@ class CallRecorder:
                 "message": f"HTTP {record.status}", "type": None, "code": None}
             return
         record.response = body
+        record.tools = tool_runs(body, {}, record.start_ns, record.end_ns, final=True)
         status = body.get("status") if body else None
         record.outcome = _STATUS_OUTCOMES.get(status, Outcome.COMPLETED) \
             if isinstance(status, str) else Outcome.COMPLETED
