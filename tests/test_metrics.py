@@ -138,7 +138,7 @@ def has_delta(rec: Recording) -> bool:
 
 def span_ids(sink: SpanSink) -> set[tuple[str, str]]:
     return {(format(s.context.trace_id, "032x"), format(s.context.span_id, "016x"))
-            for s in sink.spans()}
+            for s in sink.calls()}
 
 
 def assert_exemplars_on_every_observed_bucket(samples: list[Sample],

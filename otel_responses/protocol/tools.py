@@ -28,6 +28,8 @@ from otel_responses.protocol.messages import (
     str_or_none,
 )
 
+TOOL_TYPES = SERVER_TOOL_TYPES | CLIENT_CALLS
+"""Every tool call item type: those the upstream runs and those handed to the client."""
 COMPLETED, FAILED, INCOMPLETE = "completed", "failed", "incomplete"
 TOOL_TYPE = "openai.tool.type"
 TOOL_STATUS = "openai.tool.status"
@@ -80,15 +82,15 @@ def tool_runs(response: Mapping[str, Any] | None, times: Mapping[int, ItemTimes]
     runs = []
     for index, item in enumerate(items_of((response or {}).get("output"))):
         kind = item_type(item)
-        server = kind in SERVER_TOOL_TYPES
-        if not server and kind not in CLIENT_CALLS:
+        if kind not in TOOL_TYPES:
             continue
         timing = times.get(index)
         start = _within(timing.start if timing else None, start_ns, end_ns, start_ns)
         end = _within(timing.end if timing else None, start, end_ns, end_ns)
         ended = final or (timing is not None and timing.end is not None)
         runs.append(ToolRun(
-            type=str(kind), name=_name(item), server=server, status=_status(item, ended),
+            type=str(kind), name=_name(item), server=kind in SERVER_TOOL_TYPES,
+            status=_status(item, ended),
             item_id=str_or_none(item.get("id")), call_id=_call_id(item), output_index=index,
             start_ns=start, end_ns=end, timed=timing is not None and timing.start is not None,
             item=item))

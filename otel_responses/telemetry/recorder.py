@@ -131,12 +131,13 @@ class CallRecorder:
             if chunk:
                 stream.feed(chunk)
                 acc = stream.accumulator  # its attributes, not the stream's properties: per chunk
+                now = 0  # one clock reading for all this chunk brought, read only if needed
                 if self._first_token_ns is None and acc.delta_count:
-                    self._first_token_ns = time.time_ns()
+                    self._first_token_ns = now = time.time_ns()
                 if self._terminal_ns is None and acc.outcome is not None:
-                    self._terminal_ns = time.time_ns()
+                    self._terminal_ns = now = now or time.time_ns()
                 if acc.unstamped:  # an item (a tool call) began or ended in this chunk
-                    acc.stamp(time.time_ns())
+                    acc.stamp(now or time.time_ns())
         else:
             self._body.feed(chunk)
         if not more_body:

@@ -67,13 +67,14 @@ class ToolSpans:
                 self._write(parent, run, record, context)
 
     def _link_answers(self, span: Span, request: Mapping[str, Any] | None) -> None:
-        by_span: dict[SpanContext, list[str]] = {}
+        # By span id: a SpanContext is a tuple, but its TraceState cannot be hashed.
+        by_span: dict[int, tuple[SpanContext, list[str]]] = {}
         for call_id in answered_calls(request):
             asking = self.asked.pop(call_id)
             if asking is not None:
-                by_span.setdefault(asking, []).append(call_id)
+                by_span.setdefault(asking.span_id, (asking, []))[1].append(call_id)
         limit = self.options.max_attribute_length
-        for asking, ids in by_span.items():
+        for asking, ids in by_span.values():
             span.add_link(asking, {CALL_IDS: [encodable(capped(i, limit)) for i in ids]})
 
     def _write(self, parent: Context, run: ToolRun, record: CallRecord,
