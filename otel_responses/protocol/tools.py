@@ -11,7 +11,6 @@ from openinference.semconv.trace import (
     OpenInferenceMimeTypeValues,
     OpenInferenceSpanKindValues,
     SpanAttributes,
-    ToolAttributes,
 )
 
 from otel_responses.protocol.accumulator import SERVER_TOOL_TYPES, ItemTimes
@@ -32,7 +31,6 @@ TOOL_TYPES = SERVER_TOOL_TYPES | CLIENT_CALLS
 """Every tool call item type: those the upstream runs and those handed to the client."""
 COMPLETED, FAILED, INCOMPLETE = "completed", "failed", "incomplete"
 TOOL_TYPE = "openai.tool.type"
-TOOL_STATUS = "openai.tool.status"
 MCP_SERVER_LABEL = "openai.mcp.server_label"
 _JSON = OpenInferenceMimeTypeValues.JSON.value
 _TEXT = OpenInferenceMimeTypeValues.TEXT.value
@@ -102,11 +100,13 @@ def _within(at: int | None, low: int, high: int, default: int) -> int:
 
 
 def _name(item: Mapping[str, Any]) -> str:
-    """The item type, or ``server_label.tool`` for an MCP call (as the output messages name it)."""
-    found = builtin_call(item)
-    if found is not None:
-        return found[0].name
-    return str_or_none(item.get("name")) or str(item.get("type"))
+    """As the messages name the call: ``server_label.tool`` for an MCP call, ``namespace.name``
+    for a namespaced function, the name, else the item type."""
+    name = str_or_none(item.get("name"))
+    if name is None:
+        return str(item.get("type"))
+    prefix = str_or_none(item.get("server_label")) or str_or_none(item.get("namespace"))
+    return f"{prefix}.{name}" if prefix else name
 
 
 def _status(item: Mapping[str, Any], ended: bool) -> str:
@@ -143,15 +143,14 @@ def answered_calls(request: Mapping[str, Any] | None) -> list[str]:
 
 def tool_attributes(run: ToolRun, request: Mapping[str, Any] | None,
                     response: Mapping[str, Any] | None) -> Attributes:
-    """OpenInference TOOL span attributes of a server-run call: its name, id, description
-    where the exchange tells it, its input (the query, the code, the MCP arguments) and its
-    output (results, outputs, error, images)."""
+    """OpenInference TOOL span attributes of a server-run call: its name, id, description and
+    parameter schema where the exchange tells them (MCP), its input (the query, the code, the
+    MCP arguments) and its output (results, outputs, error, images)."""
     item = run.item
     attrs: Attributes = {
         SpanAttributes.OPENINFERENCE_SPAN_KIND: OpenInferenceSpanKindValues.TOOL.value,
         SpanAttributes.TOOL_NAME: run.name,
         TOOL_TYPE: run.type,
-        TOOL_STATUS: run.status,
     }
     if run.item_id:
         attrs[SpanAttributes.TOOL_ID] = run.item_id
@@ -163,7 +162,6 @@ def tool_attributes(run: ToolRun, request: Mapping[str, Any] | None,
     if found is not None:
         call, result = found
         if call.arguments is not None:
-            attrs[SpanAttributes.TOOL_PARAMETERS] = call.arguments
             attrs[SpanAttributes.INPUT_VALUE] = call.arguments
             attrs[SpanAttributes.INPUT_MIME_TYPE] = _JSON
         if result is None and run.type == "web_search_call":
@@ -194,7 +192,7 @@ def _mcp_description(run: ToolRun, label: str, request: Mapping[str, Any] | None
             if text:
                 out[SpanAttributes.TOOL_DESCRIPTION] = text
             if tool.get("input_schema") is not None:
-                out[ToolAttributes.TOOL_JSON_SCHEMA] = dumps(tool["input_schema"])
+                out[SpanAttributes.TOOL_PARAMETERS] = dumps(tool["input_schema"])
             return out
     return {}
 

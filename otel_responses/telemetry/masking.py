@@ -132,7 +132,7 @@ def _drop(key: str, cfg: MaskingConfig) -> bool:
         return cfg.hide_inputs or cfg.hide_input_images
     if key.startswith("output.images."):
         return cfg.hide_outputs
-    if key in ("gen_ai.tool.definitions", "tool.description", "tool.json_schema"):
+    if key in ("gen_ai.tool.definitions", "tool.description", "tool.parameters"):
         return cfg.hide_llm_tools or cfg.hide_inputs
     if key in ("gen_ai.input.messages", "gen_ai.system_instructions"):
         return cfg.hide_inputs or cfg.hide_input_messages
@@ -142,7 +142,7 @@ def _drop(key: str, cfg: MaskingConfig) -> bool:
 
 
 def _redact(key: str, value: Any, cfg: MaskingConfig) -> bool:
-    if key in ("input.value", "llm.prompt_template.variables", "tool.parameters"):
+    if key in ("input.value", "llm.prompt_template.variables"):
         return cfg.redacts_input_value
     if key == "output.value":
         return cfg.redacts_output_value
