@@ -36,7 +36,7 @@ _WORDS = st.text("abc xyz", min_size=1, max_size=12)
 _PAYLOAD = st.text("QRSTUV", min_size=1, max_size=12)
 
 
-def _message(index: int, words: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def message_events(index: int, words: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     item_id = f"msg_{index}"
     text = "".join(words)
     done = {"id": item_id, "type": "message", "role": "assistant", "status": "completed",
@@ -52,7 +52,7 @@ def _message(index: int, words: list[str]) -> tuple[dict[str, Any], list[dict[st
     return done, events
 
 
-def _tool(index: int, kind: str, payload: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def tool_events(index: int, kind: str, payload: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A server tool item's events: added, its own in_progress ... completed, then done."""
     item_id = f"{kind[:3]}_{index}"
     arguments = json.dumps({"q": payload})
@@ -92,8 +92,8 @@ def _streams(draw: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     items, events = [], [{"type": "response.created", "response": {
         "id": "resp_t", "object": "response", "status": "in_progress", "output": []}}]
     for index, kind in enumerate(kinds):
-        item, item_events = (_message(index, draw(st.lists(_WORDS, min_size=1, max_size=4)))
-                             if kind == "message" else _tool(index, kind, draw(_PAYLOAD)))
+        item, item_events = (message_events(index, draw(st.lists(_WORDS, min_size=1, max_size=4)))
+                             if kind == "message" else tool_events(index, kind, draw(_PAYLOAD)))
         items.append(item)
         events += item_events
     events.append({"type": "response.completed", "response": {

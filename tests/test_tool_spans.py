@@ -4,6 +4,7 @@ an agent loop; the tool metrics; and the OTLP bytes of children and links."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import replace
@@ -15,14 +16,23 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
+from starlette.types import Receive, Scope, Send
 
 from otel_responses.demo.app import create_demo_app
+from otel_responses.telemetry.metrics import ProxyMetrics
+from otel_responses.telemetry.middleware import ResponsesTelemetryMiddleware
 from otel_responses.telemetry.otlp import encode_spans
 from tests.recordings import Recording, final_response, need, recordings_params, sse_payloads
 from tests.servers import serve_asgi
 from tests.spans import SpanSink, indexed, traced_proxy
 from tests.test_metrics import metered_proxy, send, value, wait_for
-from tests.test_tool_calls import MCP_REQUEST, MCP_RESPONSE, SERVER_TOOLS
+from tests.test_tool_calls import (
+    MCP_REQUEST,
+    MCP_RESPONSE,
+    SERVER_TOOLS,
+    message_events,
+    tool_events,
+)
 from tests.upstreams import RawUpstream
 
 WEATHER_TOOL = {"type": "function", "name": "get_weather", "description": "Weather in a city.",
@@ -217,3 +227,42 @@ def test_tool_metrics_and_the_otlp_bytes_of_tool_spans(upstream: RawUpstream) ->
             mine = exported[span.context.span_id.to_bytes(8, "big")]
             assert span.parent is not None
             assert mine.parent_span_id == span.parent.span_id.to_bytes(8, "big")
+
+
+async def _searching_then_answering(scope: Scope, receive: Receive, send: Send) -> None:
+    """An ASGI app streaming a web search, then the answer, an event per chunk with pauses."""
+    while (await receive()).get("more_body"):
+        pass
+    search, search_events = tool_events(0, "web_search_call", "OTTERS")
+    answer, answer_events = message_events(1, ["otters ", "hold hands"])
+    response = {"id": "resp_e", "object": "response", "model": "m"}
+    events = [{"type": "response.created", "response": {**response, "status": "in_progress"}},
+              *search_events, *answer_events,
+              {"type": "response.completed", "response": {
+                  **response, "status": "completed", "output": [search, answer]}}]
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")]})
+    for event in events:
+        body = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        await asyncio.sleep(0.005)
+    await send({"type": "http.response.body", "body": b""})
+
+
+def test_the_embeddable_middleware_times_a_search_inside_the_call() -> None:
+    sink, metrics = SpanSink(), ProxyMetrics()
+    app = ResponsesTelemetryMiddleware(_searching_then_answering, tracer_provider=sink.provider,
+                                       sinks=(metrics.observe_call,))
+    with serve_asgi(app, lifespan="off") as base:
+        reply = httpx.post(base + "/v1/responses", json={"model": "m", "input": "Otters?",
+                                                         "stream": True}, timeout=10)
+        assert reply.status_code == 200
+        llm, (search,) = _llm_and_tools(sink, 1)
+    (first_token,) = [e.timestamp for e in llm.events if e.name == "First Token Stream Event"]
+    # Started at its in_progress event, ended at its completed one, before the answer began.
+    assert llm.start_time < search.start_time < search.end_time <= first_token < llm.end_time
+    assert search.attributes["tool.id"] == "web_0"
+    assert json.loads(search.attributes["input.value"])["action"]["query"] == "OTTERS"
+    assert metrics.tool_calls.labels("web_search_call", "completed")._value.get() == 1
+    assert metrics.tool_duration.labels("web_search_call")._sum.get() == \
+        (search.end_time - search.start_time) / 1e9
