@@ -448,6 +448,23 @@ def test_metrics_port_serves_metrics_and_the_main_port_forwards(upstream: RawUps
         httpx.get(f"http://127.0.0.1:{port}/metrics")
 
 
+def test_metrics_port_closes_idle_connections(upstream: RawUpstream) -> None:
+    """Clients that connect and send nothing (or half a request) are dropped after the client
+    header timeout instead of each holding a server thread for ever; scrapes go on."""
+    port = free_port()
+    with metered_proxy(upstream.url + "/v1", metrics_port=port, client_header_timeout=0.5):
+        wait_for(f"http://127.0.0.1:{port}", bool)
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(20)]
+        idle[0].sendall(b"GET /metrics HTTP/1.1\r\nhost: x\r\n")  # and never the blank line
+        try:
+            assert all(sock.recv(65536) == b"" for sock in idle[1:])  # closed by the server
+            assert idle[0].recv(65536) == b""
+            assert wait_for(f"http://127.0.0.1:{port}", bool)
+        finally:
+            for sock in idle:
+                sock.close()
+
+
 def test_metrics_host_binds_the_metrics_port_apart_from_the_proxy(upstream: RawUpstream) -> None:
     """A sidecar's shape: the proxy on loopback, its metrics on another interface (0.0.0.0 in
     a pod, for Prometheus); here two loopback addresses stand for the two."""

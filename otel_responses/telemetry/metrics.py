@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from opentelemetry import trace
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from starlette.requests import Request
@@ -20,6 +20,7 @@ from otel_responses.protocol.response_attributes import usage
 from otel_responses.protocol.sse import is_event_stream
 from otel_responses.protocol.text import encodable
 from otel_responses.protocol.tools import INCOMPLETE, TOOL_TYPES
+from otel_responses.telemetry.metrics_port import serve_metrics
 from otel_responses.telemetry.recorder import CallRecord
 from otel_responses.telemetry.spans import error_type
 
@@ -312,15 +313,10 @@ class ProxyMetrics:
         body = await asyncio.to_thread(encode, self.registry)
         return Response(body, headers={"content-type": content_type})
 
-    def serve(self, host: str, port: int) -> Callable[[], None]:
-        """Serve the metrics on their own port (any path), in a thread; return the stop."""
-        server, thread = start_http_server(port, host, registry=self.registry)
-
-        def stop() -> None:
-            server.shutdown()
-            server.server_close()
-            thread.join()
-        return stop
+    def serve(self, host: str, port: int, idle_timeout: float) -> Callable[[], None]:
+        """Serve the metrics on their own port (any path), in a thread; return the stop.
+        A connection idle for ``idle_timeout`` seconds is closed."""
+        return serve_metrics(self.registry, host, port, idle_timeout)
 
 
 class _StreamTracker:

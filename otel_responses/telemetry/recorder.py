@@ -21,8 +21,14 @@ _STATUS_OUTCOMES = {"completed": Outcome.COMPLETED, "incomplete": Outcome.INCOMP
                     "error": Outcome.ERROR_EVENT, "queued": Outcome.QUEUED,
                     "in_progress": Outcome.QUEUED}
 # Request bodies past this are not kept for parsing (the bytes still flow upstream), and
-# compressed bodies are decoded up to it. Non-stream response bodies keep a `BodyWindow`.
+# compressed ones are decoded up to it.
 MAX_KEPT_BODY = 64 * 1024 * 1024
+# Response bodies are never kept whole (streams are parsed as they pass, other bodies keep a
+# `BodyWindow`), so decoding a compressed one costs CPU, not memory: it may decode this much,
+# plus DECODE_RATIO bytes per coded byte. Real bodies compress 3-50:1 and decode to their end
+# (a long stream's terminal event, a big answer's usage); a bomb (~1000:1) stops near the base.
+RESPONSE_DECODE_BASE = 8 * 1024 * 1024
+DECODE_RATIO = 200
 
 
 @dataclass(slots=True)
@@ -83,7 +89,7 @@ class CallRecorder:
         self._request: list[bytes] = []
         self._request_size = 0
         self._request_kept = 0
-        self._request_decoder = _decoder_for(request_headers or [])
+        self._request_decoder = _decoder_for(request_headers or [], MAX_KEPT_BODY)
         self._decoder: ContentDecoder | None = None
         self._status = 0
         self._stream: ResponseStream | None = None
@@ -116,7 +122,7 @@ class CallRecorder:
         self._status = status
         if is_event_stream(headers):
             self._stream = ResponseStream()
-        self._decoder = _decoder_for(headers)
+        self._decoder = _decoder_for(headers, RESPONSE_DECODE_BASE, DECODE_RATIO)
 
     @property
     def bytes_seen(self) -> int:
@@ -216,7 +222,8 @@ class CallRecorder:
             record.error = error
 
 
-def _decoder_for(headers: list[tuple[bytes, bytes]]) -> ContentDecoder | None:
+def _decoder_for(headers: list[tuple[bytes, bytes]], limit: int,
+                 per_input_byte: int = 0) -> ContentDecoder | None:
     """A decoder when the body has a Content-Encoding (else None: plain bodies cost nothing)."""
     values = [v for k, v in headers if k.lower() == b"content-encoding"]
-    return decoder(values, MAX_KEPT_BODY) if values else None
+    return decoder(values, limit, per_input_byte) if values else None
