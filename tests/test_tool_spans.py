@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 from otel_responses.demo.app import create_demo_app
 from otel_responses.telemetry.metrics import ProxyMetrics
 from otel_responses.telemetry.middleware import ResponsesTelemetryMiddleware
+from otel_responses.telemetry.options import TelemetryOptions
 from otel_responses.telemetry.otlp import encode_spans
 from tests.recordings import Recording, final_response, need, recordings_params, sse_payloads
 from tests.servers import serve_asgi
@@ -107,6 +108,7 @@ def test_each_server_tool_call_is_a_tool_span_under_the_llm_span(
             item["type"], item["type"], item["id"])
         assert child.status.status_code == StatusCode.OK
         assert "error.type" not in attrs
+        assert not [k for k in attrs if k.startswith("gen_ai.")]  # not opted in
         assert attrs["session.id"] == llm.attributes["session.id"]
         assert json.loads(attrs["input.value"])
         if rec.is_sse and _first_delta_after(rec, item["id"]):
@@ -252,6 +254,7 @@ async def _searching_then_answering(scope: Scope, receive: Receive, send: Send) 
 def test_the_embeddable_middleware_times_a_search_inside_the_call() -> None:
     sink, metrics = SpanSink(), ProxyMetrics()
     app = ResponsesTelemetryMiddleware(_searching_then_answering, tracer_provider=sink.provider,
+                                       options=TelemetryOptions(genai_semconv=True),
                                        sinks=(metrics.observe_call,))
     with serve_asgi(app, lifespan="off") as base:
         reply = httpx.post(base + "/v1/responses", json={"model": "m", "input": "Otters?",
@@ -261,7 +264,10 @@ def test_the_embeddable_middleware_times_a_search_inside_the_call() -> None:
     (first_token,) = [e.timestamp for e in llm.events if e.name == "First Token Stream Event"]
     # Started at its in_progress event, ended at its completed one, before the answer began.
     assert llm.start_time < search.start_time < search.end_time <= first_token < llm.end_time
-    assert search.attributes["tool.id"] == "web_0"
+    assert search.attributes["tool.id"] == search.attributes["gen_ai.tool.call.id"] == "web_0"
+    assert (search.attributes["gen_ai.operation.name"], search.attributes["gen_ai.tool.name"],
+            search.attributes["gen_ai.tool.type"]) == ("execute_tool", "web_search_call",
+                                                       "extension")
     assert json.loads(search.attributes["input.value"])["action"]["query"] == "OTTERS"
     assert metrics.tool_calls.labels("web_search_call", "completed")._value.get() == 1
     assert metrics.tool_duration.labels("web_search_call")._sum.get() == \

@@ -174,6 +174,19 @@ def tool_attributes(run: ToolRun, request: Mapping[str, Any] | None,
     return attrs
 
 
+def genai_tool_attributes(run: ToolRun) -> Attributes:
+    """The OTel GenAI ``execute_tool`` attributes of a server-run call (opt-in, as on the LLM
+    span): a file search reads a datastore, every other built-in tool is an extension."""
+    attrs: Attributes = {
+        "gen_ai.operation.name": "execute_tool",
+        "gen_ai.tool.name": run.name,
+        "gen_ai.tool.type": "datastore" if run.type == "file_search_call" else "extension",
+    }
+    if run.item_id:
+        attrs["gen_ai.tool.call.id"] = run.item_id
+    return attrs
+
+
 def _mcp_description(run: ToolRun, label: str, request: Mapping[str, Any] | None,
                      response: Mapping[str, Any] | None) -> Attributes:
     """An MCP tool's description and input schema from a listing of its server's tools (in

@@ -28,6 +28,7 @@ from otel_responses.protocol.tools import (
     ToolRun,
     answered_calls,
     asked_calls,
+    genai_tool_attributes,
     tool_attributes,
 )
 from otel_responses.telemetry.masking import mask
@@ -84,6 +85,8 @@ class ToolSpans:
         except RecursionError:  # a payload nested deeper than the encoders' stack: cut
             attrs = tool_attributes(replace(run, item=cut_depth(run.item, MAX_DEPTH)[0]),
                                     None, None)
+        if self.options.genai_semconv:
+            attrs.update(genai_tool_attributes(run))
         if run.status != COMPLETED:
             attrs["error.type"] = run.status
         attrs.update(context)
