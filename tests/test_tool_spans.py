@@ -23,7 +23,14 @@ from otel_responses.telemetry.metrics import ProxyMetrics
 from otel_responses.telemetry.middleware import ResponsesTelemetryMiddleware
 from otel_responses.telemetry.options import TelemetryOptions
 from otel_responses.telemetry.otlp import encode_spans
-from tests.recordings import Recording, final_response, need, recordings_params, sse_payloads
+from tests.recordings import (
+    Recording,
+    final_response,
+    load_recordings,
+    need,
+    recordings_params,
+    sse_payloads,
+)
 from tests.servers import serve_asgi
 from tests.spans import SpanSink, indexed, traced_proxy
 from tests.test_metrics import metered_proxy, send, value, wait_for
@@ -57,8 +64,7 @@ def _cut_in_the_search(rec: Recording) -> Recording:
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[RawUpstream]:
-    recordings = [r.values[0] for r in recordings_params(_with_server_tools)
-                  if r.values[0] is not None]
+    recordings = load_recordings()
     cut = [_cut_in_the_search(r) for r in recordings if r.name == "mirascope__stream_web_search"]
     raw = RawUpstream(recordings={r.name: r for r in [*recordings, *cut, MCP]}, seed=7)
     with raw.running():
@@ -120,6 +126,30 @@ def test_each_server_tool_call_is_a_tool_span_under_the_llm_span(
     spoken = [i for i in final["output"] if i["type"] in ("message", "reasoning")]
     assert len(said) == len(spoken)
     assert not [k for m in said for k in m if k.startswith("message.tool_calls")]
+
+
+CLIENT_CALLS = ("function_call", "custom_tool_call")
+
+
+def _with_client_calls(rec: Recording) -> bool:
+    return rec.status == 200 and any(f'"{kind}"' in rec.body for kind in CLIENT_CALLS)
+
+
+@pytest.mark.parametrize("rec", recordings_params(_with_client_calls))
+def test_calls_handed_to_the_client_stay_tool_calls_of_the_llm_span(
+        rec: Recording | None, upstream: RawUpstream) -> None:
+    rec = need(rec)
+    final = final_response(rec)
+    assert final is not None
+    with traced_proxy(upstream.url + "/v1") as (base, sink):
+        assert send(base, rec).status_code == 200
+        llm = sink.one()
+        assert [s.name for s in sink.spans() if _kind(s) == "TOOL"] == []  # ended first
+    said = indexed(llm.attributes, "llm.output_messages")
+    asked = [m["message.tool_calls.0.tool_call.id"] for m in said
+             if "message.tool_calls.0.tool_call.id" in m]
+    assert asked == [i["call_id"] for i in final["output"] if i["type"] in CLIENT_CALLS]
+    assert asked
 
 
 def test_a_cut_stream_ends_its_open_tool_call_with_error(upstream: RawUpstream) -> None:
@@ -197,7 +227,8 @@ def test_a_function_output_links_its_span_to_the_span_that_asked() -> None:
 
 
 def test_tool_metrics_and_the_otlp_bytes_of_tool_spans(upstream: RawUpstream) -> None:
-    recordings = [r for r in upstream.recordings.values() if _with_server_tools(r)]
+    recordings = [r for r in upstream.recordings.values() if _with_server_tools(r)
+                  and r.status == 200]
     with metered_proxy(upstream.url + "/v1") as (base, sink, _):
         for rec in recordings:
             assert send(base, rec).status_code == 200
