@@ -154,9 +154,9 @@ class ResponseAccumulator:
         mistyped fields, or content for an item or part already done.
     outcome: completed | incomplete | failed | cancelled | error; None until one is known.
     error: {code, message, type, param} from an `error` event or a failed response.
-    unstamped: item boundaries (added, done, a tool's progress) came since the last `stamp`;
-        the feeder stamps them with its clock, so this class needs none and a chunk without
-        one costs nothing.
+    unstamped: a server tool item's boundaries (added, done, its progress) came since the last
+        `stamp`; the feeder stamps them with its clock, so this class needs none and a chunk
+        without one costs nothing.
     """
 
     __slots__ = ("_by_id", "_final", "_items", "_mark_times", "_marked", "_marks", "_snapshot",
@@ -171,9 +171,9 @@ class ResponseAccumulator:
         self._final: dict[str, Any] | None = None
         self._items: dict[int, _Item] = {}
         self._by_id: dict[str, int] = {}  # item id -> output_index, for events lacking the index
-        # The first boundary of each kind per item, (output_index, kind), in arrival order, and
-        # the time stamped on each; `_marked` holds index << 2 | kind of those, so a repeated
-        # event adds nothing (memory stays bounded by the items).
+        # The first boundary of each kind per tool item, (output_index, kind), in arrival
+        # order, and the time stamped on each; `_marked` holds index << 2 | kind of those, so
+        # a repeated event adds nothing (memory stays bounded by the items).
         self._marks: list[tuple[int, int]] = []
         self._mark_times: list[int] = []
         self._marked: set[int] = set()
@@ -217,7 +217,8 @@ class ResponseAccumulator:
         self.unstamped = False
 
     def item_times(self) -> dict[int, ItemTimes]:
-        """output_index → when the item's work began and ended (stamped boundaries only)."""
+        """output_index → when a server tool item's work began and ended (stamped boundaries
+        only)."""
         seen: dict[int, list[int | None]] = {}
         for (index, kind), at in zip(self._marks, self._mark_times, strict=False):
             seen.setdefault(index, [None, None, None, None])[kind] = at
@@ -273,7 +274,8 @@ class ResponseAccumulator:
             return False
         self._items[index] = _Item(item)
         self._remember_id(item, index)
-        self._mark(index, ITEM_ADDED)
+        if item.get("type") in SERVER_TOOL_TYPES:
+            self._mark(index, ITEM_ADDED)
         return True
 
     def _on_item_done(self, event: Mapping[str, Any]) -> bool:
@@ -282,7 +284,8 @@ class ResponseAccumulator:
             return False
         self._items[index] = _Item(item, final=True)
         self._remember_id(item, index)
-        self._mark(index, ITEM_DONE)
+        if item.get("type") in SERVER_TOOL_TYPES:
+            self._mark(index, ITEM_DONE)
         return True
 
     def _on_tool_progress(self, event: Mapping[str, Any], kind: int) -> bool:
