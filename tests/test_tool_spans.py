@@ -96,12 +96,18 @@ def _first_delta_after(rec: Recording, item_id: str) -> bool:
     return all(not t.endswith(".delta") for t, _ in kinds[:done + 1])
 
 
-@pytest.mark.parametrize("rec", recordings_params(_with_server_tools))
-def test_each_server_tool_call_is_a_tool_span_under_the_llm_span(
-        rec: Recording | None, upstream: RawUpstream) -> None:
+def _recorded(rec: Recording | None) -> tuple[Recording, dict[str, Any]]:
+    """The recording of a parametrized test and the Response it ends with."""
     rec = need(rec)
     final = final_response(rec)
     assert final is not None
+    return rec, final
+
+
+@pytest.mark.parametrize("rec", recordings_params(_with_server_tools))
+def test_each_server_tool_call_is_a_tool_span_under_the_llm_span(
+        rec: Recording | None, upstream: RawUpstream) -> None:
+    rec, final = _recorded(rec)
     tools = sorted((i for i in final["output"] if i["type"] in SERVER_TOOLS),
                    key=lambda i: i["id"])
     with traced_proxy(upstream.url + "/v1") as (base, sink):
@@ -138,9 +144,7 @@ def _with_client_calls(rec: Recording) -> bool:
 @pytest.mark.parametrize("rec", recordings_params(_with_client_calls))
 def test_calls_handed_to_the_client_stay_tool_calls_of_the_llm_span(
         rec: Recording | None, upstream: RawUpstream) -> None:
-    rec = need(rec)
-    final = final_response(rec)
-    assert final is not None
+    rec, final = _recorded(rec)
     with traced_proxy(upstream.url + "/v1") as (base, sink):
         assert send(base, rec).status_code == 200
         llm = sink.one()
