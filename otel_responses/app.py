@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from otel_responses.config import Settings
 from otel_responses.proxy.forward import Endpoint, Proxy
 from otel_responses.proxy.paths import PathGuard
+from otel_responses.telemetry.cost import Pricer
 from otel_responses.telemetry.export import (
     build_tracer_provider,
     shutdown_provider,
@@ -25,6 +26,7 @@ from otel_responses.telemetry.export import (
 from otel_responses.telemetry.metrics import ProxyMetrics
 from otel_responses.telemetry.middleware import ResponsesTelemetryMiddleware
 from otel_responses.telemetry.options import genai_provider_name
+from otel_responses.telemetry.prices_file import PricesFile
 from otel_responses.transport.target import UpstreamTarget
 
 _ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -38,6 +40,8 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     ``OTEL_*`` variables and flushed at shutdown. ``OTEL_SDK_DISABLED=true`` turns tracing off
     (metrics stay on). Metrics are served at ``/metrics``, or on ``settings.metrics_port``;
     they include the span export pipelines of a provider made by ``build_tracer_provider``.
+    With ``settings.cost``, calls are priced (``settings.prices`` first, re-read on change);
+    an unusable price file raises `PricesError` (a ValueError).
     """
     if settings.upstream is None:
         raise ValueError("create_app needs an upstream URL")
@@ -46,6 +50,9 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     metrics = ProxyMetrics(provider=genai_provider_name(options.llm_provider),
                            models=settings.metrics_models, max_models=settings.metrics_max_models)
     proxy = Proxy(settings, observers=(metrics.observe_exchange,))
+    pricer = Pricer(options.llm_provider) if settings.cost else None
+    prices = PricesFile(settings.prices, pricer) \
+        if pricer is not None and settings.prices is not None else None
     owned = build_tracer_provider(demo=demo) if options.tracing and tracer_provider is None \
         else None
 
@@ -55,9 +62,12 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
         stop_metrics = (metrics.serve(settings.metrics_host or settings.host,
                                       settings.metrics_port, settings.client_header_timeout)
                         if settings.metrics_port is not None else None)
+        reloads = asyncio.create_task(prices.watch()) if prices is not None else None
         try:
             yield
         finally:
+            if reloads is not None:
+                reloads.cancel()
             if stop_metrics is not None:
                 await asyncio.to_thread(stop_metrics)
             await proxy.aclose()
@@ -101,7 +111,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
         metrics.track_streams(PathGuard(_ExactRoutes(Starlette(routes=routes, lifespan=lifespan),
                                                      routes))),
         tracer_provider=provider, tracing=provider is not None, options=options,
-        sinks=(metrics.observe_call,))
+        sinks=(metrics.observe_call,), pricer=pricer)
     metrics.watch(in_flight=lambda: proxy.in_flight,
                   telemetry_errors=lambda: app.telemetry_errors,
                   span_pipelines=span_pipelines(provider))

@@ -20,6 +20,7 @@ from otel_responses.protocol.response_attributes import usage
 from otel_responses.protocol.sse import is_event_stream
 from otel_responses.protocol.text import encodable
 from otel_responses.protocol.tools import INCOMPLETE, TOOL_TYPES
+from otel_responses.telemetry.cost import CostBreakdown, Unpriced
 from otel_responses.telemetry.metrics_port import serve_metrics
 from otel_responses.telemetry.recorder import CallRecord
 from otel_responses.telemetry.spans import error_type
@@ -243,11 +244,34 @@ class ProxyMetrics:
             "Tool calls the upstream ran, timed from their stream events.", ("type",),
             unit="seconds", buckets=TOOL_DURATION_BUCKETS, registry=registry))
         self._tool_type = LabelGuard(len(TOOL_TYPES), TOOL_TYPES)
+        self._cost_metrics(registry)
         # Known label values start at zero, so rate() sees their first increment.
         for kind in FAULT_KINDS.values():
             self.upstream_faults.labels(kind)
         for outcome in STREAM_ENDINGS:
             self.stream_endings.labels(outcome)
+
+    def _cost_metrics(self, registry: CollectorRegistry) -> None:
+        self.cost = _Children(Counter(
+            "otel_responses_cost_usd", "USD spent on calls, priced from their reported usage.",
+            ("model", "provider"), registry=registry))
+        self.cost_cache_savings = _Children(Counter(
+            "otel_responses_cost_cache_savings_usd",
+            "USD the cached input tokens would have cost more at the model's uncached input "
+            "rate.", ("model", "provider"), registry=registry))
+        self.cost_unpriced = _Children(Counter(
+            "otel_responses_cost_unpriced",
+            "Calls that reported usage for a model without a price (no cost was recorded).",
+            ("model",), registry=registry))
+
+    def _observe_cost(self, record: CallRecord, exemplar: dict[str, str] | None) -> None:
+        cost = record.cost
+        if isinstance(cost, CostBreakdown):
+            labels = (self._model(_text(cost.model)), self.provider)
+            self.cost.labels(*labels).inc(cost.total, exemplar)
+            self.cost_cache_savings.labels(*labels).inc(cost.cache_savings)
+        elif isinstance(cost, Unpriced):
+            self.cost_unpriced.labels(self._model(_text(cost.model))).inc()
 
     def watch(self, *, in_flight: Callable[[], int], telemetry_errors: Callable[[], int],
               span_pipelines: Sequence[SpanPipeline] = ()) -> None:
@@ -292,6 +316,7 @@ class ProxyMetrics:
                     (record.duration_s - ttft) / (output - 1), exemplar)
         if record.stream:
             self.stream_endings.labels(record.outcome).inc()
+        self._observe_cost(record, exemplar)
         if record.tools:
             self._observe_tools(record, exemplar)
 

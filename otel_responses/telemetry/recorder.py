@@ -13,6 +13,7 @@ from otel_responses.protocol.sse import is_event_stream
 from otel_responses.protocol.stream import ResponseStream
 from otel_responses.protocol.tools import ToolRun, tool_runs
 from otel_responses.protocol.window import BodyWindow
+from otel_responses.telemetry.cost import CostBreakdown, Pricing
 
 # A Responses status or terminal event → how the call ended (streams: else how the bytes
 # stopped).
@@ -57,6 +58,13 @@ class CallRecord:
     response_truncated: bool = False
     # The response's tool call items: those the upstream ran, timed, and those the client runs.
     tools: list[ToolRun] = field(default_factory=list)
+    # Set by the middleware's pricer before the span and the sinks see the call.
+    cost: Pricing = None
+
+    @property
+    def cost_usd(self) -> float | None:
+        """What the call cost in USD (``llm.cost.total``), None when it was not priced."""
+        return self.cost.total if isinstance(self.cost, CostBreakdown) else None
 
     @property
     def is_error(self) -> bool:

@@ -21,6 +21,7 @@ from otel_responses.protocol.attributes import (
 )
 from otel_responses.protocol.body import MAX_DEPTH, cut_depth
 from otel_responses.protocol.text import capped, encodable
+from otel_responses.telemetry.cost import CostBreakdown, cost_attributes
 from otel_responses.telemetry.masking import mask, masked_request
 from otel_responses.telemetry.options import TelemetryOptions, genai_provider_name
 from otel_responses.telemetry.recorder import CallRecord
@@ -116,6 +117,8 @@ class SpanWriter:
             attrs[SpanAttributes.INPUT_MIME_TYPE] = "text/plain"
         if response is not None:
             attrs.update(response_attributes(response))
+        if isinstance(record.cost, CostBreakdown):
+            attrs.update(cost_attributes(record.cost))
         if self.options.genai_semconv:
             attrs.update(genai_attributes(request, response))
             attrs["gen_ai.provider.name"] = genai_provider_name(self.options.llm_provider)
