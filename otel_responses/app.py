@@ -67,7 +67,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await proxy.start()
         stop_metrics = (metrics.serve(settings.metrics_host or settings.host,
-                                      settings.metrics_port)
+                                      settings.metrics_port, settings.client_header_timeout)
                         if settings.metrics_port is not None else None)
         try:
             yield
