@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from otel_responses.outcome import FAULT_KINDS, STREAM_ENDINGS, UNREACHED
+from otel_responses.outcome import FAULT_KINDS, REJECTIONS, STREAM_ENDINGS, UNREACHED
 from otel_responses.protocol.response_attributes import usage
 from otel_responses.protocol.sse import is_event_stream
 from otel_responses.protocol.text import encodable
@@ -261,6 +261,9 @@ class ProxyMetrics:
             self.upstream_faults.labels(kind)
         for outcome in STREAM_ENDINGS:
             self.stream_endings.labels(outcome)
+        if not key_label:  # with keys as labels, each series starts with its key's first
+            for reason in REJECTIONS:
+                self.rejections.labels(reason)
 
     def watch(self, *, in_flight: Callable[[], int], telemetry_errors: Callable[[], int],
               span_pipelines: Sequence[SpanPipeline] = ()) -> None:
