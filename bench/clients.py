@@ -63,20 +63,42 @@ FIGURES: dict[str, Callable[[Run], float]] = {
 }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
+def matrix_parser(doc: str | None, results: str, *, repeats: int,
+                  scenarios: str) -> argparse.ArgumentParser:
+    """The options of a side-by-side matrix script (this one, guard.py)."""
+    p = argparse.ArgumentParser(description=doc,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--transports", default="own,aiohttp,httpx")
-    p.add_argument("--repeats", type=int, default=10, help="repetitions per cell [10]")
+    p.add_argument("--repeats", type=int, default=repeats,
+                   help=f"repetitions per cell [{repeats}]")
     p.add_argument("--seconds", type=float, default=2.0, help="measured seconds per run [2.0]")
     p.add_argument("--max-requests", type=int, default=20_000)
     p.add_argument("--concurrency", default="1,10")
-    p.add_argument("--scenarios", default="small,large,stream,spaced")
+    p.add_argument("--scenarios", default=scenarios)
     p.add_argument("--report-only", action="store_true")
-    p.add_argument("--results", type=Path, default=BENCH / "out" / "clients.json")
-    args = p.parse_args(argv)
+    p.add_argument("--results", type=Path, default=BENCH / "out" / results)
+    return p
+
+
+def parse_matrix(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    args = parser.parse_args(argv)
     args.quick, args.bsp_delay_ms = False, 500  # what Suite.matrix reads besides the above
     return args
+
+
+def reported_only(args: argparse.Namespace, render: Callable[[dict[str, Any]], str]) -> bool:
+    """``--report-only``: re-render the saved results; True if that was asked."""
+    if args.report_only:
+        out = args.results.with_suffix(".md")
+        out.write_text(render(json.loads(args.results.read_text())))
+        print(out.read_text())
+    return bool(args.report_only)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = matrix_parser(__doc__, "clients.json", repeats=10,
+                           scenarios="small,large,stream,spaced")
+    parser.add_argument("--transports", default="own,aiohttp,httpx")
+    return parse_matrix(parser, argv)
 
 
 def _by_rep(runs: list[Run], scenario: str, conc: int, config: str,
@@ -165,10 +187,7 @@ def measure_all(args: argparse.Namespace, rundir: Path) -> tuple[list[Run], list
             configs[name] = suite._add(servers.start_proxy(
                 name, rundir, up, tracing=False, sink=None, bsp_delay_ms=args.bsp_delay_ms,
                 transport=name))
-        for server in configs.values():
-            server.wait_ready(30)
-        suite.sanity(configs)
-        runs = suite.matrix(configs, up, None)
+        runs = suite.side_by_side(configs, up)
     finally:
         suite.stop()
     return runs, suite.notes
@@ -176,10 +195,7 @@ def measure_all(args: argparse.Namespace, rundir: Path) -> tuple[list[Run], list
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    out = args.results.with_suffix(".md")
-    if args.report_only:
-        out.write_text(report(json.loads(args.results.read_text())))
-        print(out.read_text())
+    if reported_only(args, report):
         return
     started = time.monotonic()
     rundir = Path(tempfile.mkdtemp(prefix="otel-clients-"))
@@ -196,25 +212,33 @@ def main(argv: list[str] | None = None) -> None:
                  f"{'/'.join(f'{x:.2f}' for x in load_before)}, after "
                  f"{'/'.join(f'{x:.2f}' for x in load_after)}; suite wall time "
                  f"{(time.monotonic() - started) / 60:.1f} min.")
+    write_results(args, argv, "clients.py", runs, notes, report,
+                  versions=transports.versions(), transports=names)
+
+
+def write_results(args: argparse.Namespace, argv: list[str] | None, script: str,
+                  runs: list[Run], notes: list[str], render: Callable[[dict[str, Any]], str],
+                  **meta: Any) -> None:
+    """Save ``runs`` with what the run was (the command, machine, package, scenarios and
+    ``meta``) to ``args.results``, and its report, rendered by ``render``, beside it as .md."""
     known = payloads.scenarios()
     wanted = [s for s in args.scenarios.split(",") if s in known]
     results = {
         "meta": {
-            "command": ("python bench/clients.py " + " ".join(
+            "command": (f"python bench/{script} " + " ".join(
                 sys.argv[1:] if argv is None else argv)).strip(),
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": _machine(), "package": _package_version(),
-            "versions": transports.versions(), "transports": names, "repeats": args.repeats,
+            "machine": _machine(), "package": _package_version(), "repeats": args.repeats,
             "scenarios": {s: known[s].title for s in wanted},
-            "streams": {s: known[s].stream for s in wanted}, "notes": notes,
+            "streams": {s: known[s].stream for s in wanted}, "notes": notes, **meta,
         },
         "runs": runs,
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(results, indent=1))
-    out.write_text(report(results))
+    out = args.results.with_suffix(".md")
+    out.write_text(render(results))
     print(out.read_text())
-
 
 if __name__ == "__main__":
     main()

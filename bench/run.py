@@ -185,6 +185,13 @@ class Suite:
                     raise RuntimeError(f"{name} failed the {scenario.name} request; "
                                        f"see {server.log}")
 
+    def side_by_side(self, configs: dict[str, Server], upstream: Server) -> list[dict[str, Any]]:
+        """Wait for ``configs`` (untraced), check each serves every scenario, run the matrix."""
+        for server in configs.values():
+            server.wait_ready(30)
+        self.sanity(configs)
+        return self.matrix(configs, upstream, None)
+
     def matrix(self, configs: dict[str, Server], upstream: Server,
                ledger: measure.SpanLedger | None) -> list[dict[str, Any]]:
         a = self.args

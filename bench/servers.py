@@ -160,14 +160,15 @@ def start_sink(logdir: Path) -> Server:
 
 def start_proxy(name: str, logdir: Path, upstream: Server, *, tracing: bool,
                 sink: Server | None, bsp_delay_ms: int, python: str = sys.executable,
-                transport: str | None = None) -> Server:
+                transport: str | None = None, flags: tuple[str, ...] = ()) -> Server:
     """otel-responses as installed for ``python`` (another venv can hold a candidate fix);
-    with ``transport`` (own, aiohttp, httpx), launched by transports.py with that client."""
+    with ``transport`` (own, aiohttp, httpx), launched by transports.py with that client;
+    ``flags`` are added to its command line."""
     port = free_port()
     command = ["-m", "otel_responses"] if transport is None \
         else [str(BENCH / "transports.py"), transport]
     argv = [python, *command, "serve", "--port", str(port),
-            "--upstream", f"http://127.0.0.1:{upstream.port}/v1", "--overhead-header"]
+            "--upstream", f"http://127.0.0.1:{upstream.port}/v1", "--overhead-header", *flags]
     env: dict[str, str] = {}
     if tracing:
         assert sink is not None

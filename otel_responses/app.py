@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 from opentelemetry.sdk.trace import TracerProvider
 from starlette.applications import Starlette
@@ -15,6 +16,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from otel_responses.config import Settings
+from otel_responses.guard.keys import KeysFile
+from otel_responses.guard.limits import LimitStore, MemoryStore
+from otel_responses.guard.middleware import Guard, GuardEvents
+from otel_responses.guard.redis_store import RedisStore
 from otel_responses.proxy.forward import Endpoint, Proxy
 from otel_responses.proxy.paths import PathGuard
 from otel_responses.telemetry.cost import Pricer
@@ -33,22 +38,34 @@ _ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = None,
-               demo: bool = False) -> ASGIApp:
+               demo: bool = False, clock: Callable[[], float] = time.time) -> ASGIApp:
     """Build the proxy app for ``settings`` (``settings.upstream`` must be set).
 
     Spans go to ``tracer_provider``; without one, a provider is built from the standard
     ``OTEL_*`` variables and flushed at shutdown. ``OTEL_SDK_DISABLED=true`` turns tracing off
     (metrics stay on). Metrics are served at ``/metrics``, or on ``settings.metrics_port``;
     they include the span export pipelines of a provider made by ``build_tracer_provider``.
+<<<<<<< HEAD
     With ``settings.cost``, calls are priced (``settings.prices`` first, re-read on change);
     an unusable price file raises `PricesError` (a ValueError).
+=======
+    With ``settings.api_keys`` a guard checks keys and limits in front of everything
+    (``clock``, in seconds, times the limits' windows). A keys file that cannot be used
+    raises ValueError.
+>>>>>>> gateway
     """
     if settings.upstream is None:
         raise ValueError("create_app needs an upstream URL")
     target = UpstreamTarget.parse(settings.upstream)
     options = settings.telemetry.replace(upstream_host=target.host, upstream_port=target.port)
     metrics = ProxyMetrics(provider=genai_provider_name(options.llm_provider),
-                           models=settings.metrics_models, max_models=settings.metrics_max_models)
+                           models=settings.metrics_models, max_models=settings.metrics_max_models,
+                           key_label=settings.metrics_key_label)
+    keys = KeysFile(settings.api_keys) if settings.api_keys is not None else None
+    store: LimitStore | None = None
+    if keys is not None:
+        store = MemoryStore() if settings.rate_limit_store == "memory" \
+            else RedisStore(settings.rate_limit_store, on_error=metrics.observe_store_error)
     proxy = Proxy(settings, observers=(metrics.observe_exchange,))
     pricer = Pricer(options.llm_provider) if settings.cost else None
     prices = PricesFile(settings.prices, pricer) \
@@ -71,6 +88,8 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
             if stop_metrics is not None:
                 await asyncio.to_thread(stop_metrics)
             await proxy.aclose()
+            if store is not None:
+                await store.aclose()
             if owned is not None:
                 # Flushes spans still queued for export, off the event loop.
                 await asyncio.to_thread(shutdown_provider, owned)
@@ -106,16 +125,28 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
         Route("/{path:path}", proxy.endpoint("passthrough"), methods=_ANY_METHOD),
     ]
     provider = tracer_provider or owned
-    app = ResponsesTelemetryMiddleware(
+    telemetry = ResponsesTelemetryMiddleware(
         # Inside the telemetry: a refused path is neither forwarded nor a span.
         metrics.track_streams(PathGuard(_ExactRoutes(Starlette(routes=routes, lifespan=lifespan),
                                                      routes))),
         tracer_provider=provider, tracing=provider is not None, options=options,
         sinks=(metrics.observe_call,), pricer=pricer)
     metrics.watch(in_flight=lambda: proxy.in_flight,
-                  telemetry_errors=lambda: app.telemetry_errors,
+                  telemetry_errors=lambda: telemetry.telemetry_errors,
                   span_pipelines=span_pipelines(provider))
-    return app
+    if keys is None or store is None:
+        return telemetry
+    # In front of the telemetry: a refused key is neither forwarded nor a span.
+    guard = Guard(telemetry, keys, store, fail_open=settings.rate_limit_fail == "open",
+                  exempt=frozenset({"/healthz", "/readyz"} | (
+                      {"/metrics"} if settings.metrics_port is None else set())),
+                  max_body_bytes=settings.max_body_bytes, clock=clock,
+                  events=GuardEvents(rejected=metrics.observe_rejection,
+                                     store_failed=metrics.observe_store_error,
+                                     charged=metrics.observe_charge))
+    # The guard learns a call's tokens from what the telemetry recorded, through a sink.
+    telemetry.sinks += (guard.observe_call,)
+    return guard
 
 
 class _ExactRoutes:

@@ -59,7 +59,7 @@ def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option],
     for opt in options:
         default = defaults[opt.name] if defaults and opt.name in defaults else opt.default
         shown = env.get(opt.env) or ("unset" if default is None else default)
-        if "key" in opt.name and shown != "unset":
+        if opt.secret and shown not in ("unset", default):  # a URL may hold a password
             shown = "***"
         help_text = f"{opt.help} [env {opt.env}; default {shown}]"
         if opt.parse is parse_bool:
@@ -166,7 +166,7 @@ def serve(settings: Settings) -> None:
     try:
         try:
             app = create_app(settings, demo=demo_server is not None)
-        except ValueError as exc:  # an OTEL_* variable the exporter cannot use
+        except ValueError as exc:  # an OTEL_* variable the exporter cannot use, a keys file
             raise SystemExit(f"otel-responses: {exc}") from None
         log.info("%s", startup_summary(settings, demo=demo_server is not None))
         Server(uvicorn_config(app, settings)).run()
@@ -178,9 +178,13 @@ def serve(settings: Settings) -> None:
 def startup_summary(settings: Settings, *, demo: bool) -> str:
     """One line: what the proxy forwards to, where its spans go, where its metrics are."""
     metrics = _url(settings.metrics_host or settings.host, settings.metrics_port or settings.port)
+    # The store's URL is not named: it may hold a password.
+    keys = (f"; keys: {settings.api_keys}, limits in "
+            f"{'memory' if settings.rate_limit_store == 'memory' else 'redis'}"
+            if settings.api_keys else "")
     return (f"otel-responses {__version__} on {_url(settings.host, settings.port)}: upstream "
             f"{settings.upstream}; spans: {describe_span_export(os.environ, demo=demo)}; "
-            f"metrics: {metrics}/metrics")
+            f"metrics: {metrics}/metrics{keys}")
 
 
 def _url(host: str, port: int) -> str:

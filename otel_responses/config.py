@@ -17,6 +17,8 @@ TELEMETRY_FIELDS = frozenset({"provider", "session_header", "user_header", "gena
                               "trace_root", "max_attribute_length"})
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+FAIL_MODES = ("open", "closed")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,10 @@ class Settings:
     metrics_max_models: int = 50
     cost: bool = True  # price each call (llm.cost.* on spans, the cost metrics)
     prices: str | None = None  # the operator's price file (YAML or JSON), re-read on change
+    api_keys: str | None = None  # the keys file; None: no auth, no limits
+    rate_limit_store: str = field(default="memory", repr=False)  # a URL may hold a password
+    rate_limit_fail: str = "open"
+    metrics_key_label: bool = False
 
     def __post_init__(self) -> None:
         if self.log_format not in LOG_FORMATS:
@@ -66,6 +72,12 @@ class Settings:
             # Sent upstream as a header: a line break would end it and start one of its own.
             raise SettingError("upstream_api_key", "must be printable ASCII, without CR, LF, "
                                "NUL or other control characters (it is sent as a header)")
+        if self.rate_limit_store != "memory" and not self.rate_limit_store.startswith(
+                REDIS_SCHEMES):
+            raise SettingError("rate_limit_store", "must be memory or a redis://, rediss:// "
+                               "or unix:// URL")
+        if self.rate_limit_fail not in FAIL_MODES:
+            raise SettingError("rate_limit_fail", f"must be one of {', '.join(FAIL_MODES)}")
         if self.metrics_port is not None and self.metrics_port == self.port:
             raise SettingError("metrics_port", "must differ from the port")
         if self.metrics_host is not None and self.metrics_port is None:
@@ -122,7 +134,8 @@ class Option:
     parse: Callable[[str], Any] = str
     choices: tuple[str, ...] | None = None
     metavar: str | None = None
-    env_name: str | None = None  # the variable, when it is not ENV_PREFIX + NAME
+    env_name: str | None = None  # when it is not OTEL_RESPONSES_ + the name
+    secret: bool = False  # --help shows *** for its current value
 
     @property
     def flag(self) -> str:
@@ -146,7 +159,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("upstream", "base URL of the Responses upstream, e.g. https://api.openai.com/v1 "
            "(unset: start the built-in demo upstream)", metavar="URL"),
     Option("upstream_api_key", "API key sent to the upstream, replacing the client's "
-           "Authorization/api-key (unset: forward the client's)", metavar="KEY"),
+           "Authorization/api-key (unset: forward the client's)", metavar="KEY", secret=True),
     Option("connect_timeout", "seconds to connect to the upstream (exceeded: 504)", float),
     Option("read_timeout", "seconds to wait for each upstream read (exceeded: 504)", float),
     Option("max_body_bytes", "largest request body accepted (larger: 413)", int),
@@ -176,12 +189,14 @@ SERVE_OPTIONS: tuple[Option, ...] = (
            metavar="MODELS"),
     Option("metrics_max_models", "distinct model label values kept when --metrics-models is "
            "unset; later ones are labelled 'other'", int, metavar="N"),
-    Option("cost", "price every call in USD (llm.cost.* span attributes, "
-           "otel_responses_cost_usd_total)", parse_bool),
-    Option("prices", "YAML or JSON file of your own prices, USD per million tokens: "
-           '{"models": [{"match": GLOB, "input": N, "cached_input": N, "output": N}]}; '
-           "first match wins, over the genai-prices table; re-read when it changes",
-           metavar="FILE", env_name=ENV_PREFIX + "PRICES_FILE"),
+    Option("api_keys", "keys file (YAML or JSON): clients must send one of its keys; re-read "
+           "when it changes (unset: no keys needed, no limits)", metavar="FILE",
+           env_name=ENV_PREFIX + "API_KEYS_FILE"),
+    Option("rate_limit_store", "where limit counters live: memory (this process) or a "
+           "redis:// URL shared by replicas", metavar="STORE", secret=True),
+    Option("rate_limit_fail", "when the rate-limit store is unreachable: open (admit) or "
+           "closed (503)", choices=FAIL_MODES),
+    Option("metrics_key_label", "label the guard's metrics with the key's name", parse_bool),
 )
 
 

@@ -54,3 +54,8 @@ UNREACHED = frozenset({Outcome.UPSTREAM_UNREACHABLE, Outcome.UPSTREAM_TIMEOUT})
 STREAM_ENDINGS = (Outcome.COMPLETED, Outcome.INCOMPLETE, Outcome.FAILED, Outcome.CANCELLED,
                   Outcome.ERROR_EVENT, Outcome.UPSTREAM_CUT, Outcome.CLIENT_DISCONNECT)
 """How a Responses stream can end, as the stream-endings counter labels it."""
+
+REJECTIONS = ("invalid_api_key", "model_not_allowed", "requests_per_minute", "tokens_per_minute",
+              "tokens_per_day", "max_concurrent", "limit_store_unavailable")
+"""Why the guard refused a request, as the rejections counter labels it (each limit's reason
+is its name in the keys file)."""

@@ -308,7 +308,8 @@ def test_chart_settings_are_the_serve_flags_the_chart_does_not_set_itself() -> N
            if o.flag in spec.command or o.env in dict(spec.env)} - {
                n.replace("-", "_") for n in HELM_VALUES["gateway-full"]["settings"]}
     settings = {n.replace("-", "_") for n in schema["settings"]["propertyNames"]["enum"]}
-    assert settings == {o.name for o in SERVE_OPTIONS} - own
+    # A keys file needs a Secret volume the chart does not mount yet (deploy/README.md).
+    assert settings == {o.name for o in SERVE_OPTIONS} - own - {"api_keys"}
     assert set(schema["masking"]["propertyNames"]["enum"]) == {
         f.name.removeprefix("hide_").upper() for f in dataclasses.fields(MaskingConfig)
         if f.name.startswith("hide_")}

@@ -20,6 +20,7 @@ class ProxyError(Exception):
     code: str | None = None
     param: str | None = None
     outcome: Outcome = Outcome.REJECTED
+    headers: tuple[tuple[bytes, bytes], ...] = ()  # e.g. retry-after on a 429
 
     def body(self) -> bytes:
         error = {"message": self.message, "type": self.type, "param": self.param,
@@ -33,7 +34,7 @@ class ProxyError(Exception):
             "type": "http.response.start",
             "status": self.status,
             "headers": [(b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode())],
+                        (b"content-length", str(len(body)).encode()), *self.headers],
         })
         await send({"type": "http.response.body", "body": body})
         return len(body)

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 from starlette.types import Receive, Scope, Send
 
+from otel_responses.caller import Caller, caller_of
 from otel_responses.config import Settings
 from otel_responses.outcome import Outcome
 from otel_responses.protocol.body import SCOPE_KEY, ParsedBody
@@ -89,6 +90,7 @@ class Exchange:
     responded: bool = False  # the client has the whole response
     retried: bool = False  # sent upstream a second time (on a new connection)
     parsed: ParsedBody = field(default_factory=ParsedBody)  # shared with telemetry, if there
+    caller: Caller | None = None  # set by the guard, when keys are required
 
     @property
     def duration(self) -> float:
@@ -104,6 +106,8 @@ class Exchange:
             "bytes_in": self.bytes_in, "bytes_out": self.bytes_out, "stream": self.stream,
             "model": self._model(), "outcome": self.outcome,
         }
+        if self.caller is not None:  # the key's name and team, never the key
+            fields.update(key=self.caller.name, team=self.caller.team)
         access_log.info("%s %s %s", self.method, self.path, self.status, extra={"access": fields})
 
     def _model(self) -> str | None:
@@ -162,7 +166,7 @@ class Proxy:
         return Endpoint(self, route)
 
     async def forward(self, scope: Scope, receive: Receive, send: Send, route: str) -> None:
-        ex = Exchange(scope["method"], scope["path"], route)
+        ex = Exchange(scope["method"], scope["path"], route, caller=caller_of(scope))
         parsed = scope.get(SCOPE_KEY)
         if isinstance(parsed, ParsedBody):
             ex.parsed = parsed
@@ -195,7 +199,7 @@ class Proxy:
         request = UpstreamRequest(
             scope["method"],
             self.target.path(raw_path.decode("latin-1"), scope["query_string"].decode("latin-1")),
-            upstream_request_headers(scope["headers"], self.settings.upstream_api_key),
+            upstream_request_headers(scope["headers"], self.settings.upstream_api_key, scope),
             body if body or scope["method"] not in _NO_BODY_METHODS else None)
         ex.overhead = time.perf_counter() - ex.started
         # The exchange runs in this task; a watcher cancels it if the client leaves, which

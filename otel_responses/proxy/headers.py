@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 Headers = list[tuple[bytes, bytes]]
+
+UPSTREAM_API_KEY = "otel_responses.upstream_api_key"
+"""ASGI scope key the guard sets on an authenticated request: the caller's own upstream key,
+or None. Its presence means the client's credentials (a key of the proxy's) never go upstream."""
 
 # RFC 9110 §7.6.1 connection-specific fields, plus Host (set from the upstream URL) and
 # Content-Length (recomputed by the HTTP client from the exact bytes forwarded).
@@ -29,8 +34,15 @@ def _is_hop(name: bytes, named: set[bytes]) -> bool:
     return name in _HOP_BY_HOP or name.startswith(b"proxy-") or name in named
 
 
-def upstream_request_headers(client_headers: Headers, api_key: str | None) -> Headers:
-    """Headers to send upstream: end-to-end ones, with the client's key replaced if configured."""
+def upstream_request_headers(client_headers: Headers, api_key: str | None,
+                             scope: Mapping[str, Any] | None = None) -> Headers:
+    """Headers to send upstream: end-to-end ones, with the client's key replaced by ``api_key``
+    (the configured one) if given. When the guard authenticated the request (``scope`` has
+    `UPSTREAM_API_KEY`), the client's key is always dropped, and the caller's upstream key
+    is sent, else ``api_key``, else none."""
+    replace = api_key is not None
+    if scope is not None and UPSTREAM_API_KEY in scope:
+        api_key, replace = scope[UPSTREAM_API_KEY] or api_key, True
     named = _connection_tokens(client_headers)
     out: Headers = []
     key_header = b"authorization"
@@ -38,7 +50,7 @@ def upstream_request_headers(client_headers: Headers, api_key: str | None) -> He
         lname = name.lower()
         if _is_hop(lname, named) or lname in _REQUEST_ONLY_DROPPED:
             continue
-        if api_key is not None and lname in _CREDENTIALS:
+        if replace and lname in _CREDENTIALS:
             # Keep the client's style: Azure clients send api-key, OpenAI clients a bearer token.
             key_header = lname
             continue

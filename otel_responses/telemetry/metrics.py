@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from otel_responses.outcome import FAULT_KINDS, STREAM_ENDINGS, UNREACHED
+from otel_responses.outcome import FAULT_KINDS, REJECTIONS, STREAM_ENDINGS, UNREACHED
 from otel_responses.protocol.response_attributes import usage
 from otel_responses.protocol.sse import is_event_stream
 from otel_responses.protocol.text import encodable
@@ -183,8 +183,9 @@ class ProxyMetrics:
     """
 
     def __init__(self, *, provider: str = "openai", models: Iterable[str] | None = None,
-                 max_models: int = 50) -> None:
+                 max_models: int = 50, key_label: bool = False) -> None:
         self.registry = CollectorRegistry()
+        self.key_label = key_label
         self.provider = provider
         self._model = LabelGuard(max_models, models)
         self._error_type = LabelGuard(MAX_ERROR_TYPES, overflow="_OTHER")
@@ -245,11 +246,26 @@ class ProxyMetrics:
             unit="seconds", buckets=TOOL_DURATION_BUCKETS, registry=registry))
         self._tool_type = LabelGuard(len(TOOL_TYPES), TOOL_TYPES)
         self._cost_metrics(registry)
+        # The guard's (keys and limits); the key's name is a label only when asked for.
+        key = ("key",) if key_label else ()
+        self.rejections = _Children(Counter(
+            "otel_responses_rejections", "Requests the guard refused, by reason.",
+            ("reason", *key), registry=registry))
+        self.limit_store_errors = _Children(Counter(
+            "otel_responses_limit_store_errors",
+            "Rate-limit store failures, by operation (admit: the request was admitted or "
+            "refused as --rate-limit-fail says).", ("operation",), registry=registry))
+        self.tokens_charged = Counter(
+            "otel_responses_limit_tokens_charged",
+            "Tokens charged to keys' token limits after their calls.", key, registry=registry)
         # Known label values start at zero, so rate() sees their first increment.
         for kind in FAULT_KINDS.values():
             self.upstream_faults.labels(kind)
         for outcome in STREAM_ENDINGS:
             self.stream_endings.labels(outcome)
+        if not key_label:  # with keys as labels, each series starts with its key's first
+            for reason in REJECTIONS:
+                self.rejections.labels(reason)
 
     def _cost_metrics(self, registry: CollectorRegistry) -> None:
         self.cost = _Children(Counter(
@@ -326,6 +342,20 @@ class ProxyMetrics:
             self.tool_calls.labels(kind, run.status).inc()
             if run.server and run.timed and run.status != INCOMPLETE:
                 self.tool_duration.labels(kind).observe(run.duration_s, exemplar)
+
+    def observe_rejection(self, reason: str, key: str | None) -> None:
+        self.rejections.labels(reason, *self._key(key)).inc()
+
+    def observe_store_error(self, operation: str) -> None:
+        self.limit_store_errors.labels(operation).inc()
+
+    def observe_charge(self, tokens: float, key: str) -> None:
+        counter = self.tokens_charged
+        (counter.labels(*self._key(key)) if self.key_label else counter).inc(tokens)
+
+    def _key(self, key: str | None) -> tuple[str, ...]:
+        # Key names come from the operator's keys file: bounded, and never the key itself.
+        return (encodable(key or ""),) if self.key_label else ()
 
     def track_streams(self, app: ASGIApp) -> ASGIApp:
         return _StreamTracker(app, self.open_streams)

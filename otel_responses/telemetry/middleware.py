@@ -12,6 +12,7 @@ from opentelemetry.trace import Span, TracerProvider, set_span_in_context
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from otel_responses import __version__
+from otel_responses.caller import caller_of
 from otel_responses.protocol.body import SCOPE_KEY, ParsedBody
 from otel_responses.telemetry.cost import Pricer
 from otel_responses.telemetry.options import TelemetryOptions
@@ -80,7 +81,9 @@ class _RecordingResponder:
 
     def __init__(self, middleware: ResponsesTelemetryMiddleware, scope: Scope) -> None:
         self.middleware = middleware
-        parsed = ParsedBody()
+        parsed = scope.get(SCOPE_KEY)
+        if not isinstance(parsed, ParsedBody):  # else a guard in front parsed it already
+            parsed = ParsedBody()
         self.scope = {**scope, SCOPE_KEY: parsed}  # the app's access log reuses the parsed body
         self.call = CallRecorder(time.time_ns(), parsed, scope["headers"])
         self.span: Span | None = None
@@ -146,6 +149,7 @@ class _RecordingResponder:
         middleware, span = self.middleware, self.span
         try:
             record = self.call.finish()
+            record.caller = caller_of(self.scope)
             if middleware.pricer is not None:
                 record.cost = middleware.pricer.price(record.request, record.response,
                                                       record.start_ns)

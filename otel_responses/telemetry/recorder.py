@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from otel_responses.caller import Caller
 from otel_responses.outcome import HTTP_ERRORS, SUCCESSES, Outcome
 from otel_responses.protocol.body import ParsedBody
 from otel_responses.protocol.encoding import ContentDecoder, decoder
@@ -65,6 +66,7 @@ class CallRecord:
     def cost_usd(self) -> float | None:
         """What the call cost in USD (``llm.cost.total``), None when it was not priced."""
         return self.cost.total if isinstance(self.cost, CostBreakdown) else None
+    caller: Caller | None = None  # the authenticated key's identity, when the guard is on
 
     @property
     def is_error(self) -> bool:

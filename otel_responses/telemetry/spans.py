@@ -30,6 +30,9 @@ from otel_responses.telemetry.sessions import ChainLink, SessionIndex
 from otel_responses.telemetry.tool_spans import ToolSpans
 
 FIRST_TOKEN_EVENT = "First Token Stream Event"  # the OpenInference name, fired at the first delta
+# The inbound API key's name and team (never the key), when the guard authenticated the call.
+KEY_NAME = "otel_responses.api_key.name"
+KEY_TEAM = "otel_responses.api_key.team"
 _TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
 # When the span attribute count limit bites, the SDK evicts the attributes set FIRST (and a key
 # set again moves to the end): set the oldest input messages first and the small identifying
@@ -162,6 +165,12 @@ class SpanWriter:
                 self.sessions.remember(response_id, ChainLink(session, span.get_span_context()))
         user = (_header(headers, self._user_header) or _str(request.get("user"))
                 or _str(request.get("safety_identifier")))
+        caller = record.caller
+        if caller is not None:  # authenticated: who the key says, not what the client claims
+            user = caller.user_id
+            out[KEY_NAME] = caller.name
+            if caller.team is not None:
+                out[KEY_TEAM] = caller.team
         if user:
             out[SpanAttributes.USER_ID] = user
         metadata = request.get("metadata")

@@ -1,0 +1,377 @@
+"""The guard over real sockets: the openai SDK against a proxy with a keys file, the demo and
+raw upstreams behind it, limits in memory and in a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import json
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from otel_responses.config import SettingError, Settings
+from otel_responses.demo.app import create_demo_app
+from tests.guard import Clock, client, guarded, metric, wait_metric, write_keys
+from tests.redisd import RedisServer, redis_server
+from tests.servers import run_cli, serve_asgi
+from tests.upstreams import RawUpstream
+
+ALICE, BOB = "sk-alice-0123456789abcdef", "sk-bob-fedcba9876543210"
+
+
+@pytest.fixture(scope="module")
+def demo() -> Iterator[str]:
+    with serve_asgi(create_demo_app()) as url:
+        yield url + "/v1"
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    with redis_server() as server:
+        yield server
+
+
+def keys(*entries: dict[str, Any], **top: Any) -> dict[str, Any]:
+    return {"keys": list(entries), **top}
+
+
+def alice(**fields: Any) -> dict[str, Any]:
+    return {"name": "alice", "key": ALICE, "user_id": "u-alice", "team": "research", **fields}
+
+
+# -- 401, 403, 429 as the openai SDK sees them ---------------------------------------------
+
+def test_missing_or_unknown_key_is_401_authentication_error(demo: str, tmp_path: Path) -> None:
+    with guarded(demo, write_keys(tmp_path / "keys.yaml", keys(alice()))) as (base, sink):
+        missing = httpx.post(base + "/v1/responses", json={"model": "demo", "input": "hi"})
+        assert missing.status_code == 401
+        assert missing.json()["error"]["code"] == "invalid_api_key"
+        for key in (BOB, ALICE + "x"):
+            with pytest.raises(openai.AuthenticationError) as caught:
+                client(base, key).responses.create(model="demo", input="hi")
+            error = caught.value
+            assert error.status_code == 401 and error.code == "invalid_api_key"
+            assert error.response.headers["content-type"] == "application/json"
+        # The key may also come as api-key (Azure style); health checks need none.
+        answer = httpx.post(base + "/v1/responses", headers={"api-key": ALICE},
+                            json={"model": "demo", "input": "hi"})
+        assert answer.status_code == 200, answer.text
+        assert httpx.get(base + "/healthz").status_code == 200
+        assert httpx.get(base + "/readyz").status_code == 200
+        assert metric(base, "otel_responses_rejections_total",
+                      'reason="invalid_api_key"') == 3
+        assert len(sink.wait(1)) == 1  # refused calls make no span
+
+
+def test_model_outside_the_allow_list_is_403_permission_denied(demo: str,
+                                                               tmp_path: Path) -> None:
+    entry = alice(models=["demo", "gpt-4o-*"])
+    with guarded(demo, write_keys(tmp_path / "keys.yaml", keys(entry))) as (base, _):
+        sdk = client(base, ALICE)
+        with pytest.raises(openai.PermissionDeniedError) as caught:
+            sdk.responses.create(model="gpt-4o", input="hi")
+        assert caught.value.status_code == 403
+        assert caught.value.param == "model" and caught.value.code == "model_not_allowed"
+        assert sdk.responses.create(model="demo", input="hi").output_text
+        assert metric(base, "otel_responses_rejections_total",
+                      'reason="model_not_allowed"') == 1
+
+
+def test_over_the_request_limit_is_429_rate_limit_error_with_headers(demo: str,
+                                                                      tmp_path: Path) -> None:
+    entry = alice(limits={"requests_per_minute": 2, "tokens_per_minute": 10_000})
+    with guarded(demo, write_keys(tmp_path / "keys.yaml", keys(entry))) as (base, _):
+        sdk = client(base, ALICE)
+        for _ in range(2):
+            sdk.responses.create(model="demo", input="hi")
+        with pytest.raises(openai.RateLimitError) as caught:
+            sdk.responses.create(model="demo", input="hi")
+        error = caught.value
+        headers = error.response.headers
+        assert error.status_code == 429 and error.code == "rate_limit_exceeded"
+        assert 1 <= int(headers["retry-after"]) <= 61
+        assert headers["x-ratelimit-limit-requests"] == "2"
+        assert headers["x-ratelimit-remaining-requests"] == "0"
+        assert headers["x-ratelimit-reset-requests"].endswith("s")
+        assert headers["x-ratelimit-limit-tokens"] == "10000"
+        assert int(headers["x-ratelimit-remaining-tokens"]) < 10_000
+        assert metric(base, "otel_responses_rejections_total",
+                      'reason="requests_per_minute"') == 1
+
+
+# -- keys never leak; identity reaches spans, logs and the upstream key ---------------------
+
+def test_key_never_forwarded_and_upstream_key_substituted(upstream: RawUpstream,
+                                                          tmp_path: Path) -> None:
+    entries = keys(alice(upstream_api_key="sk-upstream-of-alice"),
+                   {"name": "bob", "key": BOB})
+    with guarded(upstream.url + "/v1", write_keys(tmp_path / "keys.yaml", entries),
+                 upstream_api_key="sk-proxy-wide") as (base, _):
+        seen = {}
+        for name, headers in (("alice", {"authorization": f"Bearer {ALICE}"}),
+                              ("bob", {"api-key": BOB})):
+            answer = httpx.post(base + "/v1/embeddings", headers={**headers,
+                                "x-scenario": "echo"}, json={"model": "x", "input": "y"})
+            echo = answer.json()
+            seen[name] = {k.lower(): v for k, v in echo["headers"]}
+            assert base64.b64decode(echo["body_b64"]) == b'{"model":"x","input":"y"}'
+        assert seen["alice"]["authorization"] == "Bearer sk-upstream-of-alice"
+        assert seen["bob"]["api-key"] == "sk-proxy-wide"  # the client's header style is kept
+        assert "authorization" not in seen["bob"]
+
+
+def test_without_any_upstream_key_no_credential_goes_upstream(upstream: RawUpstream,
+                                                             tmp_path: Path) -> None:
+    with guarded(upstream.url + "/v1", write_keys(tmp_path / "keys.yaml", keys(alice()))) \
+            as (base, _):
+        echo = httpx.post(base + "/v1/responses", headers={
+            "authorization": f"Bearer {ALICE}", "x-scenario": "echo"}, json={}).json()
+        assert not {k.lower() for k, _ in echo["headers"]} & {"authorization", "api-key"}
+
+
+def test_identity_on_spans_and_access_log_and_keys_nowhere(
+        demo: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    entry = alice(models=["demo"], limits={"requests_per_minute": 1})
+    with guarded(demo, write_keys(tmp_path / "keys.yaml", keys(entry)),
+                 metrics_key_label=True) as (base, sink):
+        sdk = client(base, ALICE)
+        sdk.responses.create(model="demo", input="hi", user="claimed-by-client")
+        for call in (lambda: sdk.responses.create(model="gpt-4o", input="hi"),
+                     lambda: sdk.responses.create(model="demo", input="hi"),
+                     lambda: client(base, BOB).responses.create(model="demo", input="hi")):
+            with pytest.raises(openai.APIStatusError) as caught:
+                call()
+            assert ALICE not in caught.value.response.text
+            assert BOB not in caught.value.response.text
+        span = sink.one()
+        attributes = dict(span.attributes or {})
+        assert attributes["user.id"] == "u-alice"
+        assert attributes["otel_responses.api_key.name"] == "alice"
+        assert attributes["otel_responses.api_key.team"] == "research"
+        metrics_text = httpx.get(base + "/metrics").text
+        assert 'otel_responses_rejections_total{key="alice",reason="model_not_allowed"} 1.0' \
+            in metrics_text
+    access = [r for r in caplog.records if r.name == "otel_responses.access"]
+    fields = [r.access for r in access]  # type: ignore[attr-defined]
+    assert {(f["status"], f.get("key"), f.get("team")) for f in fields} >= {
+        (200, "alice", "research"), (403, "alice", "research"), (429, "alice", "research"),
+        (401, None, None)}
+    everything = caplog.text + json.dumps(attributes) + metrics_text + json.dumps(fields)
+    assert ALICE not in everything and BOB not in everything
+    assert "sk-alice" not in everything and "sk-bob" not in everything
+
+
+# -- exact under concurrency ---------------------------------------------------------------
+
+async def _burst(urls: list[str], key: str, count: int) -> list[int]:
+    """``count`` requests at once, spread over ``urls``; their statuses."""
+    limits = httpx.Limits(max_connections=count)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+        answers = await asyncio.gather(*(
+            http.post(urls[i % len(urls)] + "/v1/responses",
+                      headers={"authorization": f"Bearer {key}"},
+                      json={"model": "demo", "input": "hi"}) for i in range(count)))
+    return [a.status_code for a in answers]
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_hundred_concurrent_requests_against_ten_pass_exactly_ten(
+        demo: str, tmp_path: Path, store: str, request: pytest.FixtureRequest) -> None:
+    url = "memory" if store == "memory" else request.getfixturevalue("redis").url
+    entry = alice(limits={"requests_per_minute": 10}, name=f"burst-{store}")
+    with guarded(demo, write_keys(tmp_path / "keys.yaml", keys(entry)),
+                 rate_limit_store=url) as (base, _):
+        statuses = asyncio.run(_burst([base], ALICE, 100))
+        assert sorted(statuses) == [200] * 10 + [429] * 90
+
+
+def test_two_processes_sharing_redis_pass_exactly_ten(redis: RedisServer,
+                                                      tmp_path: Path) -> None:
+    path = write_keys(tmp_path / "keys.yaml", keys(alice(
+        name="two-process", limits={"requests_per_minute": 10, "max_concurrent": 100})))
+    env = {"OTEL_RESPONSES_API_KEYS_FILE": str(path),
+           "OTEL_RESPONSES_RATE_LIMIT_STORE": redis.url}
+    with run_cli(env=env) as (one, _), run_cli(env=env) as (two, _):
+        statuses = asyncio.run(_burst([one, two], ALICE, 100))
+        assert sorted(statuses) == [200] * 10 + [429] * 90
+        refused = sum(metric(b, "otel_responses_rejections_total",
+                             'reason="requests_per_minute"') for b in (one, two))
+        assert refused == 90
+
+
+def test_max_concurrent_holds_a_slot_per_open_stream(upstream: RawUpstream,
+                                                     tmp_path: Path) -> None:
+    entry = alice(limits={"max_concurrent": 1})
+    with guarded(upstream.url + "/v1", write_keys(tmp_path / "keys.yaml", keys(entry))) \
+            as (base, _), httpx.Client(timeout=10) as http:
+        auth = {"authorization": f"Bearer {ALICE}"}
+        upstream.release.clear()
+        with http.stream("POST", base + "/v1/responses", json={"model": "demo"},
+                         headers={**auth, "x-scenario": "held"}) as held:
+            assert held.status_code == 200
+            second = http.post(base + "/v1/responses", headers={**auth, "x-scenario": "echo"},
+                               json={"model": "demo"})
+            assert second.status_code == 429
+            assert second.json()["error"]["code"] == "rate_limit_exceeded"
+            upstream.release.set()
+            held.read()
+        assert metric(base, "otel_responses_rejections_total", 'reason="max_concurrent"') == 1
+        again = http.post(base + "/v1/responses", headers={**auth, "x-scenario": "echo"},
+                          json={"model": "demo"})
+        assert again.status_code == 200
+
+
+# -- tokens: charged after the call, windows that pass -------------------------------------
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_stream_tokens_charged_stop_the_next_call_and_recover(
+        demo: str, tmp_path: Path, store: str, request: pytest.FixtureRequest) -> None:
+    url = "memory" if store == "memory" else request.getfixturevalue("redis").url
+    clock = Clock()
+    entry = alice(name=f"tokens-{store}", limits={"tokens_per_minute": 40})
+    with guarded(demo, write_keys(tmp_path / "keys.yaml", keys(entry)), clock,
+                 rate_limit_store=url) as (base, _):
+        sdk = client(base, ALICE)
+        with sdk.responses.stream(model="demo", input="count these words for me") as stream:
+            used = stream.get_final_response().usage
+        assert used is not None and used.total_tokens < 40
+        charged = wait_metric(base, "otel_responses_limit_tokens_charged_total", 1)
+        assert charged == used.total_tokens  # the stream's reported usage, exactly
+        with sdk.responses.stream(model="demo", input="and once more, a longer one") as stream:
+            second = stream.get_final_response().usage
+        assert second is not None
+        wait_metric(base, "otel_responses_limit_tokens_charged_total",
+                    charged + second.total_tokens)
+        with pytest.raises(openai.RateLimitError) as caught:
+            sdk.responses.create(model="demo", input="hi")
+        headers = caught.value.response.headers
+        assert headers["x-ratelimit-remaining-tokens"] == "0"
+        assert 0 < int(headers["retry-after"]) <= 61
+        clock.advance(61.5)  # past the window and its last bucket
+        assert sdk.responses.create(model="demo", input="hi").output_text
+
+
+def test_cut_stream_charges_an_estimate(upstream: RawUpstream, tmp_path: Path) -> None:
+    entry = alice(limits={"tokens_per_day": 1_000_000})
+    with guarded(upstream.url + "/v1", write_keys(tmp_path / "keys.yaml", keys(entry))) \
+            as (base, _), httpx.Client(timeout=10) as http:
+        body = {"model": "demo", "input": "x" * 400, "stream": True}
+        with pytest.raises(httpx.RemoteProtocolError), http.stream(
+                "POST", base + "/v1/responses", json=body, headers={
+                    "authorization": f"Bearer {ALICE}", "x-scenario": "cut"}) as cut:
+            cut.read()
+        sent = len(json.dumps(body, separators=(",", ":")))
+        charged = wait_metric(base, "otel_responses_limit_tokens_charged_total", 1)
+        assert charged >= sent / 4  # the request's bytes at least, a token per 4
+
+
+# -- hot reload -----------------------------------------------------------------------------
+
+def _status(base: str, key: str, model: str = "demo") -> int:
+    return httpx.post(base + "/v1/responses", headers={"authorization": f"Bearer {key}"},
+                      json={"model": model, "input": "hi"}, timeout=10).status_code
+
+
+def _until(base: str, key: str, status: int, model: str = "demo") -> None:
+    """Poll until the reloaded file shows (it is checked once a second)."""
+    deadline = time.monotonic() + 10
+    while _status(base, key, model) != status:
+        assert time.monotonic() < deadline, f"never answered {status}"
+
+
+def test_hot_reload_adds_removes_changes_and_survives_a_broken_file(
+        demo: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write_keys(tmp_path / "keys.yaml", keys(alice()))
+    with guarded(demo, path) as (base, _):
+        assert _status(base, ALICE) == 200 and _status(base, BOB) == 401
+        write_keys(path, keys(alice(), {"name": "bob", "key": BOB}))
+        _until(base, BOB, 200)
+        write_keys(path, keys({"name": "bob", "key": BOB, "models": ["other"]}))
+        _until(base, ALICE, 401)
+        assert _status(base, BOB) == 403  # its allow-list changed with it
+        path.write_text("keys: [ {name: bob, key: ")  # broken: the last good file stays
+        caplog.set_level(logging.ERROR, "otel_responses.guard")
+        while not any("not reloaded" in r.getMessage() for r in caplog.records):
+            assert _status(base, BOB) == 403 and _status(base, ALICE) == 401
+        assert BOB not in caplog.text
+        write_keys(path, keys({"name": "bob", "key": BOB, "limits": {
+            "requests_per_minute": 1}}))
+        _until(base, BOB, 429)
+
+
+# -- the store goes away ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["open", "closed"])
+def test_redis_down_fails_open_or_closed_then_recovers(demo: str, tmp_path: Path,
+                                                       mode: str) -> None:
+    entry = alice(name=f"outage-{mode}", limits={"requests_per_minute": 2})
+    with redis_server() as server, guarded(
+            demo, write_keys(tmp_path / "keys.yaml", keys(entry)),
+            rate_limit_store=server.url, rate_limit_fail=mode) as (base, _):
+        assert _status(base, ALICE) == 200
+        server.stop()
+        statuses = {_status(base, ALICE) for _ in range(4)}
+        assert statuses == ({200} if mode == "open" else {503})
+        assert metric(base, "otel_responses_limit_store_errors_total",
+                      'operation="admit"') == 4
+        if mode == "closed":
+            assert metric(base, "otel_responses_rejections_total",
+                          'reason="limit_store_unavailable"') == 4
+        server.start()  # a fresh, empty server: the limit counts from zero again
+        assert [_status(base, ALICE) for _ in range(3)] == [200, 200, 429]
+
+
+def test_a_broken_keys_file_stops_the_start_naming_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "keys.yaml"
+    path.write_text(f"keys:\n  - name: alice\n    key: {ALICE}\n    limits: {{rpm: 5}}\n")
+    done = subprocess.run([sys.executable, "-m", "otel_responses", "--api-keys", str(path),
+                           "--port", "0"], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "keys[0].limits has unknown fields: rpm" in done.stderr
+    assert ALICE not in done.stderr + done.stdout
+
+
+def test_store_and_fail_settings_are_checked() -> None:
+    for field, value in (("rate_limit_store", "mysql://x"), ("rate_limit_fail", "maybe")):
+        with pytest.raises(SettingError, match=field):
+            Settings(upstream="http://127.0.0.1:9/v1", **{field: value})
+    assert Settings(rate_limit_store="rediss://:pw@host:6380/1").rate_limit_store
+    assert "pw" not in repr(Settings(rate_limit_store="redis://:pw@host/0"))
+
+
+def test_model_limits_count_per_key_and_glob(demo: str, tmp_path: Path) -> None:
+    document = keys(alice(), {"name": "bob", "key": BOB},
+                    model_limits={"demo*": {"requests_per_minute": 1}})
+    with guarded(demo, write_keys(tmp_path / "keys.yaml", document)) as (base, _):
+        assert _status(base, ALICE, "demo") == 200
+        assert _status(base, ALICE, "demo-large") == 429  # the same glob's counter
+        assert _status(base, ALICE, "other") == 200  # no glob matches: the key's own limits
+        assert _status(base, BOB, "demo") == 200  # each key has its own count
+
+
+def test_model_of_a_compressed_body_is_checked(upstream: RawUpstream, tmp_path: Path) -> None:
+    entry = alice(models=["demo"])
+    with guarded(upstream.url + "/v1", write_keys(tmp_path / "keys.yaml", keys(entry))) \
+            as (base, _):
+        def post(body: bytes, coding: str) -> httpx.Response:
+            return httpx.post(base + "/v1/responses", content=body, headers={
+                "authorization": f"Bearer {ALICE}", "content-encoding": coding,
+                "content-type": "application/json", "x-scenario": "echo"})
+
+        denied = post(gzip.compress(b'{"model": "gpt-4o", "input": "hi"}'), "gzip")
+        assert denied.status_code == 403 and denied.json()["error"]["param"] == "model"
+        body = gzip.compress(b'{"model": "demo", "input": "hi"}')
+        allowed = post(body, "gzip")
+        assert base64.b64decode(allowed.json()["body_b64"]) == body  # forwarded as received
+        assert post(b"\x1f\x8b broken", "gzip").status_code == 403  # its model is unreadable
