@@ -189,6 +189,12 @@ SERVE_OPTIONS: tuple[Option, ...] = (
            metavar="MODELS"),
     Option("metrics_max_models", "distinct model label values kept when --metrics-models is "
            "unset; later ones are labelled 'other'", int, metavar="N"),
+    Option("cost", "price every call in USD (llm.cost.* span attributes, "
+           "otel_responses_cost_usd_total)", parse_bool),
+    Option("prices", "YAML or JSON file of your own prices, USD per million tokens: "
+           '{"models": [{"match": GLOB, "input": N, "cached_input": N, "output": N}]}; '
+           "first match wins, over the genai-prices table; re-read when it changes",
+           metavar="FILE", env_name=ENV_PREFIX + "PRICES_FILE"),
     Option("api_keys", "keys file (YAML or JSON): clients must send one of its keys; re-read "
            "when it changes (unset: no keys needed, no limits)", metavar="FILE",
            env_name=ENV_PREFIX + "API_KEYS_FILE"),
