@@ -112,7 +112,7 @@ def test_function_calls_merge_and_outputs_become_tool_messages() -> None:
          "tool_calls": [call("c1", "{}"), call("c2", "{\"a\":1}")]},
         {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
         {"role": "tool", "tool_call_id": "c2", "content": "rain"},
-        {"role": "assistant", "content": None, "tool_calls": [call("c3", "{}")]},
+        {"role": "assistant", "content": "", "tool_calls": [call("c3", "{}")]},
     ]
 
 
@@ -339,7 +339,7 @@ def test_any_history_keeps_calls_in_order_before_their_results(kinds: list[str])
         if m["role"] == "tool":  # answers a call made earlier
             assert any(c["id"] == m["tool_call_id"] for prev in msgs[:i]
                        for c in prev.get("tool_calls", []))
-        if i and m.get("tool_calls") and m["content"] is None:  # calls merge into the turn
+        if i and m.get("tool_calls") and m["content"] == "":  # calls merge into the turn
             assert msgs[i - 1]["role"] != "assistant"
     kept = [i for i in items if i.get("type") != "reasoning"]
     merged = sum(b.get("type") == "function_call"

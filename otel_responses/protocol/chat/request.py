@@ -361,7 +361,9 @@ class _Messages:
         if last is not None and last["role"] == "assistant":
             last.setdefault("tool_calls", []).append(call)
         else:
-            self.out.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            # Empty rather than null or absent: llama-cpp-python refuses a null content and
+            # its chat templates read the key; OpenAI and vLLM take either.
+            self.out.append({"role": "assistant", "content": "", "tool_calls": [call]})
 
     def function_call(self, item: Mapping[str, Any], param: str) -> None:
         self._call(item, param, _str(item.get("arguments"), f"{param}.arguments"))
