@@ -62,6 +62,22 @@ def test_content_parts() -> None:
     ]
 
 
+def test_text_only_messages_collapse_to_one_string() -> None:
+    """System and tool messages take text only: their parts become one string (some servers
+    take nothing else there); a user's several text parts stay parts."""
+    two = [{"type": "input_text", "text": "first"}, {"type": "input_text", "text": "second"}]
+    req = chat({"input": [{"role": "developer", "content": two},
+                          {"role": "user", "content": two},
+                          {"type": "function_call", "call_id": "c", "name": "get_weather",
+                           "arguments": "{}"},
+                          {"type": "function_call_output", "call_id": "c", "output": two}],
+                "tools": [FN]})
+    system, user, _, tool = req["messages"]
+    assert system["content"] == tool["content"] == "first\n\nsecond"
+    assert user["content"] == [{"type": "text", "text": "first"},
+                               {"type": "text", "text": "second"}]
+
+
 @pytest.mark.parametrize(("part", "param"), [
     ({"type": "input_file", "file_url": "https://x/a.pdf"}, "input[0].content[1].file_url"),
     ({"type": "input_image", "file_id": "file_1"}, "input[0].content[1].file_id"),
