@@ -365,3 +365,16 @@ def _metrics(base: str) -> dict[str, float]:
     text = httpx.get(base + "/metrics").text
     return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
             for line in text.splitlines() if line and not line.startswith("#")}
+
+
+@pytest.mark.parametrize("key", [None, "sk-upstream"])
+def test_upstream_auth_is_the_clients_key_or_the_proxys(key: str | None,
+                                                        replay: RawUpstream) -> None:
+    with traced_proxy(replay.url + "/v1", upstream_api="chat", upstream_api_key=key) as (
+            base, sink), _client(base, **{"x-scenario": f"replay:{STREAMED}"}) as client:
+        client.responses.create(model="m", input="x")
+        sink.wait(1)
+    sent = replay.seen[-1]
+    assert sent.header("authorization") == f"Bearer {key or 'sk-test'}"
+    assert sent.header("content-type") == "application/json"
+    assert sent.target == "/v1/chat/completions"
