@@ -249,6 +249,25 @@ def test_a_stream_cut_mid_way_fails_and_ends_cleanly(replayed: tuple[str, SpanSi
     assert attrs["_status"] is StatusCode.ERROR and "response.failed" in attrs["_events"]
 
 
+def test_each_delta_is_sent_as_soon_as_its_chunk_arrives(replay: RawUpstream,
+                                                         replayed: tuple[str, SpanSink]) -> None:
+    base, sink = replayed
+    replay.release.clear()
+    lines = []
+    with httpx.stream("POST", base + "/v1/responses", headers={"x-scenario": f"hold:{STREAMED}"},
+                      json={"model": "m", "input": "x", "stream": True}, timeout=10) as response:
+        for line in response.iter_lines():
+            lines.append(line)
+            if line == "event: response.output_text.delta" and not replay.release.is_set():
+                # The upstream holds the second half of its stream: this delta came from the
+                # first half, passed on without waiting for more. Now let the rest come.
+                replay.release.set()
+    final = check_stream(sse_payloads("\n".join(lines) + "\n"))
+    # Released only by a delta that came while the upstream held back: the stream completed.
+    assert final["status"] == "completed" and replay.release.is_set()
+    _span(sink)
+
+
 def test_unreachable_and_stalled_upstreams_answer_502_and_504(replay: RawUpstream) -> None:
     with traced_proxy(f"http://127.0.0.1:{free_port()}/v1", upstream_api="chat") as (base, _):
         response = httpx.post(base + "/v1/responses", json={"model": "m", "input": "x"})
