@@ -268,6 +268,17 @@ def test_each_delta_is_sent_as_soon_as_its_chunk_arrives(replay: RawUpstream,
     _span(sink)
 
 
+def test_an_undecodable_upstream_stream_fails_cleanly(replayed: tuple[str, SpanSink]) -> None:
+    base, sink = replayed
+    sink.clear()
+    events = _raw_events(base, {"model": "m", "input": "x"},
+                         **{"x-scenario": f"replay:{STREAMED}", "x-compress": "corrupt"})
+    check_stream(events)
+    assert [e["type"] for e in events[-2:]] == ["error", "response.failed"]
+    assert events[-2]["code"] == "upstream_invalid_response"
+    _span(sink)
+
+
 def test_unreachable_and_stalled_upstreams_answer_502_and_504(replay: RawUpstream) -> None:
     with traced_proxy(f"http://127.0.0.1:{free_port()}/v1", upstream_api="chat") as (base, _):
         response = httpx.post(base + "/v1/responses", json={"model": "m", "input": "x"})
