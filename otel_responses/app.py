@@ -18,6 +18,7 @@ from otel_responses.adapter import AdaptedCallSink, Adapter, AdapterEndpoint
 from otel_responses.config import Settings
 from otel_responses.proxy.forward import Endpoint, Proxy
 from otel_responses.proxy.paths import PathGuard
+from otel_responses.telemetry.cost import Pricer
 from otel_responses.telemetry.export import (
     build_tracer_provider,
     shutdown_provider,
@@ -26,6 +27,7 @@ from otel_responses.telemetry.export import (
 from otel_responses.telemetry.metrics import ProxyMetrics
 from otel_responses.telemetry.middleware import ResponsesTelemetryMiddleware
 from otel_responses.telemetry.options import genai_provider_name
+from otel_responses.telemetry.prices_file import PricesFile
 from otel_responses.transport.target import UpstreamTarget
 
 _ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -41,6 +43,8 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     they include the span export pipelines of a provider made by ``build_tracer_provider``.
     With ``settings.upstream_api == "chat"``, ``POST /v1/responses`` is served by the adapter
     (its ``adapted_call_sinks`` get every call that ended with a Response).
+    With ``settings.cost``, calls are priced (``settings.prices`` first, re-read on change);
+    an unusable price file raises `PricesError` (a ValueError).
     """
     if settings.upstream is None:
         raise ValueError("create_app needs an upstream URL")
@@ -54,6 +58,9 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
         adapter = Adapter(proxy, unsupported_tools=settings.unsupported_tools,
                           sinks=adapted_call_sinks)
         create = adapter.endpoint("responses.create")
+    pricer = Pricer(options.llm_provider) if settings.cost else None
+    prices = PricesFile(settings.prices, pricer) \
+        if pricer is not None and settings.prices is not None else None
     owned = build_tracer_provider(demo=demo) if options.tracing and tracer_provider is None \
         else None
 
@@ -61,11 +68,14 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await proxy.start()
         stop_metrics = (metrics.serve(settings.metrics_host or settings.host,
-                                      settings.metrics_port)
+                                      settings.metrics_port, settings.client_header_timeout)
                         if settings.metrics_port is not None else None)
+        reloads = asyncio.create_task(prices.watch()) if prices is not None else None
         try:
             yield
         finally:
+            if reloads is not None:
+                reloads.cancel()
             if stop_metrics is not None:
                 await asyncio.to_thread(stop_metrics)
             await proxy.aclose()
@@ -110,7 +120,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
         metrics.track_streams(PathGuard(_ExactRoutes(Starlette(routes=routes, lifespan=lifespan),
                                                      routes))),
         tracer_provider=provider, tracing=provider is not None, options=options,
-        sinks=(metrics.observe_call,))
+        sinks=(metrics.observe_call,), pricer=pricer)
     metrics.watch(in_flight=lambda: proxy.in_flight,
                   telemetry_errors=lambda: app.telemetry_errors,
                   span_pipelines=span_pipelines(provider))

@@ -46,6 +46,8 @@ class Settings:
     metrics_host: str | None = None  # None: the host
     metrics_models: tuple[str, ...] | None = None
     metrics_max_models: int = 50
+    cost: bool = True  # price each call (llm.cost.* on spans, the cost metrics)
+    prices: str | None = None  # the operator's price file (YAML or JSON), re-read on change
 
     def __post_init__(self) -> None:
         for name, choices in (("log_format", LOG_FORMATS), ("log_level", LOG_LEVELS),
@@ -126,6 +128,7 @@ class Option:
     parse: Callable[[str], Any] = str
     choices: tuple[str, ...] | None = None
     metavar: str | None = None
+    env_name: str | None = None  # the variable, when it is not ENV_PREFIX + NAME
 
     @property
     def flag(self) -> str:
@@ -133,7 +136,7 @@ class Option:
 
     @property
     def env(self) -> str:
-        return ENV_PREFIX + self.name.upper()
+        return self.env_name or ENV_PREFIX + self.name.upper()
 
     @property
     def default(self) -> Any:
@@ -186,6 +189,12 @@ SERVE_OPTIONS: tuple[Option, ...] = (
            metavar="MODELS"),
     Option("metrics_max_models", "distinct model label values kept when --metrics-models is "
            "unset; later ones are labelled 'other'", int, metavar="N"),
+    Option("cost", "price every call in USD (llm.cost.* span attributes, "
+           "otel_responses_cost_usd_total)", parse_bool),
+    Option("prices", "YAML or JSON file of your own prices, USD per million tokens: "
+           '{"models": [{"match": GLOB, "input": N, "cached_input": N, "output": N}]}; '
+           "first match wins, over the genai-prices table; re-read when it changes",
+           metavar="FILE", env_name=ENV_PREFIX + "PRICES_FILE"),
 )
 
 

@@ -34,12 +34,11 @@ def upstream() -> Iterator[RawUpstream]:
 ENABLERS = (
     ("shared fixtures", "the recorded traffic at ../shared/fixtures, next to the repository"),
     ("install-e2e", "bash .ci/install-e2e  (Codex CLI, Arize Phoenix, openai-agents, "
-                    "llama.cpp server + SmolLM2, the prometheus-operator CRD schemas)"),
+                    "llama.cpp server + SmolLM2, the prometheus-operator CRD schemas, the Open "
+                    "Responses OpenAPI document)"),
     ("unshare", "a kernel and user that allow `unshare -n` (network namespaces)"),
     ("prometheus", "apt-get install -y --no-install-recommends prometheus  (prometheus, promtool)"),
     ("redis-server", "apt-get install -y --no-install-recommends redis-server"),
-    ("OPEN_RESPONSES_OPENAPI", "OPEN_RESPONSES_OPENAPI=<path of a local copy of the Open "
-     "Responses OpenAPI document>  (no package registry ships it)"),
 )
 
 

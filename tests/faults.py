@@ -14,6 +14,7 @@ import base64
 import contextlib
 import dataclasses
 import functools
+import gzip
 import hashlib
 import json
 import os
@@ -152,7 +153,9 @@ class Fault:
     FIN after ``at``), ``prehead`` (``how``: fin/rst/stall/garbage/partial before any response),
     ``error`` (``status`` with an OpenAI error body, or HTML when ``how="html"``), ``junk``
     (``size`` bytes of junk as SSE), ``flood`` (``size`` bytes of SSE as fast as the socket
-    takes them), ``huge`` (fixed-length JSON of ``size`` bytes).
+    takes them), ``huge`` (fixed-length JSON of ``size`` bytes), ``gzipstream`` (a whole SSE
+    stream gzipped, with ``size`` bytes of hex comment lines after its first event; with
+    ``how="json"``, a gzipped JSON Response whose text is ``size`` bytes of hex).
     """
 
     kind: str
@@ -311,6 +314,15 @@ class FaultUpstream:
         if kind == "flood":
             await self._flood(fault, writer)
             return True
+        if kind == "gzipstream":
+            data = gzip_stream(fault)
+            head = _head(200, "application/json" if fault.how == "json" else "text/event-stream",
+                         len(data))
+            await self._write(fault, writer, head.replace(b"\r\n\r\n",
+                                                          b"\r\nContent-Encoding: gzip\r\n\r\n"))
+            for i in range(0, len(data), 1 << 16):
+                await self._write(fault, writer, data[i:i + (1 << 16)])
+            return True
         await self._write(fault, writer, _head(200, "text/event-stream"))
         if kind == "junk":
             await self._chunks(fault, writer, junk_stream(fault.seed, fault.size), rng)
@@ -381,6 +393,26 @@ def flood_parts(fault: Fault) -> tuple[bytes, bytes, int]:
                     "delta": "z" * 16000}, 9)
     count = max(0, -(-(fault.size - len(opening)) // len(event)))
     return opening, event, count
+
+
+@functools.lru_cache(maxsize=2)
+def gzip_stream(fault: Fault) -> bytes:
+    """A ``gzipstream`` body: ``size`` bytes of random hex (about 2:1 under gzip, far from a
+    bomb) as comment lines after the first event of the fault's SSE stream, or with
+    ``how="json"`` as the text of a JSON Response (usage last); gzipped."""
+    noise = random.Random(fault.seed).randbytes(fault.size // 2).hex()
+    if fault.how == "json":
+        return gzip.compress(json.dumps({
+            "id": "resp_gz", "object": "response", "model": "fault-model", "status": "completed",
+            "output": [{"id": "msg_gz", "type": "message", "role": "assistant",
+                        "content": [{"type": "output_text", "text": noise}]}],
+            "usage": {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2}}).encode(),
+            compresslevel=1)
+    sse = fault.sse().body
+    first = sse.index(b"\n\n") + 2
+    line = 1 << 16
+    comments = "".join(f": {noise[i:i + line]}\n" for i in range(0, len(noise), line))
+    return gzip.compress(sse[:first] + comments.encode() + b"\n" + sse[first:], compresslevel=1)
 
 
 def flood_length(fault: Fault) -> int:

@@ -28,6 +28,7 @@ class Recording:
     status: int
     headers: dict[str, str]
     body: str
+    source_url: str | None = None  # where it was recorded (its host names the provider)
 
     @property
     def content_type(self) -> str:
@@ -63,6 +64,7 @@ def _load(path: Path) -> Recording:
         status=resp["status"],
         headers=resp.get("headers") or {},
         body=resp["body"],
+        source_url=(raw.get("source") or {}).get("original_url"),
     )
 
 

@@ -3,15 +3,14 @@ the recorded chat traffic validates against the Open Responses specification.
 
 Two sources of the specification: the `openresponses-types` package on PyPI (pydantic models
 generated from the Open Responses OpenAPI document, pinned by its spec version and hash), and
-the OpenAPI document itself when `OPEN_RESPONSES_OPENAPI` names a local copy (no registry ships
-the document, and it is not vendored here).
+the OpenAPI document itself (`OPEN_RESPONSES_OPENAPI`, which .ci/install-e2e takes from the
+openresponses-py source archive on PyPI; it is not vendored here).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import os
 from collections.abc import Callable, Iterator, Mapping
 from functools import cache
 from pathlib import Path
@@ -34,6 +33,7 @@ from tests.adapter_checks import (
     replay_stream,
     validate_response,
 )
+from tests.e2e import component
 from tests.recordings import CHAT_DIR, Recording, need, recordings_params
 
 # OpenAI's raw-reasoning events (`raw_reasoning=True` only), which Open Responses names
@@ -65,11 +65,8 @@ def _pydantic_events() -> dict[str, type[BaseModel]]:
 
 
 def _document_path() -> Path:
-    path = os.environ.get("OPEN_RESPONSES_OPENAPI")
-    if not path:
-        pytest.skip("set OPEN_RESPONSES_OPENAPI to a local copy of the Open Responses OpenAPI "
-                    "document (openresponses.org; no package registry ships it)")
-    return Path(path)
+    return component("OPEN_RESPONSES_OPENAPI", "the Open Responses OpenAPI document",
+                     executable=False)
 
 
 @cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -111,6 +112,26 @@ def test_a_gzip_bomb_is_relayed_whole_and_recorded_truncated(
     attrs = sink.wait(1, timeout=30)[0].attributes or {}
     assert attrs["otel_responses.response.truncated"] is True
     assert "otel_responses.response.unreadable" not in attrs
+
+
+@pytest.mark.parametrize("names", [["gzip"], ["br"], ["zstd"], ["gzip", "zstd"]])
+def test_a_growing_limit_decodes_text_to_its_end_and_stops_a_bomb(names: list[str]) -> None:
+    """``per_input_byte``: the limit grows with the coded bytes fed, so a body that compresses
+    like text decodes whole past the limit while a run of zeros (a bomb) stops near it."""
+    text = random.Random(1).randbytes(300_000).hex().encode()  # 600 kB, ~2:1
+    header = [", ".join(_CODINGS[n][0] for n in names).encode()]
+    coded = _compress(text, names)
+    limit = 200_000  # above a zstd block (128 KiB), which decodes at once
+    grown, fixed = decoder(header, limit, 200), decoder(header, limit)
+    assert grown is not None and fixed is not None
+    pieces = [coded[i:i + 4096] for i in range(0, len(coded), 4096)]
+    assert b"".join(grown.feed(p) for p in pieces) == text and not grown.truncated
+    assert len(b"".join(fixed.feed(p) for p in pieces)) == limit and fixed.truncated
+    bomb = _compress(bytes(50_000_000), names)
+    stopped = decoder(header, limit, 200)
+    assert stopped is not None
+    got = b"".join(stopped.feed(bomb[i:i + 4096]) for i in range(0, len(bomb), 4096))
+    assert stopped.truncated and len(got) <= limit + 200 * len(bomb) < 50_000_000
 
 
 def _compress(data: bytes, names: list[str]) -> bytes:

@@ -52,6 +52,7 @@ from tests.faults import (
     faulty_proxy,
     flood_length,
     flood_parts,
+    gzip_stream,
     hard_close,
     json_response,
     junk_stream,
@@ -347,6 +348,33 @@ def test_a_huge_json_answer_stalls_nothing_and_its_tail_is_read(
     assert attributes["otel_responses.response.truncated"] is True
     text = message_text(indexed(attributes, "llm.output_messages")[0])
     assert text.startswith("y" * 100_000) and len(text) < HEAD_BYTES  # the head, not 60 MB
+
+
+def test_a_long_compressed_stream_is_recorded_to_its_end(served: Served, clean: Snapshot) -> None:
+    """A gzipped stream that decodes to 70 MB: streams are parsed, not kept, and it compresses
+    like text, not like a bomb, so decoding goes on and the terminal event is read."""
+    fault = Fault("gzipstream", id="long-gzip", size=70 << 20)
+    gzip_stream(fault)  # built before the request: the upstream must answer within 1 s
+    got = fetch(served.base, fault, timeout=60)
+    assert got.status == 200 and got.raw == gzip_stream(fault)
+    span = span_of(served.sink, fault.id, timeout=20)
+    assert span.status.status_code is StatusCode.OK, span.status
+    assert "otel_responses.response.truncated" not in (span.attributes or {})
+    assert_output_text(span, fault.sse().text)
+    assert (span.attributes or {})["llm.token_count.total"] > 0
+
+
+def test_a_big_compressed_answer_is_read_to_its_usage(served: Served, clean: Snapshot) -> None:
+    """A gzipped JSON answer that decodes to 70 MB: its head is parsed and the usage at its
+    end is read (the body's window, not a cap on decoding, bounds what is kept)."""
+    fault = Fault("gzipstream", id="big-gzip", size=70 << 20, how="json")
+    gzip_stream(fault)
+    got = fetch(served.base, fault, timeout=60)
+    assert got.status == 200 and got.raw == gzip_stream(fault)
+    attributes = span_of(served.sink, fault.id, timeout=20).attributes or {}
+    assert attributes["llm.token_count.total"] == 2
+    text = message_text(indexed(attributes, "llm.output_messages")[0])
+    assert 100_000 < len(text) < HEAD_BYTES
 
 
 # -- the client misbehaves ---------------------------------------------------------------------

@@ -138,7 +138,7 @@ def has_delta(rec: Recording) -> bool:
 
 def span_ids(sink: SpanSink) -> set[tuple[str, str]]:
     return {(format(s.context.trace_id, "032x"), format(s.context.span_id, "016x"))
-            for s in sink.spans()}
+            for s in sink.calls()}
 
 
 def assert_exemplars_on_every_observed_bucket(samples: list[Sample],
@@ -446,6 +446,23 @@ def test_metrics_port_serves_metrics_and_the_main_port_forwards(upstream: RawUps
         assert value(samples, "otel_responses_requests_total", route="passthrough") == 1
     with pytest.raises(httpx.ConnectError):  # stopped with the app
         httpx.get(f"http://127.0.0.1:{port}/metrics")
+
+
+def test_metrics_port_closes_idle_connections(upstream: RawUpstream) -> None:
+    """Clients that connect and send nothing (or half a request) are dropped after the client
+    header timeout instead of each holding a server thread for ever; scrapes go on."""
+    port = free_port()
+    with metered_proxy(upstream.url + "/v1", metrics_port=port, client_header_timeout=0.5):
+        wait_for(f"http://127.0.0.1:{port}", bool)
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(20)]
+        idle[0].sendall(b"GET /metrics HTTP/1.1\r\nhost: x\r\n")  # and never the blank line
+        try:
+            assert all(sock.recv(65536) == b"" for sock in idle[1:])  # closed by the server
+            assert idle[0].recv(65536) == b""
+            assert wait_for(f"http://127.0.0.1:{port}", bool)
+        finally:
+            for sock in idle:
+                sock.close()
 
 
 def test_metrics_host_binds_the_metrics_port_apart_from_the_proxy(upstream: RawUpstream) -> None:

@@ -23,6 +23,7 @@ import yaml
 
 from otel_responses.app import create_app
 from otel_responses.config import Settings
+from otel_responses.telemetry.options import TelemetryOptions
 from tests.otlp import otlp_http_receiver
 from tests.recordings import load_recordings, need
 from tests.servers import free_port, serve_asgi, wait_http_ok
@@ -31,12 +32,15 @@ from tests.test_metrics import SYNTHETIC, recording_upstream, send
 DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
 DASHBOARD = json.loads((DASHBOARDS / "otel-responses.json").read_text())
 # What Grafana would put in for the variables: every model and provider, a short window.
-VARIABLES = {"model": ".*", "provider": ".*", "__rate_interval": "10s", "__range": "1m"}
+VARIABLES = {"model": ".*", "provider": ".*", "priced_model": ".*", "__rate_interval": "10s",
+             "__range": "1m"}
 REQUIRED_PANELS = (
     "Request rate by status", "Error ratio", "Latency p50 / p95 / p99",
     "Time to first token p50 / p95", "Tokens per second by model and type", "Cache-hit ratio",
     "Reasoning share", "Open streams", "Stream outcomes", "Proxy overhead p99",
-    "Top models by tokens", "Spans exported / dropped", "Span export queue fill")
+    "Top models by tokens", "Spans exported / dropped", "Span export queue fill",
+    "Spend per model", "Spend rate (USD/hour)", "Top models by spend",
+    "Savings from cached input", "Unpriced calls")
 STREAM = b'{"model":"gpt-4o","input":"x","stream":true}'
 
 
@@ -75,7 +79,7 @@ def test_dashboard_shape() -> None:
     assert variables["prometheus"]["type"] == "datasource"
     assert variables["prometheus"]["query"] == "prometheus"
     assert variables["traces"]["type"] == "custom"  # Tempo or Jaeger: test_first_run.py
-    for name in ("model", "provider"):
+    for name in ("model", "provider", "priced_model"):
         assert variables[name]["type"] == "query"
         assert variables[name]["datasource"]["uid"] == "${prometheus}"
         assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*"
@@ -91,6 +95,11 @@ def test_dashboard_shape() -> None:
     for title in ("Error ratio", "Latency p50 / p95 / p99", "Tokens per second by model and type",
                   "Top models by tokens", "Cache-hit ratio"):
         assert all('=~"$model"' in t["expr"] and '=~"$provider"' in t["expr"]
+                   for t in panels[title]["targets"]), title
+    # The spend panels follow the provider and the model calls were priced as.
+    for title in ("Spend per model", "Spend rate (USD/hour)", "Top models by spend",
+                  "Savings from cached input"):
+        assert all('model=~"$priced_model"' in t["expr"] and 'provider=~"$provider"' in t["expr"]
                    for t in panels[title]["targets"]), title
     # No two panels overlap on the grid.
     taken: set[tuple[int, int]] = set()
@@ -202,7 +211,9 @@ def _deployed_proxy(upstream_url: str, collector: str,
     for name, setting in {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_BSP_SCHEDULE_DELAY": "100",
                           "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector}.items():
         monkeypatch.setenv(name, setting)
-    with serve_asgi(create_app(Settings(upstream=upstream_url))) as base:
+    # Named as the recordings' upstream, so their calls are priced from its price table.
+    settings = Settings(upstream=upstream_url, telemetry=TelemetryOptions(provider="openai"))
+    with serve_asgi(create_app(settings)) as base:
         yield base
 
 
@@ -239,7 +250,7 @@ def test_every_dashboard_query_has_data_in_a_real_prometheus(
         exemplars = {metric: _exemplar_ids(prom, metric) for metric in (
             "gen_ai_client_operation_duration_seconds_bucket",
             "gen_ai_client_operation_time_to_first_chunk_seconds_bucket",
-            "otel_responses_proxy_overhead_seconds_bucket")}
+            "otel_responses_proxy_overhead_seconds_bucket", "otel_responses_cost_usd_total")}
         rules = httpx.get(prom + "/api/v1/rules", timeout=10).json()["data"]["groups"]
     exported = {(s.trace_id, s.span_id) for s in collector.spans}
     for metric, ids in exemplars.items():

@@ -116,7 +116,7 @@ class _Zstd:
 
     @property
     def has_more(self) -> bool:
-        return bool(self._pending)
+        return bool(self._pending) or self._full
 
     def write(self, data: bytes) -> int:
         self._pending += data[:self._bound - len(self._pending)]
@@ -126,9 +126,11 @@ class _Zstd:
         return len(data)
 
     def decompress(self, data: bytes, limit: int) -> bytes:
-        if data:
-            if self._full:
-                raise _Overflow  # the decoder could never return what this would add
+        if self._full and not self._pending:
+            # What was kept is all returned; what came past it is lost, so (with a limit that
+            # grows past the bound) the body is cut here.
+            raise _Overflow
+        if data and not self._full:  # once full, later data would follow a gap: never decoded
             with contextlib.suppress(_Overflow):  # what was kept is returned first
                 self._writer.write(data)
         out = bytes(self._pending[:limit])
@@ -146,15 +148,19 @@ def codings(header_values: Iterable[bytes]) -> list[str]:
 class ContentDecoder:
     """Decodes a body coded with `codings` (in the order applied), keeping at most `limit` bytes.
 
+    With `per_input_byte`, the limit grows by that many decoded bytes for each coded byte fed:
+    for a body that is parsed as it passes rather than kept (an event stream), so that a long
+    body compressing like text decodes to its end while a bomb (zlib reaches ~1000:1) stops.
     `unreadable` says why decoding stopped (an unknown coding, a library not installed,
-    corrupt data); `truncated`, that the decoded body went on past `limit`. Either way, `feed`
+    corrupt data); `truncated`, that the decoded body went on past the limit. Either way, `feed`
     returns nothing more.
     """
 
-    __slots__ = ("_input", "_names", "_room", "_stages", "truncated", "unreadable")
+    __slots__ = ("_growth", "_input", "_names", "_room", "_stages", "truncated", "unreadable")
 
-    def __init__(self, codings: list[str], limit: int) -> None:
+    def __init__(self, codings: list[str], limit: int, per_input_byte: int = 0) -> None:
         self._room = limit
+        self._growth = per_input_byte
         self._input = b""
         self.truncated = False
         self.unreadable: str | None = None
@@ -174,6 +180,7 @@ class ContentDecoder:
         """The decoded bytes that `chunk` completes (b"" once stopped)."""
         if self.unreadable is not None or self.truncated:
             return b""
+        self._room += self._growth * len(chunk)
         self._input = chunk
         out: list[bytes] = []
         want = self._room + 1  # one byte past the room tells that the body goes on
@@ -228,7 +235,8 @@ def _stage(name: str, limit: int) -> tuple[_Stage | None, str]:
     return None, f"unsupported content-encoding: {name}"
 
 
-def decoder(header_values: Iterable[bytes], limit: int) -> ContentDecoder | None:
+def decoder(header_values: Iterable[bytes], limit: int,
+            per_input_byte: int = 0) -> ContentDecoder | None:
     """A decoder for a body with these Content-Encoding values; None if it is not coded."""
     names = codings(header_values)
-    return ContentDecoder(names, limit) if names else None
+    return ContentDecoder(names, limit, per_input_byte) if names else None

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from opentelemetry import trace
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from starlette.requests import Request
@@ -19,6 +19,9 @@ from otel_responses.outcome import FAULT_KINDS, STREAM_ENDINGS, UNREACHED
 from otel_responses.protocol.response_attributes import usage
 from otel_responses.protocol.sse import is_event_stream
 from otel_responses.protocol.text import encodable
+from otel_responses.protocol.tools import INCOMPLETE, TOOL_TYPES
+from otel_responses.telemetry.cost import CostBreakdown, Unpriced
+from otel_responses.telemetry.metrics_port import serve_metrics
 from otel_responses.telemetry.recorder import CallRecord
 from otel_responses.telemetry.spans import error_type
 
@@ -31,6 +34,9 @@ DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 
                     40.96, 81.92)
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
                  16777216, 67108864)
+# Tool calls take from a few milliseconds (a listing) to minutes (an interpreter run).
+TOOL_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                         60.0, 120.0)
 TIME_PER_TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
                           2.5)
 # The proxy's own time is sub-millisecond when healthy, below the first semconv bucket.
@@ -229,11 +235,43 @@ class ProxyMetrics:
         self.overhead = _Children(Histogram(
             "otel_responses_proxy_overhead", "Time the proxy itself added to a request.",
             ("route",), unit="seconds", buckets=OVERHEAD_BUCKETS, registry=registry))
+        self.tool_calls = _Children(Counter(
+            "otel_responses_tool_calls",
+            "Tool call items in responses, by item type and how they ended: those the upstream "
+            "ran and those handed to the client.", ("type", "status"), registry=registry))
+        self.tool_duration = _Children(Histogram(
+            "otel_responses_tool_call_duration",
+            "Tool calls the upstream ran, timed from their stream events.", ("type",),
+            unit="seconds", buckets=TOOL_DURATION_BUCKETS, registry=registry))
+        self._tool_type = LabelGuard(len(TOOL_TYPES), TOOL_TYPES)
+        self._cost_metrics(registry)
         # Known label values start at zero, so rate() sees their first increment.
         for kind in FAULT_KINDS.values():
             self.upstream_faults.labels(kind)
         for outcome in STREAM_ENDINGS:
             self.stream_endings.labels(outcome)
+
+    def _cost_metrics(self, registry: CollectorRegistry) -> None:
+        self.cost = _Children(Counter(
+            "otel_responses_cost_usd", "USD spent on calls, priced from their reported usage.",
+            ("model", "provider"), registry=registry))
+        self.cost_cache_savings = _Children(Counter(
+            "otel_responses_cost_cache_savings_usd",
+            "USD the cached input tokens would have cost more at the model's uncached input "
+            "rate.", ("model", "provider"), registry=registry))
+        self.cost_unpriced = _Children(Counter(
+            "otel_responses_cost_unpriced",
+            "Calls that reported usage for a model without a price (no cost was recorded).",
+            ("model",), registry=registry))
+
+    def _observe_cost(self, record: CallRecord, exemplar: dict[str, str] | None) -> None:
+        cost = record.cost
+        if isinstance(cost, CostBreakdown):
+            labels = (self._model(_text(cost.model)), self.provider)
+            self.cost.labels(*labels).inc(cost.total, exemplar)
+            self.cost_cache_savings.labels(*labels).inc(cost.cache_savings)
+        elif isinstance(cost, Unpriced):
+            self.cost_unpriced.labels(self._model(_text(cost.model))).inc()
 
     def watch(self, *, in_flight: Callable[[], int], telemetry_errors: Callable[[], int],
               span_pipelines: Sequence[SpanPipeline] = ()) -> None:
@@ -278,6 +316,16 @@ class ProxyMetrics:
                     (record.duration_s - ttft) / (output - 1), exemplar)
         if record.stream:
             self.stream_endings.labels(record.outcome).inc()
+        self._observe_cost(record, exemplar)
+        if record.tools:
+            self._observe_tools(record, exemplar)
+
+    def _observe_tools(self, record: CallRecord, exemplar: dict[str, str] | None) -> None:
+        for run in record.tools:
+            kind = self._tool_type(run.type)
+            self.tool_calls.labels(kind, run.status).inc()
+            if run.server and run.timed and run.status != INCOMPLETE:
+                self.tool_duration.labels(kind).observe(run.duration_s, exemplar)
 
     def track_streams(self, app: ASGIApp) -> ASGIApp:
         return _StreamTracker(app, self.open_streams)
@@ -290,15 +338,10 @@ class ProxyMetrics:
         body = await asyncio.to_thread(encode, self.registry)
         return Response(body, headers={"content-type": content_type})
 
-    def serve(self, host: str, port: int) -> Callable[[], None]:
-        """Serve the metrics on their own port (any path), in a thread; return the stop."""
-        server, thread = start_http_server(port, host, registry=self.registry)
-
-        def stop() -> None:
-            server.shutdown()
-            server.server_close()
-            thread.join()
-        return stop
+    def serve(self, host: str, port: int, idle_timeout: float) -> Callable[[], None]:
+        """Serve the metrics on their own port (any path), in a thread; return the stop.
+        A connection idle for ``idle_timeout`` seconds is closed."""
+        return serve_metrics(self.registry, host, port, idle_timeout)
 
 
 class _StreamTracker:

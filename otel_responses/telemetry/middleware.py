@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from otel_responses import __version__
 from otel_responses.protocol.body import SCOPE_KEY, ParsedBody
 from otel_responses.protocol.notes import NOTES_KEY
+from otel_responses.telemetry.cost import Pricer
 from otel_responses.telemetry.options import TelemetryOptions
 from otel_responses.telemetry.recorder import CallRecord, CallRecorder
 from otel_responses.telemetry.spans import SpanWriter
@@ -40,15 +41,18 @@ class ResponsesTelemetryMiddleware:
     Every chunk is passed on first and observed after, so recording never holds or delays a
     byte; the span is built shortly after the last byte has gone (`FINISH_DELAY`). The span is
     current while the app runs and while the ``sinks`` get the finished call (metrics take
-    exemplars from it). With ``tracing=False`` no span is made and only the sinks record. A
+    exemplars from it). With ``tracing=False`` no span is made and only the sinks record. With
+    a ``pricer``, each call's `CallRecord.cost` is set before the span and the sinks see it. A
     telemetry failure is logged and counted in ``telemetry_errors``, never raised into the
     request.
     """
 
     def __init__(self, app: ASGIApp, *, tracer_provider: TracerProvider | None = None,
                  options: TelemetryOptions | None = None,
-                 sinks: tuple[CallSink, ...] = (), tracing: bool = True) -> None:
+                 sinks: tuple[CallSink, ...] = (), tracing: bool = True,
+                 pricer: Pricer | None = None) -> None:
         self.app = app
+        self.pricer = pricer
         self.options = options or TelemetryOptions()
         provider = tracer_provider or trace.get_tracer_provider()
         self.spans = SpanWriter(provider.get_tracer("otel_responses", __version__),
@@ -144,6 +148,9 @@ class _RecordingResponder:
         middleware, span = self.middleware, self.span
         try:
             record = self.call.finish()
+            if middleware.pricer is not None:
+                record.cost = middleware.pricer.price(record.request, record.response,
+                                                      record.start_ns)
             if span is not None and middleware.spans is not None:
                 middleware.spans.finish(span, record, self.scope["headers"])
             for sink in middleware.sinks:

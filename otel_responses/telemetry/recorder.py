@@ -12,7 +12,9 @@ from otel_responses.protocol.body import ParsedBody
 from otel_responses.protocol.encoding import ContentDecoder, decoder
 from otel_responses.protocol.sse import is_event_stream
 from otel_responses.protocol.stream import ResponseStream
+from otel_responses.protocol.tools import ToolRun, tool_runs
 from otel_responses.protocol.window import BodyWindow
+from otel_responses.telemetry.cost import CostBreakdown, Pricing
 
 # A Responses status or terminal event → how the call ended (streams: else how the bytes
 # stopped).
@@ -21,8 +23,14 @@ _STATUS_OUTCOMES = {"completed": Outcome.COMPLETED, "incomplete": Outcome.INCOMP
                     "error": Outcome.ERROR_EVENT, "queued": Outcome.QUEUED,
                     "in_progress": Outcome.QUEUED}
 # Request bodies past this are not kept for parsing (the bytes still flow upstream), and
-# compressed bodies are decoded up to it. Non-stream response bodies keep a `BodyWindow`.
+# compressed ones are decoded up to it.
 MAX_KEPT_BODY = 64 * 1024 * 1024
+# Response bodies are never kept whole (streams are parsed as they pass, other bodies keep a
+# `BodyWindow`), so decoding a compressed one costs CPU, not memory: it may decode this much,
+# plus DECODE_RATIO bytes per coded byte. Real bodies compress 3-50:1 and decode to their end
+# (a long stream's terminal event, a big answer's usage); a bomb (~1000:1) stops near the base.
+RESPONSE_DECODE_BASE = 8 * 1024 * 1024
+DECODE_RATIO = 200
 
 
 @dataclass(slots=True)
@@ -49,7 +57,16 @@ class CallRecord:
     response_unreadable: str | None = None
     request_truncated: bool = False
     response_truncated: bool = False
+    # The response's tool call items: those the upstream ran, timed, and those the client runs.
+    tools: list[ToolRun] = field(default_factory=list)
+    # Set by the middleware's pricer before the span and the sinks see the call.
+    cost: Pricing = None
     notes: Attributes = field(default_factory=dict)  # span attributes the endpoint added
+
+    @property
+    def cost_usd(self) -> float | None:
+        """What the call cost in USD (``llm.cost.total``), None when it was not priced."""
+        return self.cost.total if isinstance(self.cost, CostBreakdown) else None
 
     @property
     def is_error(self) -> bool:
@@ -83,7 +100,7 @@ class CallRecorder:
         self._request: list[bytes] = []
         self._request_size = 0
         self._request_kept = 0
-        self._request_decoder = _decoder_for(request_headers or [])
+        self._request_decoder = _decoder_for(request_headers or [], MAX_KEPT_BODY)
         self._decoder: ContentDecoder | None = None
         self._status = 0
         self._stream: ResponseStream | None = None
@@ -116,7 +133,7 @@ class CallRecorder:
         self._status = status
         if is_event_stream(headers):
             self._stream = ResponseStream()
-        self._decoder = _decoder_for(headers)
+        self._decoder = _decoder_for(headers, RESPONSE_DECODE_BASE, DECODE_RATIO)
 
     @property
     def bytes_seen(self) -> int:
@@ -131,10 +148,13 @@ class CallRecorder:
             if chunk:
                 stream.feed(chunk)
                 acc = stream.accumulator  # its attributes, not the stream's properties: per chunk
+                now = 0  # one clock reading for all this chunk brought, read only if needed
                 if self._first_token_ns is None and acc.delta_count:
-                    self._first_token_ns = time.time_ns()
+                    self._first_token_ns = now = time.time_ns()
                 if self._terminal_ns is None and acc.outcome is not None:
-                    self._terminal_ns = time.time_ns()
+                    self._terminal_ns = now = now or time.time_ns()
+                if acc.unstamped:  # an item (a tool call) began or ended in this chunk
+                    acc.stamp(now or time.time_ns())
         else:
             self._body.feed(chunk)
         if not more_body:
@@ -184,6 +204,8 @@ class CallRecorder:
         record.events = stream.events
         record.malformed_events = stream.malformed
         record.terminal_event = stream.outcome
+        record.tools = tool_runs(record.response, stream.accumulator.item_times(),
+                                 record.start_ns, record.end_ns, stream.accumulator.has_final)
         if stream.outcome is not None:
             record.outcome = _STATUS_OUTCOMES.get(stream.outcome, Outcome.COMPLETED)
         elif self._disconnected:
@@ -202,6 +224,7 @@ class CallRecorder:
                 "message": f"HTTP {record.status}", "type": None, "code": None}
             return
         record.response = body
+        record.tools = tool_runs(body, {}, record.start_ns, record.end_ns, final=True)
         status = body.get("status") if body else None
         record.outcome = _STATUS_OUTCOMES.get(status, Outcome.COMPLETED) \
             if isinstance(status, str) else Outcome.COMPLETED
@@ -210,7 +233,8 @@ class CallRecorder:
             record.error = error
 
 
-def _decoder_for(headers: list[tuple[bytes, bytes]]) -> ContentDecoder | None:
+def _decoder_for(headers: list[tuple[bytes, bytes]], limit: int,
+                 per_input_byte: int = 0) -> ContentDecoder | None:
     """A decoder when the body has a Content-Encoding (else None: plain bodies cost nothing)."""
     values = [v for k, v in headers if k.lower() == b"content-encoding"]
-    return decoder(values, MAX_KEPT_BODY) if values else None
+    return decoder(values, limit, per_input_byte) if values else None
