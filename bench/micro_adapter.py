@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from otel_responses.adapter import StreamTranslator, sse_bytes, translate_request
+from otel_responses.protocol.chat import StreamTranslator, sse_bytes, translate_request
 
 CALL = translate_request({"model": "m", "input": "hi", "stream": True})
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from opentelemetry.sdk.trace import TracerProvider
 from starlette.applications import Starlette
@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from otel_responses.adapter import AdaptedCallSink, Adapter, AdapterEndpoint
 from otel_responses.config import Settings
 from otel_responses.guard.keys import KeysFile
 from otel_responses.guard.limits import LimitStore, MemoryStore
@@ -38,21 +39,21 @@ _ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = None,
-               demo: bool = False, clock: Callable[[], float] = time.time) -> ASGIApp:
+               demo: bool = False, clock: Callable[[], float] = time.time,
+               adapted_call_sinks: Sequence[AdaptedCallSink] = ()) -> ASGIApp:
     """Build the proxy app for ``settings`` (``settings.upstream`` must be set).
 
     Spans go to ``tracer_provider``; without one, a provider is built from the standard
     ``OTEL_*`` variables and flushed at shutdown. ``OTEL_SDK_DISABLED=true`` turns tracing off
     (metrics stay on). Metrics are served at ``/metrics``, or on ``settings.metrics_port``;
     they include the span export pipelines of a provider made by ``build_tracer_provider``.
-<<<<<<< HEAD
+    With ``settings.upstream_api == "chat"``, ``POST /v1/responses`` is served by the adapter
+    (its ``adapted_call_sinks`` get every call that ended with a Response).
     With ``settings.cost``, calls are priced (``settings.prices`` first, re-read on change);
     an unusable price file raises `PricesError` (a ValueError).
-=======
     With ``settings.api_keys`` a guard checks keys and limits in front of everything
     (``clock``, in seconds, times the limits' windows). A keys file that cannot be used
     raises ValueError.
->>>>>>> gateway
     """
     if settings.upstream is None:
         raise ValueError("create_app needs an upstream URL")
@@ -67,6 +68,11 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
         store = MemoryStore() if settings.rate_limit_store == "memory" \
             else RedisStore(settings.rate_limit_store, on_error=metrics.observe_store_error)
     proxy = Proxy(settings, observers=(metrics.observe_exchange,))
+    create: Endpoint | AdapterEndpoint = proxy.endpoint("responses.create")
+    if settings.upstream_api == "chat":
+        adapter = Adapter(proxy, unsupported_tools=settings.unsupported_tools,
+                          sinks=adapted_call_sinks)
+        create = adapter.endpoint("responses.create")
     pricer = Pricer(options.llm_provider) if settings.cost else None
     prices = PricesFile(settings.prices, pricer) \
         if pricer is not None and settings.prices is not None else None
@@ -104,13 +110,14 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
         return JSONResponse({"status": "ready" if ready else "starting"},
                             status_code=200 if ready else 503)
 
-    # Named routes give logs and metrics a bounded route label; all of them forward verbatim.
+    # Named routes give logs and metrics a bounded route label; all of them but an adapted
+    # create forward verbatim.
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         *([Route("/metrics", metrics.endpoint, methods=["GET"])]
           if settings.metrics_port is None else []),
-        Route("/v1/responses", proxy.endpoint("responses.create"), methods=["POST"]),
+        Route("/v1/responses", create, methods=["POST"]),
         Route("/v1/responses/input_tokens", proxy.endpoint("responses.input_tokens"),
               methods=["POST"]),
         Route("/v1/responses/compact", proxy.endpoint("responses.compact"), methods=["POST"]),
@@ -167,7 +174,8 @@ class _ExactRoutes:
         self.app = app
         self._exact: dict[tuple[str, str], ASGIApp] = {}
         for route in routes:
-            if isinstance(route.endpoint, Endpoint) and not route.param_convertors:
+            if isinstance(route.endpoint, Endpoint | AdapterEndpoint) \
+                    and not route.param_convertors:
                 endpoint = ServerErrorMiddleware(route.endpoint)  # as Starlette, debug off
                 for method in route.methods or ():
                     # The first route that matches wins, as in Starlette's router.

@@ -90,7 +90,7 @@ class _HelpWithServe(argparse.Action):
 
 def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     env = os.environ if env is None else env
-    # allow_abbrev=False everywhere: a prefix of a flag (--upstream-api for --upstream-api-key)
+    # allow_abbrev=False everywhere: a prefix of a flag (--upstream-ap for --upstream-api)
     # must be an error, not a silently different setting.
     parser = argparse.ArgumentParser(
         prog="otel-responses", allow_abbrev=False, add_help=False,
@@ -104,7 +104,8 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     demo = commands.add_parser(
         "demo-upstream", help="run only the built-in deterministic demo upstream",
         allow_abbrev=False,
-        description="Run the deterministic demo Responses server (model 'demo').")
+        description="Run the deterministic demo upstream (model 'demo'): a Responses "
+                    "server that also serves Chat Completions.")
     _add_options(demo, [o for o in SERVE_OPTIONS if o.name in DEMO_OPTIONS] + [DEMO_TOKEN_DELAY],
                  env, {"token_delay": 0.0})
     demo.add_argument("--port", type=int, default=8081, help="port to listen on [default 8081]")
@@ -178,12 +179,13 @@ def serve(settings: Settings) -> None:
 def startup_summary(settings: Settings, *, demo: bool) -> str:
     """One line: what the proxy forwards to, where its spans go, where its metrics are."""
     metrics = _url(settings.metrics_host or settings.host, settings.metrics_port or settings.port)
+    api = " (Chat Completions, adapted)" if settings.upstream_api == "chat" else ""
     # The store's URL is not named: it may hold a password.
     keys = (f"; keys: {settings.api_keys}, limits in "
             f"{'memory' if settings.rate_limit_store == 'memory' else 'redis'}"
             if settings.api_keys else "")
     return (f"otel-responses {__version__} on {_url(settings.host, settings.port)}: upstream "
-            f"{settings.upstream}; spans: {describe_span_export(os.environ, demo=demo)}; "
+            f"{settings.upstream}{api}; spans: {describe_span_export(os.environ, demo=demo)}; "
             f"metrics: {metrics}/metrics{keys}")
 
 

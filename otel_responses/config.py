@@ -6,8 +6,9 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+from otel_responses.protocol.chat.request import UnsupportedTools
 from otel_responses.telemetry.options import TelemetryOptions
 from otel_responses.transport.target import UpstreamTarget
 
@@ -19,6 +20,8 @@ LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 FAIL_MODES = ("open", "closed")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+UPSTREAM_APIS = ("responses", "chat")
+UNSUPPORTED_TOOLS = ("drop", "error")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,8 @@ class Settings:
     port: int = 8080
     upstream: str | None = None
     upstream_api_key: str | None = field(default=None, repr=False)
+    upstream_api: Literal["responses", "chat"] = "responses"  # chat: /v1/responses adapted
+    unsupported_tools: UnsupportedTools = "drop"  # adapter: built-in tools dropped, or a 400
     connect_timeout: float = 10.0
     read_timeout: float = 600.0
     max_body_bytes: int = 32 * 1024 * 1024
@@ -51,10 +56,11 @@ class Settings:
     metrics_key_label: bool = False
 
     def __post_init__(self) -> None:
-        if self.log_format not in LOG_FORMATS:
-            raise SettingError("log_format", f"must be one of {', '.join(LOG_FORMATS)}")
-        if self.log_level not in LOG_LEVELS:
-            raise SettingError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+        for name, choices in (("log_format", LOG_FORMATS), ("log_level", LOG_LEVELS),
+                              ("upstream_api", UPSTREAM_APIS),
+                              ("unsupported_tools", UNSUPPORTED_TOOLS)):
+            if getattr(self, name) not in choices:
+                raise SettingError(name, f"must be one of {', '.join(choices)}")
         for name in ("connect_timeout", "read_timeout", "shutdown_grace", "client_header_timeout",
                      "max_body_bytes", "max_attribute_length", "metrics_max_models"):
             if not 0 < _value(self, name) < math.inf:  # NaN fails this too
@@ -156,10 +162,17 @@ class Option:
 SERVE_OPTIONS: tuple[Option, ...] = (
     Option("host", "interface to listen on"),
     Option("port", "port to listen on", int),
-    Option("upstream", "base URL of the Responses upstream, e.g. https://api.openai.com/v1 "
-           "(unset: start the built-in demo upstream)", metavar="URL"),
+    Option("upstream", "base URL of the upstream, e.g. https://api.openai.com/v1 or, with "
+           "--upstream-api chat, http://localhost:8000/v1 (unset: start the built-in demo "
+           "upstream, which serves both APIs)", metavar="URL"),
     Option("upstream_api_key", "API key sent to the upstream, replacing the client's "
            "Authorization/api-key (unset: forward the client's)", metavar="KEY", secret=True),
+    Option("upstream_api", "the API the upstream speaks: responses (forwarded byte for byte) or "
+           "chat (POST /v1/responses is served by the adapter over the upstream's "
+           "/chat/completions; every other path is forwarded)", choices=UPSTREAM_APIS),
+    Option("unsupported_tools", "with --upstream-api chat, built-in tools a chat server cannot "
+           "run (web_search, file_search...): drop them (recorded on the span) or refuse the "
+           "request with a 400", choices=UNSUPPORTED_TOOLS),
     Option("connect_timeout", "seconds to connect to the upstream (exceeded: 504)", float),
     Option("read_timeout", "seconds to wait for each upstream read (exceeded: 504)", float),
     Option("max_body_bytes", "largest request body accepted (larger: 413)", int),

@@ -14,7 +14,7 @@ from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from otel_responses.adapter import StreamTranslator, translate_completion, translate_request
+from otel_responses.protocol.chat import StreamTranslator, translate_completion, translate_request
 from tests.recordings import TERMINAL, ChatOutcome, Recording, sse_payloads
 
 EVENT = TypeAdapter(ResponseStreamEvent)

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from otel_responses.adapter import StreamTranslator, translate_completion, translate_request
+from otel_responses.protocol.chat import StreamTranslator, translate_completion, translate_request
 from tests.adapter_checks import (
     chat_streams,
     check_stream,

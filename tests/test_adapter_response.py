@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from otel_responses.adapter import translate_completion, translate_request, upstream_error
+from otel_responses.protocol.chat import translate_completion, translate_request, upstream_error
 from tests.adapter_checks import validate_response
 
 RID = "resp_nonstream"

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from otel_responses.adapter import (
+from otel_responses.protocol.chat import (
     StreamTranslator,
     sse_bytes,
     translate_completion,

@@ -106,8 +106,8 @@ def test_metrics_port_equal_to_port_names_the_flag() -> None:
 
 
 @pytest.mark.parametrize("args", [
-    ("--upstream-api", "chat"), ("--upstream-api-k", "chat"), ("--read", "5"),
-    ("serve", "--upstream-api", "chat"), ("demo-upstream", "--token", "1")])
+    ("--upstream-ap", "chat"), ("--upstream-api-k", "chat"), ("--read", "5"),
+    ("serve", "--unsupported", "drop"), ("demo-upstream", "--token", "1")])
 def test_a_flag_prefix_is_an_unknown_flag_not_another_flag(args: tuple[str, ...]) -> None:
     result = _cli(*args, "--port", str(free_port()))
     assert result.returncode == 2
@@ -196,6 +196,22 @@ def test_the_readme_openai_snippet_works_as_pasted() -> None:
                                     text=True, timeout=30, env=env)
             assert result.returncode == 0, result.stderr
             assert "Hello there" in result.stdout
+
+
+def test_chat_mode_with_no_upstream_serves_responses_over_the_demo_chat_api() -> None:
+    import openai
+
+    with run_cli("--upstream-api", "chat") as (base, proc), \
+            openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0) as client:
+        response = client.responses.create(model="demo", input="Hello there")
+        with client.responses.stream(model="demo", input="Hello there") as stream:
+            final = stream.get_final_response()
+        proc.terminate()
+        out, _ = proc.communicate(timeout=20)
+    assert response.status == final.status == "completed"
+    assert "Hello there" in response.output_text and "Hello there" in final.output_text
+    (line,) = [line for line in out.splitlines() if "spans:" in line]
+    assert "(Chat Completions, adapted)" in line
 
 
 def test_the_test_command_ends_with_the_skipped_tests_and_what_enables_them(

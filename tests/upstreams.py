@@ -6,11 +6,15 @@ on their recorded paths, for clients that send no such header; other paths get a
 ``replay:<recording>``, ``echo``, ``stall``, ``cut``, ``gzip``, ``held``, ``drip``,
 ``close`` (answer, then close the kept-alive connection), ``early-hints`` (103 before 200),
 ``drop-once`` (the first such request: close without an answer; later ones: ``echo``),
-``gzip-bomb`` (1 GiB of zeros, gzipped). A replay is compressed when the request's
-``x-compress`` names codings (applied in that order, e.g. ``gzip, br``) that its
-accept-encoding accepts: ``gzip``, ``deflate``, ``raw-deflate`` (sent as ``deflate``), ``br``,
-``zstd``; ``corrupt`` sends a broken gzip, ``compress`` a coding nobody decodes. ``sent`` keeps
-each replay's body bytes as written.
+``gzip-bomb`` (1 GiB of zeros, gzipped), ``cut:<recording>`` (the first half of a recorded
+stream, then the connection closes), ``no-max-completion-tokens:<recording>`` (a 400 naming
+``max_completion_tokens`` when the request body has it, else the replay),
+``hold:<recording>`` (the first half of a recorded stream, then the rest once ``release`` is
+set). A replay is
+compressed when the request's ``x-compress`` names codings (applied in that order, e.g.
+``gzip, br``) that its accept-encoding accepts: ``gzip``, ``deflate``, ``raw-deflate`` (sent
+as ``deflate``), ``br``, ``zstd``; ``corrupt`` sends a broken gzip, ``compress`` a coding nobody
+decodes. ``sent`` keeps each replay's body bytes as written.
 """
 
 from __future__ import annotations
@@ -99,6 +103,29 @@ class RawUpstream(LoopbackServer):
         scenario = (req.header("x-scenario") or self.routes.get(req.target.split("?")[0])
                     or ("not-found" if self.routes else "echo"))
         rng = random.Random(f"{self.seed}:{scenario}")
+        _, _, name = scenario.partition("no-max-completion-tokens:")
+        if name:
+            if b'"max_completion_tokens"' in req.body:
+                body = json.dumps({"error": {
+                    "message": "Unrecognized request argument supplied: max_completion_tokens",
+                    "type": "invalid_request_error", "param": None, "code": None}}).encode()
+                await _write_fixed(writer, 400, [("Content-Type", "application/json")], body,
+                                   rng)
+                return True
+            scenario = "replay:" + name
+        if scenario.startswith(("cut:", "hold:")):
+            kind, _, name = scenario.partition(":")
+            body = self.recordings[name].body_bytes
+            await _start_chunked(writer, 200, [("Content-Type", "text/event-stream")])
+            await _write_chunk(writer, body[:len(body) // 2])
+            if kind == "cut":
+                await asyncio.sleep(0.05)
+                return False  # close without the terminating chunk
+            while not self.release.is_set():
+                await asyncio.sleep(0.005)
+            await _write_chunk(writer, body[len(body) // 2:])
+            await _write_chunk(writer, b"")
+            return True
         if scenario.startswith("replay:"):
             await self._replay(self.recordings[scenario[7:]], writer, rng, _coder(req))
             return True

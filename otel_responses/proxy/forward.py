@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -124,6 +124,7 @@ class UpstreamRequest(NamedTuple):
 
 
 ExchangeObserver = Callable[[Exchange], None]
+Handler = Callable[[Scope, Receive, Send, Exchange], Awaitable[None]]
 OVERHEAD_HEADER = b"x-otel-responses-overhead-ms"
 
 
@@ -166,13 +167,19 @@ class Proxy:
         return Endpoint(self, route)
 
     async def forward(self, scope: Scope, receive: Receive, send: Send, route: str) -> None:
+        await self.run(scope, receive, send, route, self._forward)
+
+    async def run(self, scope: Scope, receive: Receive, send: Send, route: str,
+                  handler: Handler) -> None:
+        """Run ``handler`` as one exchange of ``route``: counted in flight, then logged and
+        observed, however it ends (pass-through and adapter mode share this)."""
         ex = Exchange(scope["method"], scope["path"], route, caller=caller_of(scope))
         parsed = scope.get(SCOPE_KEY)
         if isinstance(parsed, ParsedBody):
             ex.parsed = parsed
         self.in_flight += 1
         try:
-            await self._forward(scope, receive, send, ex)
+            await handler(scope, receive, send, ex)
         finally:
             self.in_flight -= 1
             ex.finished = time.perf_counter()
@@ -184,17 +191,9 @@ class Proxy:
                     log.exception("exchange observer failed (the request is unaffected)")
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, ex: Exchange) -> None:
-        try:
-            body = await self._read_body(scope, receive)
-        except ClientGone:
-            ex.outcome = Outcome.CLIENT_DISCONNECT
+        body = await self.read_request(scope, receive, send, ex)
+        if body is None:
             return
-        except errors.ProxyError as err:
-            ex.status, ex.outcome = err.status, err.outcome
-            ex.bytes_out = await err.send(send)
-            return
-        ex.body, ex.bytes_in = body, len(body)
-        assert self._client is not None, "Proxy.start() was not awaited"
         raw_path = scope.get("raw_path") or scope["path"].encode()
         request = UpstreamRequest(
             scope["method"],
@@ -202,13 +201,31 @@ class Proxy:
             upstream_request_headers(scope["headers"], self.settings.upstream_api_key, scope),
             body if body or scope["method"] not in _NO_BODY_METHODS else None)
         ex.overhead = time.perf_counter() - ex.started
-        # The exchange runs in this task; a watcher cancels it if the client leaves, which
-        # closes the upstream request at once (one task per request, not two).
+        await self.watched(receive, ex, self._exchange(request, send, ex))
+
+    async def read_request(self, scope: Scope, receive: Receive, send: Send,
+                           ex: Exchange) -> bytes | None:
+        """The request body, kept on ``ex``; None when the exchange is over already (the
+        client left, or was answered an error such as 413)."""
+        try:
+            body = await self._read_body(scope, receive)
+        except ClientGone:
+            ex.outcome = Outcome.CLIENT_DISCONNECT
+            return None
+        except errors.ProxyError as err:
+            await answer(err, send, ex)
+            return None
+        ex.body, ex.bytes_in = body, len(body)
+        return body
+
+    async def watched(self, receive: Receive, ex: Exchange, work: Awaitable[None]) -> None:
+        """Await ``work`` in this task; a watcher cancels it if the client leaves, which closes
+        the upstream request at once (one task per request, not two)."""
         task = asyncio.current_task()
         assert task is not None
         watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, ex, task))
         try:
-            await self._exchange(request, send, ex)
+            await work
         except asyncio.CancelledError:
             if ex.outcome != Outcome.CLIENT_DISCONNECT or task.uncancel() > 0:
                 raise  # not (only) ours: the server is shutting down
@@ -236,18 +253,26 @@ class Proxy:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def _exchange(self, request: UpstreamRequest, send: Send, ex: Exchange) -> None:
-        assert self._client is not None
+    async def open(self, request: UpstreamRequest, send: Send,
+                   ex: Exchange) -> UpstreamResponse | None:
+        """Send ``request`` upstream and return the response once its head is in; None when
+        the upstream failed (unreachable, timed out...) and the client has been answered."""
+        assert self._client is not None, "Proxy.start() was not awaited"
         try:
             response = await self._client.request(*request)
         except UpstreamError as exc:
             ex.retried = exc.retried
-            err = next(answer() for kind, answer in _FAILURES if isinstance(exc, kind))
-            ex.status, ex.outcome = err.status, err.outcome
-            log.warning("%s %s: %s (%s)", ex.method, ex.path, err.message, _describe(exc))
-            ex.bytes_out = await err.send(send)
-            return
+            err = failure(exc)
+            log.warning("%s %s: %s (%s)", ex.method, ex.path, err.message, describe(exc))
+            await answer(err, send, ex)
+            return None
         ex.retried = response.retried
+        return response
+
+    async def _exchange(self, request: UpstreamRequest, send: Send, ex: Exchange) -> None:
+        response = await self.open(request, send, ex)
+        if response is None:
+            return
         try:
             await self._relay(response, send, ex)
         finally:
@@ -276,8 +301,8 @@ class Proxy:
         except UpstreamError as exc:
             ex.outcome = Outcome.UPSTREAM_CUT
             log.warning("upstream ended %s %s early after %d bytes: %s; client connection "
-                        "dropped", ex.method, ex.path, ex.bytes_out, _describe(exc))
-            raise UpstreamCut(_describe(exc)) from exc
+                        "dropped", ex.method, ex.path, ex.bytes_out, describe(exc))
+            raise UpstreamCut(describe(exc)) from exc
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         ex.responded = True
 
@@ -301,5 +326,16 @@ async def _cancel_on_disconnect(receive: Receive, ex: Exchange, task: asyncio.Ta
         task.cancel()
 
 
-def _describe(exc: BaseException) -> str:
+def failure(exc: UpstreamError) -> errors.ProxyError:
+    """What the client is told for an upstream failure."""
+    return next(answer() for kind, answer in _FAILURES if isinstance(exc, kind))
+
+
+async def answer(err: errors.ProxyError, send: Send, ex: Exchange) -> None:
+    """Answer the client with the proxy's own error, recorded on ``ex``."""
+    ex.status, ex.outcome = err.status, err.outcome
+    ex.bytes_out = await err.send(send)
+
+
+def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from otel_responses import __version__
 from otel_responses.caller import caller_of
 from otel_responses.protocol.body import SCOPE_KEY, ParsedBody
+from otel_responses.protocol.notes import NOTES_KEY
 from otel_responses.telemetry.cost import Pricer
 from otel_responses.telemetry.options import TelemetryOptions
 from otel_responses.telemetry.recorder import CallRecord, CallRecorder
@@ -84,8 +85,9 @@ class _RecordingResponder:
         parsed = scope.get(SCOPE_KEY)
         if not isinstance(parsed, ParsedBody):  # else a guard in front parsed it already
             parsed = ParsedBody()
-        self.scope = {**scope, SCOPE_KEY: parsed}  # the app's access log reuses the parsed body
         self.call = CallRecorder(time.time_ns(), parsed, scope["headers"])
+        # The app's access log reuses the parsed body; an endpoint may add span attributes.
+        self.scope = {**scope, SCOPE_KEY: parsed, NOTES_KEY: self.call.notes}
         self.span: Span | None = None
         self.receive: Receive
         self.send: Send

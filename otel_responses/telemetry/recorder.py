@@ -8,6 +8,7 @@ from typing import Any
 
 from otel_responses.caller import Caller
 from otel_responses.outcome import HTTP_ERRORS, SUCCESSES, Outcome
+from otel_responses.protocol.attributes import Attributes
 from otel_responses.protocol.body import ParsedBody
 from otel_responses.protocol.encoding import ContentDecoder, decoder
 from otel_responses.protocol.sse import is_event_stream
@@ -61,6 +62,7 @@ class CallRecord:
     tools: list[ToolRun] = field(default_factory=list)
     # Set by the middleware's pricer before the span and the sinks see the call.
     cost: Pricing = None
+    notes: Attributes = field(default_factory=dict)  # span attributes the endpoint added
 
     @property
     def cost_usd(self) -> float | None:
@@ -90,12 +92,13 @@ class CallRecorder:
     __slots__ = ("_app_error", "_body", "_decoder", "_disconnected", "_end_ns",
                  "_first_token_ns", "_request", "_request_decoder", "_request_kept",
                  "_request_size", "_response_size", "_status", "_stream", "_terminal_ns",
-                 "parsed", "start_ns")
+                 "notes", "parsed", "start_ns")
 
     def __init__(self, start_ns: int, parsed: ParsedBody | None = None,
                  request_headers: list[tuple[bytes, bytes]] | None = None) -> None:
         self.start_ns = start_ns
         self.parsed = parsed or ParsedBody()
+        self.notes: Attributes = {}
         self._request: list[bytes] = []
         self._request_size = 0
         self._request_kept = 0
@@ -169,7 +172,7 @@ class CallRecorder:
             start_ns=self.start_ns, end_ns=end_ns, first_token_ns=self._first_token_ns,
             terminal_ns=self._terminal_ns,
             request_truncated=self._request_kept > MAX_KEPT_BODY,
-            response_truncated=not self._body.whole,
+            response_truncated=not self._body.whole, notes=self.notes,
         )
         if self._request_decoder is not None:
             record.request_unreadable = self._request_decoder.unreadable

@@ -141,6 +141,7 @@ class SpanWriter:
                 attrs[f"otel_responses.{side}.unreadable"] = unreadable
             if truncated:
                 attrs[f"otel_responses.{side}.truncated"] = True
+        attrs.update(record.notes)
         attrs.update(context)
         return attrs
 

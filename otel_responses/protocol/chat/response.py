@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from otel_responses.adapter.request import ChatCall
+from otel_responses.protocol.chat.request import ChatCall
 
 COMPLETED, INCOMPLETE, FAILED = "completed", "incomplete", "failed"
 # Chat finish reasons that end a Response as incomplete, with the reason it reports.
