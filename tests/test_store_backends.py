@@ -59,8 +59,20 @@ def test_a_stored_record_reads_back_equal(opener: Opener) -> None:
         await store.put(stored)
         return await store.get(stored.id, None)
     got = run(opener, body)
-    assert got == StoredResponse.decode(stored.encode())
-    assert got.response == stored.response and list(got.events) == list(stored.events)
+    assert got == StoredResponse.decode(stored.encode(), got.events)
+    assert got.response == stored.response
+
+
+def test_events_are_read_only_when_asked_for(opener: Opener) -> None:
+    stored = record({"model": "m", "input": "hi"}, "hello")
+
+    async def body(store: ResponseStore) -> tuple[Any, Any]:
+        await store.put(stored)
+        return await store.get(stored.id, None, events=True), await store.get(stored.id, None)
+    with_events, plain = run(opener, body)
+    assert with_events == stored
+    assert plain.input_items == stored.input_items
+    assert plain.events in (None, stored.events)  # memory keeps them at hand anyway
 
 
 def test_a_record_is_seen_and_deleted_by_its_owner_only(opener: Opener) -> None:
@@ -101,7 +113,7 @@ def test_redis_keys_carry_the_ttl(redisd: RedisServer) -> None:
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 def test_the_size_bound_evicts_oldest_first(kind: str, tmp_path: Path) -> None:
     records = [record({"model": "m", "input": f"turn {n}"}, "x" * 2000) for n in range(30)]
-    size = len(records[0].encode())
+    size = len(records[0].encode()) + len(records[0].events or b"")
     bound = size * 10 + size // 2  # room for ten
 
     async def main() -> tuple[list[bool], int]:

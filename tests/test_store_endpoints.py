@@ -18,6 +18,7 @@ from otel_responses.store.record import Operation, ResponseStore, StoredResponse
 from otel_responses.store.redisdb import RedisStore
 from otel_responses.store.routes import json_bytes, store_routes
 from otel_responses.store.service import Responses
+from tests.recordings import sse_payloads
 from tests.redisd import redis_server
 from tests.servers import serve_asgi
 from tests.stored import record
@@ -62,10 +63,11 @@ def test_get_returns_the_response_as_the_client_got_it(url: str) -> None:
 
 def test_stream_true_replays_the_events_after_starting_after(url: str) -> None:
     events = list(client(url).responses.retrieve(FIRST.id, stream=True))
+    assert FIRST.events is not None
     assert [e.model_dump(mode="json", exclude_unset=True) for e in events] == \
-        [dict(e) for e in FIRST.events]
+        sse_payloads(FIRST.events.decode())
     later = list(client(url).responses.retrieve(FIRST.id, stream=True, starting_after=3))
-    assert [e.sequence_number for e in later] == list(range(4, len(FIRST.events)))
+    assert [e.sequence_number for e in later] == list(range(4, len(events)))
     assert later[-1].type == "response.completed"
 
 

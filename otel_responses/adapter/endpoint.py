@@ -218,16 +218,20 @@ class Adapter:
         """Each upstream chunk's events are sent as soon as it is translated: a chat delta in,
         a Responses delta out."""
         translator = StreamTranslator(call, _response_id(), int(time.time()))
-        kept: list[dict[str, Any]] | None = [] if self.sinks or self.chains else None
+        kept: list[dict[str, Any]] | None = [] if self.sinks else None
+        # The bytes sent, for the store to replay (kept only if they are to be stored).
+        sent: list[bytes] | None = [] if self.chains and body.get("store") is not False \
+            else None
         await self._start(send, ex, 200, _SSE_HEADERS)
-        await self._events(send, ex, translator.start(), kept)
-        stored = False
+        await self._events(send, ex, translator.start(), kept, sent)
         async for events in _translated(response, translator, ex):
-            if translator.done and not stored:  # this batch holds the terminal event
-                stored = True
-                await self._store(scope, body, translator.response,
-                                  None if kept is None else [*kept, *events])
-            await self._events(send, ex, events, kept)
+            if translator.done and sent is not None:  # this batch holds the terminal event
+                data = _framed(events)
+                await self._store(scope, body, translator.response, b"".join([*sent, data]))
+                sent = None
+                await self._events(send, ex, events, kept, None, data)
+            else:
+                await self._events(send, ex, events, kept, sent)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         ex.responded = True
         self._ended(body, call, translator.response, kept)
@@ -241,16 +245,22 @@ class Adapter:
         await send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def _events(self, send: Send, ex: Exchange, events: list[dict[str, Any]],
-                      kept: list[dict[str, Any]] | None) -> None:
+                      kept: list[dict[str, Any]] | None, sent: list[bytes] | None,
+                      data: bytes | None = None) -> None:
+        """Send ``events`` (``data``: already framed); keep them for the sinks and their
+        bytes for the store, when asked to."""
         if not events:
             return
         handed = time.perf_counter()
-        data = b"".join(map(sse_bytes, events))
+        if data is None:
+            data = _framed(events)
         ex.bytes_out += len(data)
         await send({"type": "http.response.body", "body": data, "more_body": True})
         ex.overhead += time.perf_counter() - handed
         if kept is not None:
             kept += events
+        if sent is not None:
+            sent.append(data)
 
     async def _respond(self, send: Send, ex: Exchange, status: int,
                        headers: list[tuple[bytes, bytes]], data: bytes) -> None:
@@ -261,7 +271,7 @@ class Adapter:
         ex.responded = True
 
     async def _store(self, scope: Scope, body: Mapping[str, Any], response: Mapping[str, Any],
-                     events: Sequence[Mapping[str, Any]] | None) -> None:
+                     events: bytes | None) -> None:
         """Store a response that ended, before the client has its end: a client that sends
         its next request (``previous_response_id``) at once always finds it."""
         if self.chains is not None:
@@ -289,6 +299,10 @@ class AdapterEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.adapter.proxy.run(scope, receive, send, self.route, self.adapter.serve)
+
+
+def _framed(events: list[dict[str, Any]]) -> bytes:
+    return b"".join(map(sse_bytes, events))
 
 
 def _response_id() -> str:

@@ -80,9 +80,10 @@ class Chains:
             "store": stored})
 
     async def store(self, scope: Scope, body: Mapping[str, Any], response: Mapping[str, Any],
-                    events: Sequence[Mapping[str, Any]] | None) -> None:
-        """Store a response that ended (completed, incomplete or failed) unless the request
-        said ``store: false``; a failure is noted on the span, never raised."""
+                    events: bytes | None) -> None:
+        """Store a response that ended (completed, incomplete or failed), with the SSE bytes
+        it was streamed as, unless the request said ``store: false``; a failure is noted on
+        the span, never raised."""
         if body.get("store") is False:
             return
         record = self.responses.record(response, body, events, owner_of(scope))

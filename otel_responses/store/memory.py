@@ -21,7 +21,8 @@ class MemoryStore:
     def __len__(self) -> int:
         return len(self._records)
 
-    async def get(self, response_id: str, owner: str | None) -> StoredResponse | None:
+    async def get(self, response_id: str, owner: str | None, *,
+                  events: bool = False) -> StoredResponse | None:
         found = self._records.get(response_id)
         if found is None:
             return None
@@ -34,7 +35,7 @@ class MemoryStore:
     async def put(self, record: StoredResponse) -> None:
         self._drop(record.id)
         # The encoded size is what a persistent backend would hold: one measure for all.
-        size = len(record.encode())
+        size = len(record.encode()) + len(record.events or b"")
         self._records[record.id] = (record, size)
         self.size += size
         while self.size > self.max_bytes and len(self._records) > 1:

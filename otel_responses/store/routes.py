@@ -13,9 +13,8 @@ from urllib.parse import parse_qsl
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from otel_responses.protocol.chat.stream import sse_bytes
 from otel_responses.proxy.errors import ProxyError
-from otel_responses.store.items import ListingError, input_items_page
+from otel_responses.store.items import ListingError, events_after, input_items_page
 from otel_responses.store.record import StoredResponse, StoreUnavailable
 from otel_responses.store.service import Responses
 
@@ -81,8 +80,9 @@ def _query(scope: Scope) -> dict[str, str]:
     return dict(parse_qsl(scope["query_string"].decode("latin-1")))
 
 
-async def _found(responses: Responses, response_id: str, scope: Scope) -> StoredResponse:
-    record = await responses.get(response_id, owner_of(scope))
+async def _found(responses: Responses, response_id: str, scope: Scope, *,
+                 events: bool = False) -> StoredResponse:
+    record = await responses.get(response_id, owner_of(scope), events=events)
     if record is None:
         raise not_found(response_id)
     return record
@@ -91,8 +91,9 @@ async def _found(responses: Responses, response_id: str, scope: Scope) -> Stored
 async def retrieve(responses: Responses, response_id: str, scope: Scope, send: Send) -> None:
     """The stored Response; with ``stream=true`` its events after ``starting_after``."""
     query = _query(scope)
-    record = await _found(responses, response_id, scope)
-    if query.get("stream") != "true":
+    stream = query.get("stream") == "true"
+    record = await _found(responses, response_id, scope, events=stream)
+    if not stream:
         await _send(send, b"application/json", json_bytes(record.response))
         return
     if record.events is None:
@@ -104,9 +105,7 @@ async def retrieve(responses: Responses, response_id: str, scope: Scope, send: S
     except ValueError:
         raise _invalid("starting_after", f"Invalid starting_after '{raw}': expected an "
                                          "integer.") from None
-    body = b"".join(sse_bytes(event) for event in record.events
-                    if event.get("sequence_number", -1) > after)
-    await _send(send, b"text/event-stream; charset=utf-8", body)
+    await _send(send, b"text/event-stream; charset=utf-8", events_after(record.events, after))
 
 
 async def delete(responses: Responses, response_id: str, scope: Scope, send: Send) -> None:

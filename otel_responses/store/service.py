@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from otel_responses.store.items import listed_input
@@ -67,8 +67,10 @@ class Responses:
             reason = str(exc) or f"no answer within {self.timeout:g} s"
             raise StoreUnavailable(f"{self.described}: {operation} failed: {reason}") from None
 
-    async def get(self, response_id: str, owner: str | None) -> StoredResponse | None:
-        return await self._bounded("read", lambda store: store.get(response_id, owner))
+    async def get(self, response_id: str, owner: str | None, *,
+                  events: bool = False) -> StoredResponse | None:
+        return await self._bounded("read", lambda store: store.get(response_id, owner,
+                                                                   events=events))
 
     async def delete(self, response_id: str, owner: str | None) -> bool:
         return await self._bounded("delete", lambda store: store.delete(response_id, owner))
@@ -92,8 +94,9 @@ class Responses:
         return chain
 
     def record(self, response: Mapping[str, Any], request: Mapping[str, Any],
-               events: Sequence[Mapping[str, Any]] | None, owner: str | None) -> StoredResponse:
-        """The record of a response that ended, made from the client's request body."""
+               events: bytes | None, owner: str | None) -> StoredResponse:
+        """The record of a response that ended, made from the client's request body and the
+        event stream it was sent as (None: not streamed)."""
         now = time.time()
         previous = request.get("previous_response_id")
         return StoredResponse(

@@ -22,7 +22,7 @@ T = TypeVar("T")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
     id TEXT PRIMARY KEY, owner TEXT, created_at REAL NOT NULL, expires_at REAL NOT NULL,
-    size INTEGER NOT NULL, data BLOB NOT NULL);
+    size INTEGER NOT NULL, data BLOB NOT NULL, events BLOB);
 CREATE INDEX IF NOT EXISTS responses_by_age ON responses (created_at);
 CREATE INDEX IF NOT EXISTS responses_by_expiry ON responses (expires_at);
 CREATE TABLE IF NOT EXISTS store_size (total INTEGER NOT NULL);
@@ -79,11 +79,13 @@ class SQLiteStore:
             raise StoreUnavailable(f"SQLite store {self.path} is not open")
         return self._db
 
-    async def get(self, response_id: str, owner: str | None) -> StoredResponse | None:
+    async def get(self, response_id: str, owner: str | None, *,
+                  events: bool = False) -> StoredResponse | None:
+        columns = "data, events" if events else "data, NULL"
         row = await self._run(lambda: self._conn().execute(
-            "SELECT data FROM responses WHERE id = ? AND owner IS ? AND expires_at > ?",
+            f"SELECT {columns} FROM responses WHERE id = ? AND owner IS ? AND expires_at > ?",
             (response_id, owner, time.time())).fetchone())
-        return None if row is None else StoredResponse.decode(row[0])
+        return None if row is None else StoredResponse.decode(row[0], row[1])
 
     async def put(self, record: StoredResponse) -> None:
         data = record.encode()
@@ -94,9 +96,9 @@ class SQLiteStore:
         now = time.time()
         with _transaction(db):
             db.execute("DELETE FROM responses WHERE id = ?", (record.id,))
-            db.execute("INSERT INTO responses VALUES (?, ?, ?, ?, ?, ?)",
+            db.execute("INSERT INTO responses VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (record.id, record.owner, record.created_at, record.expires_at,
-                        len(data), data))
+                        len(data) + len(record.events or b""), data, record.events))
             if now - self._purged > PURGE_EVERY:
                 db.execute("DELETE FROM responses WHERE expires_at <= ?", (now,))
                 self._purged = now
