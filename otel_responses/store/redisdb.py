@@ -54,11 +54,14 @@ class RedisStore:
             return
         data = record.encode()
         try:
-            # One transaction: a reader never finds the record without its events.
-            async with self._redis.pipeline(transaction=True) as pipe:
+            if record.events is None:
+                await self._redis.set(KEY_PREFIX + record.id, data, px=ttl_ms)
+                return
+            # The events first, in one round trip: a reader that finds the record finds its
+            # events (a crash in between leaves only events, which expire unseen).
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(EVENTS_PREFIX + record.id, record.events, px=ttl_ms)
                 pipe.set(KEY_PREFIX + record.id, data, px=ttl_ms)
-                if record.events is not None:
-                    pipe.set(EVENTS_PREFIX + record.id, record.events, px=ttl_ms)
                 await pipe.execute()
         except RedisError as exc:
             raise self._unavailable(exc) from None

@@ -64,6 +64,7 @@ class SQLiteStore:
                              timeout=BUSY_TIMEOUT)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
+        db.execute("PRAGMA recursive_triggers=ON")  # a REPLACE's delete updates the total too
         db.execute("PRAGMA secure_delete=ON")  # deleted user data is zeroed, not left in free pages
         db.executescript(_SCHEMA)
         self._db = db
@@ -95,8 +96,7 @@ class SQLiteStore:
         db = self._conn()
         now = time.time()
         with _transaction(db):
-            db.execute("DELETE FROM responses WHERE id = ?", (record.id,))
-            db.execute("INSERT INTO responses VALUES (?, ?, ?, ?, ?, ?, ?)",
+            db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (record.id, record.owner, record.created_at, record.expires_at,
                         len(data) + len(record.events or b""), data, record.events))
             if now - self._purged > PURGE_EVERY:
