@@ -183,7 +183,12 @@ def test_recorded_exchange_through_the_adapter(rec: Recording | None, replay: Ra
     attrs = _span(sink)
     assert attrs[UPSTREAM_API] == "chat"
     assert attrs.get("llm.token_count.total") == (usage_triple(final) or [None])[-1]
-    if body["stream"] and status == "completed":
+    if not rec.is_sse:  # a stream asked of a server that answers JSON: streamed at once
+        streamed = check_stream(_raw_events(base, body, **scenario))
+        assert output_summary(streamed) == output_summary(final)
+        assert (streamed["status"], usage_triple(streamed)) == (status, usage_triple(final))
+        _span(sink)
+    elif body["stream"] and status == "completed":
         # The strict helper consumes the same stream.
         sink.clear()
         with _client(base, **scenario) as client, client.responses.stream(**{
@@ -332,3 +337,31 @@ def test_other_paths_are_still_forwarded_verbatim(replay: RawUpstream,
     echo = response.json()
     assert (echo["method"], echo["target"]) == ("POST", "/v1/chat/completions")
     assert base64.b64decode(echo["body_b64"]) == body
+
+
+def test_adapted_calls_feed_the_same_metrics_as_pass_through(
+        demo: tuple[str, SpanSink]) -> None:
+    base, sink = demo
+    before = _metrics(base)
+    with _client(base) as client:
+        client.responses.create(model="demo", input="hello there")
+        with client.responses.stream(model="demo", input="hello there") as stream:
+            stream.get_final_response()
+    sink.wait(2)
+    sink.clear()
+    after = _metrics(base)
+    calls = 'otel_responses_requests_total{method="POST",route="responses.create",' \
+            'status_class="2xx"}'
+    assert after[calls] - before.get(calls, 0) == 2
+    ttft = [k for k in after if k.startswith("gen_ai_client_operation_time_to_first_chunk_"
+                                              "seconds_count") and 'stream="true"' in k]
+    assert ttft and sum(after[k] - before.get(k, 0) for k in ttft) == 1
+    output = [k for k in after if k.startswith("gen_ai_client_token_usage_count")
+              and 'gen_ai_token_type="output"' in k and 'gen_ai_response_model="demo"' in k]
+    assert sum(after[k] - before.get(k, 0) for k in output) == 2
+
+
+def _metrics(base: str) -> dict[str, float]:
+    text = httpx.get(base + "/metrics").text
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}

@@ -9,32 +9,22 @@ runs the tool and sends its output back; the demo model answers with text quotin
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from otel_responses.demo.app import create_demo_app
-from tests.e2e import AGENTS_PYTHON, REPO, SIGNATURE, Exchange, Tap, component, run_bounded
+from tests.e2e import SIGNATURE, Exchange, Tap, run_agent
 from tests.servers import serve_asgi
 from tests.spans import indexed, message_text, tool_calls, traced_proxy
-
-DRIVER = REPO / "tests" / "e2e_agents_driver.py"
-
-
-def _run_agent(python: Path, base_url: str, mode: str) -> dict[str, Any]:
-    proc = run_bounded([str(python), str(DRIVER), base_url, mode], 90)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("mode", ["run", "stream"])
 def test_agent_with_a_function_tool(mode: str) -> None:
-    python = component(AGENTS_PYTHON, "openai-agents virtualenv (pip openai-agents)")
     upstream = Tap(create_demo_app())
     with serve_asgi(upstream) as upstream_url, \
             traced_proxy(upstream_url + "/v1") as (base, sink):
-        result = _run_agent(python, base + "/v1", mode)
+        result = run_agent(base + "/v1", mode)
         spans = sink.wait(2)
     first, second = exchanges = upstream.exchanges
     assert len(spans) == 2

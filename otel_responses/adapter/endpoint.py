@@ -19,6 +19,7 @@ from otel_responses.protocol.chat import (
     AdapterRequestError,
     ChatCall,
     StreamTranslator,
+    completion_chunk,
     sse_bytes,
     translate_completion,
     translate_request,
@@ -26,6 +27,7 @@ from otel_responses.protocol.chat import (
     with_max_tokens,
 )
 from otel_responses.protocol.chat.request import UnsupportedTools
+from otel_responses.protocol.chat.stream import Event
 from otel_responses.protocol.encoding import decoder
 from otel_responses.protocol.messages import Attributes
 from otel_responses.protocol.notes import call_notes
@@ -181,7 +183,15 @@ class Adapter:
                 ex.outcome = Outcome.of_status(response.status)
                 return
             if call.stream:
-                await self._stream(scope, body, call, response, send, ex)
+                translator = StreamTranslator(call, _response_id(), int(time.time()))
+                if is_event_stream(response.headers):
+                    batches = _translated(response, translator, ex)
+                else:  # a server that answers JSON whatever was asked: streamed in one go
+                    completion = json_object(await _read_all(response))
+                    if completion is None:
+                        raise _BadUpstream("an answer that is neither a stream nor JSON")
+                    batches = _at_once(translator, completion)
+                await self._stream(scope, body, call, translator, batches, send, ex)
             else:
                 await self._complete(scope, body, call, response, send, ex)
         except _BadUpstream as exc:
@@ -214,17 +224,17 @@ class Adapter:
         self._ended(body, call, result, None)
 
     async def _stream(self, scope: Scope, body: Mapping[str, Any], call: ChatCall,
-                      response: UpstreamResponse, send: Send, ex: Exchange) -> None:
-        """Each upstream chunk's events are sent as soon as it is translated: a chat delta in,
-        a Responses delta out."""
-        translator = StreamTranslator(call, _response_id(), int(time.time()))
-        kept: list[dict[str, Any]] | None = [] if self.sinks else None
+                      translator: StreamTranslator, batches: AsyncIterator[list[Event]],
+                      send: Send, ex: Exchange) -> None:
+        """Each batch of events is sent as soon as it is translated (a chat delta in, a
+        Responses delta out)."""
+        kept: list[Event] | None = [] if self.sinks else None
         # The bytes sent, for the store to replay (kept only if they are to be stored).
         sent: list[bytes] | None = [] if self.chains and body.get("store") is not False \
             else None
         await self._start(send, ex, 200, _SSE_HEADERS)
         await self._events(send, ex, translator.start(), kept, sent)
-        async for events in _translated(response, translator, ex):
+        async for events in batches:
             if translator.done and sent is not None:  # this batch holds the terminal event
                 data = _framed(events)
                 await self._store(scope, body, translator.response, b"".join([*sent, data]))
@@ -244,8 +254,8 @@ class Adapter:
             headers = [*headers, (OVERHEAD_HEADER, f"{ex.overhead * 1000:.3f}".encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
 
-    async def _events(self, send: Send, ex: Exchange, events: list[dict[str, Any]],
-                      kept: list[dict[str, Any]] | None, sent: list[bytes] | None,
+    async def _events(self, send: Send, ex: Exchange, events: list[Event],
+                      kept: list[Event] | None, sent: list[bytes] | None,
                       data: bytes | None = None) -> None:
         """Send ``events`` (``data``: already framed); keep them for the sinks and their
         bytes for the store, when asked to."""
@@ -301,7 +311,7 @@ class AdapterEndpoint:
         await self.adapter.proxy.run(scope, receive, send, self.route, self.adapter.serve)
 
 
-def _framed(events: list[dict[str, Any]]) -> bytes:
+def _framed(events: list[Event]) -> bytes:
     return b"".join(map(sse_bytes, events))
 
 
@@ -337,8 +347,13 @@ def _decoded(headers: list[tuple[bytes, bytes]], raw: bytes, limit: int) -> byte
     return out
 
 
+async def _at_once(translator: StreamTranslator,
+                   completion: Mapping[str, Any]) -> AsyncIterator[list[Event]]:
+    yield translator.feed(completion_chunk(completion)) + translator.finish(int(time.time()))
+
+
 async def _translated(response: UpstreamResponse, translator: StreamTranslator,
-                      ex: Exchange) -> AsyncIterator[list[dict[str, Any]]]:
+                      ex: Exchange) -> AsyncIterator[list[Event]]:
     """The events each chunk of the upstream's chat stream makes, ending with the terminal
     event. A broken upstream (cut, undecodable, not JSON) ends it with `error` and
     `response.failed`; what it sends after is not read."""
@@ -355,7 +370,7 @@ async def _translated(response: UpstreamResponse, translator: StreamTranslator,
                     yield translator.fail(f"The upstream's stream cannot be decoded "
                                           f"({coding.unreadable}).", "upstream_invalid_response")
                     return
-            out: list[dict[str, Any]] = []
+            out: list[Event] = []
             for event in parser.feed(chunk):
                 if ended:
                     break

@@ -354,3 +354,21 @@ class StreamTranslator:
         self._items[call.index] = item
         out.append(self._event({"type": "response.output_item.done",
                                 "output_index": call.index, "item": item}))
+
+
+def completion_chunk(completion: Mapping[str, Any]) -> dict[str, Any]:
+    """A whole chat completion as the one chunk that streams it, for servers that answer a
+    streamed request with JSON: fed to a `StreamTranslator`, it gives the events of the
+    answer, each text or call in one delta."""
+    choices = []
+    for choice in completion.get("choices") or ():
+        message = choice.get("message") or {}
+        delta = {key: message[key] for key in ("content", "refusal", "reasoning_content",
+                                               "reasoning") if message.get(key)}
+        calls = message.get("tool_calls") or []
+        if calls:
+            delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(calls)]
+        choices.append({"index": choice.get("index", 0), "delta": delta,
+                        "finish_reason": choice.get("finish_reason"),
+                        "logprobs": choice.get("logprobs")})
+    return {**{k: v for k, v in completion.items() if k != "choices"}, "choices": choices}
