@@ -16,9 +16,10 @@ import pytest
 
 from otel_responses.demo.app import create_demo_app, get_observer
 from otel_responses.demo.observe import DemoObserver
-from otel_responses.store.chains import CHAIN_LENGTH
+from otel_responses.store.chains import CHAIN_LENGTH, STORE_ERROR
 from otel_responses.telemetry.spans import SpanAttributes
 from tests.recordings import sse_payloads
+from tests.redisd import redis_server
 from tests.servers import serve_asgi
 from tests.spans import SpanSink, traced_proxy
 
@@ -182,6 +183,18 @@ def test_a_session_header_still_wins() -> None:
                                 extra_headers={"x-session-id": "mine"})
         attributes = sink.one().attributes
     assert attributes is not None and attributes[SpanAttributes.SESSION_ID] == "mine"
+
+
+def test_a_failed_write_is_noted_on_the_span_and_the_client_gets_its_response() -> None:
+    with redis_server() as redisd, adapted(store=redisd.url) as (client, _, sink):
+        redisd.stop()
+        with client.responses.stream(model="demo", input="nowhere to keep this") as stream:
+            answer = stream.get_final_response()
+        assert answer.status == "completed" and answer.output_text
+        attributes = sink.one().attributes
+    assert attributes is not None
+    assert "write failed" in str(attributes[STORE_ERROR])
+    assert redisd.url.rpartition(":")[0] in str(attributes[STORE_ERROR])  # which store
 
 
 CHAINS, TURNS = 50, 5

@@ -20,7 +20,7 @@ from otel_responses.store.routes import json_bytes, store_routes
 from otel_responses.store.service import Responses
 from tests.recordings import sse_payloads
 from tests.redisd import redis_server
-from tests.servers import serve_asgi
+from tests.servers import serve_asgi, serve_tcp
 from tests.stored import record
 
 FIRST = record({"model": "m", "input": [
@@ -142,6 +142,22 @@ def test_a_redis_outage_is_a_quick_503_counted_and_recovers() -> None:
             assert errors == ["read", "read", "delete"]
             redisd.start()  # empty again: it keeps nothing on disk
             assert httpx.get(f"{base}/v1/responses/{FIRST.id}").status_code == 404
+
+
+def test_a_store_that_never_answers_is_a_503_within_the_timeout() -> None:
+    """A Redis that accepts connections and never answers: the read gives up at the bound."""
+    async def black_hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(65536):
+            pass
+        writer.close()
+    errors: list[Operation] = []
+    with serve_tcp(black_hole) as (port, _):
+        store = RedisStore(f"redis://127.0.0.1:{port}/0", timeout=0.3, described="redis")
+        with serve(store, errors=errors, timeout=0.3) as base:
+            answer = httpx.get(f"{base}/v1/responses/resp_x", timeout=10)
+    assert answer.status_code == 503
+    assert answer.json()["error"]["code"] == "store_unavailable"
+    assert errors == ["read"]
 
 
 async def _seed(url: str) -> None:
