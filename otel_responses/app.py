@@ -106,7 +106,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
               methods=["POST"]),
         Route("/v1/responses/compact", proxy.endpoint("responses.compact"), methods=["POST"]),
         # Adapter mode serves stored responses itself (the first matching route wins).
-        *(store_routes(responses) if responses is not None else []),
+        *(store_routes(responses, proxy) if responses is not None else []),
         Route("/v1/responses/{response_id}", proxy.endpoint("responses.retrieve"),
               methods=["GET"]),
         Route("/v1/responses/{response_id}", proxy.endpoint("responses.delete"),

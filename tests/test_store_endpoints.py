@@ -13,6 +13,8 @@ import openai
 import pytest
 from starlette.applications import Starlette
 
+from otel_responses.config import Settings
+from otel_responses.proxy.forward import Proxy
 from otel_responses.store.memory import MemoryStore
 from otel_responses.store.record import Operation, ResponseStore, StoredResponse
 from otel_responses.store.redisdb import RedisStore
@@ -38,7 +40,8 @@ def serve(store: ResponseStore, seed: Sequence[StoredResponse] = (),
         asyncio.run(store.put(stored))
     responses = Responses(ttl=3600, timeout=timeout, store=store,
                           on_error=(errors.append if errors is not None else lambda op: None))
-    with serve_asgi(Starlette(routes=store_routes(responses))) as url:
+    proxy = Proxy(Settings(upstream="http://127.0.0.1:9/v1"))  # never reached: no forwarding
+    with serve_asgi(Starlette(routes=store_routes(responses, proxy))) as url:
         yield url
 
 

@@ -92,10 +92,14 @@ def test_redis_killed_mid_run_fails_fast_and_recovers(chat_upstream: str) -> Non
         samples = scrape(base)
         assert value(samples, "otel_responses_store_errors_total", operation="read") == 2
         assert value(samples, "otel_responses_store_errors_total", operation="write") == 1
+        # The retrieval is one of the proxy's exchanges: counted and logged like the others.
+        assert value(samples, "otel_responses_requests_total", route="responses.retrieve",
+                     status_class="5xx") == 1
         redisd.start()  # empty: it keeps nothing on disk
         again = client.responses.create(model="demo", input="redis is back")
         assert client.responses.retrieve(again.id).id == again.id
     assert any(f"response {unstored.id} was not stored" in line for line in output)
+    assert any(f"GET /v1/responses/{first.id} 503" in line for line in output)
 
 
 @pytest.mark.parametrize("store", ["sqlite://relative.db", "sqlite:///", "redis://",
