@@ -285,17 +285,18 @@ async def stall_run(responses: Responses, body: dict[str, Any], response: dict[s
 
     async def worker(n: int) -> None:
         nonlocal working
-        previous: str | None = None
+        chain: list[str] = []
         try:
             for i in range(ops // 10):
                 record = responses.record(
                     {**response, "id": f"resp_{n}_{i}_{time.time_ns()}"},
-                    {**body, "previous_response_id": previous}, events, None)
+                    {**body, "previous_response_id": chain[-1] if chain else None}, events,
+                    None, chain)
                 await responses.save(record)
                 await asyncio.sleep(0)  # as between two requests: one operation per step
                 await responses.chain(record.id, None)
                 await asyncio.sleep(0)
-                previous = record.id if i % 5 else None  # chains of five
+                chain = [*chain, record.id] if i % 5 != 4 else []  # chains of five
         finally:
             working -= 1
 

@@ -37,7 +37,9 @@ def streamed(body: Mapping[str, Any], text: str = "",
 
 
 def record(body: Mapping[str, Any], text: str = "", calls: Sequence[tuple[str, str, str]] = (),
-           *, ttl: float = 3600, owner: str | None = None) -> StoredResponse:
-    """A stored streamed response to ``body`` (see `streamed`)."""
+           *, ttl: float = 3600, owner: str | None = None,
+           chain: Sequence[str] = ()) -> StoredResponse:
+    """A stored streamed response to ``body`` continuing ``chain`` (see `streamed`)."""
     response, events = streamed(body, text, calls)
-    return Responses(ttl=ttl).record(response, body, b"".join(map(sse_bytes, events)), owner)
+    return Responses(ttl=ttl).record(response, body, b"".join(map(sse_bytes, events)), owner,
+                                     chain)

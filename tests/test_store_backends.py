@@ -19,6 +19,7 @@ import redis
 from otel_responses.store.memory import MemoryStore
 from otel_responses.store.record import ResponseStore, StoredResponse, StoreUnavailable
 from otel_responses.store.redisdb import KEY_PREFIX
+from otel_responses.store.service import ChainBroken, Responses
 from otel_responses.store.sqlite import BUSY_TIMEOUT, SQLiteStore
 from otel_responses.store.url import StoreSpec
 from tests.redisd import RedisServer, redis_server
@@ -254,3 +255,24 @@ def test_a_deleted_response_leaves_no_trace_in_the_sqlite_file(tmp_path: Path) -
     assert [p.name for p in tmp_path.iterdir()] == ["r.db"]
     data = path.read_bytes()
     assert b"resp_after" in data and secret.encode() not in data
+
+
+def test_a_long_chain_is_read_whole_and_a_gap_anywhere_breaks_it(opener: Opener) -> None:
+    async def body(store: ResponseStore) -> tuple[list[str], list[str]]:
+        responses = Responses(ttl=3600, store=store)
+        chain: list[str] = []
+        for turn in range(30):
+            stored = record({"model": "m", "input": f"turn {turn}"}, f"answer {turn}",
+                            chain=chain)
+            await responses.save(stored)
+            chain = [*chain, stored.id]
+        whole = [r.id for r in await responses.chain(chain[-1], None)]
+        assert whole == chain  # oldest first
+        await store.delete(chain[12], None)
+        with pytest.raises(ChainBroken) as caught:
+            await responses.chain(chain[-1], None)
+        return whole, [caught.value.missing, *[r.id for r in await responses.chain(chain[11],
+                                                                                 None)]]
+    whole, (missing, *before_gap) = run(opener, body)
+    assert len(whole) == 30 and missing == whole[12]
+    assert before_gap == whole[:12]

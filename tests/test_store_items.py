@@ -47,7 +47,8 @@ def test_items_keep_their_ids_and_get_typed_ones_when_missing() -> None:
 
 def test_history_is_each_turns_input_then_output_and_not_its_instructions() -> None:
     first = record({"model": "m", "input": "one", "instructions": "be terse"}, "uno")
-    second = record({"model": "m", "input": "two", "previous_response_id": first.id}, "dos")
+    second = record({"model": "m", "input": "two", "previous_response_id": first.id}, "dos",
+                    chain=[first.id])
     items = conversation([first, second], [{"role": "user", "content": "three"}])
     texts = [(i.get("role"), i["content"] if isinstance(i["content"], str)
               else i["content"][0]["text"]) for i in items]

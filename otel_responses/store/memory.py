@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from otel_responses.store.record import StoredResponse
 
@@ -31,6 +32,10 @@ class MemoryStore:
             self._drop(response_id)
             return None
         return record if record.owner == owner else None
+
+    async def get_many(self, response_ids: Sequence[str],
+                       owner: str | None) -> list[StoredResponse | None]:
+        return [await self.get(response_id, owner) for response_id in response_ids]
 
     async def put(self, record: StoredResponse) -> None:
         self._drop(record.id)

@@ -27,7 +27,9 @@ class StoredResponse:
     not streamed). Backends keep the events apart and read them only when asked: a chain's
     history never needs them, and they are most of a streamed record's size.
     ``owner`` is the inbound key that created it (None: no inbound keys); a record is visible
-    only to its owner. Times are Unix seconds.
+    only to its owner. ``ancestors`` are the ids of the chain it continues, oldest first (the
+    last is ``previous_response_id``), so a chain is read in one round trip. Times are Unix
+    seconds.
     """
 
     id: str
@@ -38,6 +40,7 @@ class StoredResponse:
     input_items: Sequence[Mapping[str, Any]]
     events: bytes | None
     previous_response_id: str | None
+    ancestors: Sequence[str] = ()
 
     def encode(self) -> bytes:
         """Everything but the events, as JSON."""
@@ -45,6 +48,7 @@ class StoredResponse:
             "id": self.id, "owner": self.owner, "created_at": self.created_at,
             "expires_at": self.expires_at, "previous_response_id": self.previous_response_id,
             "response": self.response, "input_items": self.input_items,
+            "ancestors": self.ancestors,
         }, ensure_ascii=False, separators=(",", ":")).encode()
 
     @classmethod
@@ -55,7 +59,7 @@ class StoredResponse:
             raw = json.loads(data)
             return cls(raw["id"], raw["owner"], float(raw["created_at"]),
                        float(raw["expires_at"]), raw["response"], raw["input_items"],
-                       events, raw["previous_response_id"])
+                       events, raw["previous_response_id"], tuple(raw["ancestors"]))
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreUnavailable(f"a stored record cannot be read: {exc}") from None
 
@@ -70,6 +74,11 @@ class ResponseStore(Protocol):
     async def get(self, response_id: str, owner: str | None, *,
                   events: bool = False) -> StoredResponse | None:
         """The record; its ``events`` are read only if asked for (else they may be None)."""
+
+    async def get_many(self, response_ids: Sequence[str],
+                       owner: str | None) -> list[StoredResponse | None]:
+        """The records of ``response_ids``, in that order (None where one is not found),
+        without their events, in one round trip where the backend has one."""
 
     async def put(self, record: StoredResponse) -> None:
         """Store ``record`` whole, or not at all (a reader never sees part of it)."""

@@ -4,6 +4,7 @@ replicas serve one set of responses; each record is one key carrying its TTL nat
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -47,6 +48,16 @@ class RedisStore:
             return None
         record = StoredResponse.decode(data, stream)
         return record if record.visible(owner, time.time()) else None
+
+    async def get_many(self, response_ids: Sequence[str],
+                       owner: str | None) -> list[StoredResponse | None]:
+        try:
+            found = await self._redis.mget([KEY_PREFIX + i for i in response_ids])
+        except RedisError as exc:
+            raise self._unavailable(exc) from None
+        now = time.time()
+        records = [None if data is None else StoredResponse.decode(data) for data in found]
+        return [r if r is not None and r.visible(owner, now) else None for r in records]
 
     async def put(self, record: StoredResponse) -> None:
         ttl_ms = int((record.expires_at - time.time()) * 1000)

@@ -8,7 +8,7 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -87,6 +87,16 @@ class SQLiteStore:
             f"SELECT {columns} FROM responses WHERE id = ? AND owner IS ? AND expires_at > ?",
             (response_id, owner, time.time())).fetchone())
         return None if row is None else StoredResponse.decode(row[0], row[1])
+
+    async def get_many(self, response_ids: Sequence[str],
+                       owner: str | None) -> list[StoredResponse | None]:
+        marks = ",".join("?" * len(response_ids))
+        rows = await self._run(lambda: self._conn().execute(
+            f"SELECT id, data FROM responses WHERE id IN ({marks}) AND owner IS ? "
+            "AND expires_at > ?", (*response_ids, owner, time.time())).fetchall())
+        found = {response_id: data for response_id, data in rows}
+        return [StoredResponse.decode(found[response_id]) if response_id in found else None
+                for response_id in response_ids]
 
     async def put(self, record: StoredResponse) -> None:
         data = record.encode()
