@@ -22,7 +22,6 @@ import datetime
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ import measure
 import micro_adapter
 import payloads
 import servers
-from clients import Spread, _by_rep, _cell, paired
+from clients import Spread, _by_rep, _cell, paired, run_dir, save
 from run import BENCH, _machine, _package_version
 
 Run = dict[str, Any]
@@ -223,14 +222,10 @@ def report(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    out = args.results.with_suffix(".md")
-    if args.report_only:
-        out.write_text(report(json.loads(args.results.read_text())))
-        print(out.read_text())
-        return
     began = time.monotonic()
-    rundir = Path(tempfile.mkdtemp(prefix="otel-adapter-"))
-    print(f"logs in {rundir}", flush=True)
+    rundir = run_dir(args, report, "otel-adapter-")
+    if rundir is None:
+        return
     notes: list[str] = []
     stream = micro_adapter.chunks(200)
     delta_us = micro_adapter.per_delta(micro_adapter.translate, stream, 200, 200)
@@ -262,10 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "runs": runs,
     }
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(results, indent=1))
-    out.write_text(report(results))
-    print(out.read_text())
+    save(args, results, report)
 
 
 if __name__ == "__main__":

@@ -174,16 +174,34 @@ def measure_all(args: argparse.Namespace, rundir: Path) -> tuple[list[Run], list
     return runs, suite.notes
 
 
+def run_dir(args: argparse.Namespace, render: Callable[[dict[str, Any]], str],
+            prefix: str) -> Path | None:
+    """A fresh directory for a run's logs; None with ``--report-only``, after re-rendering
+    the report from the saved results."""
+    if args.report_only:
+        save(args, json.loads(args.results.read_text()), render)
+        return None
+    rundir = Path(tempfile.mkdtemp(prefix=prefix))
+    print(f"logs in {rundir}", flush=True)
+    return rundir
+
+
+def save(args: argparse.Namespace, results: dict[str, Any],
+         render: Callable[[dict[str, Any]], str]) -> None:
+    """Write the results (``args.results``) and their Markdown report beside; print it."""
+    out = args.results.with_suffix(".md")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=1))
+    out.write_text(render(results))
+    print(out.read_text())
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    out = args.results.with_suffix(".md")
-    if args.report_only:
-        out.write_text(report(json.loads(args.results.read_text())))
-        print(out.read_text())
-        return
     started = time.monotonic()
-    rundir = Path(tempfile.mkdtemp(prefix="otel-clients-"))
-    print(f"logs in {rundir}", flush=True)
+    rundir = run_dir(args, report, "otel-clients-")
+    if rundir is None:
+        return
     if not envs.install_clients(rundir / "install.log"):
         raise SystemExit(f"could not install {', '.join(envs.CLIENTS_PACKAGES)}; see {rundir}")
     names = args.transports.split(",")
@@ -210,10 +228,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "runs": runs,
     }
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(results, indent=1))
-    out.write_text(report(results))
-    print(out.read_text())
+    save(args, results, report)
 
 
 if __name__ == "__main__":

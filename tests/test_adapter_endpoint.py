@@ -350,19 +350,35 @@ def test_adapted_calls_feed_the_same_metrics_as_pass_through(
             stream.get_final_response()
     sink.wait(2)
     sink.clear()
-    after = _metrics(base)
     calls = 'otel_responses_requests_total{method="POST",route="responses.create",' \
             'status_class="2xx"}'
-    assert after[calls] - before.get(calls, 0) == 2
-    ttft = [k for k in after if k.startswith("gen_ai_client_operation_time_to_first_chunk_"
-                                              "seconds_count") and 'stream="true"' in k]
-    assert ttft and sum(after[k] - before.get(k, 0) for k in ttft) == 1
-    output = [k for k in after if k.startswith("gen_ai_client_token_usage_count")
-              and 'gen_ai_token_type="output"' in k and 'gen_ai_response_model="demo"' in k]
-    assert sum(after[k] - before.get(k, 0) for k in output) == 2
+
+    def added(start: str, *having: str) -> float:
+        return sum(v - before.get(k, 0) for k, v in _metrics(base).items()
+                   if k.startswith(start) and all(h in k for h in having))
+
+    # Metrics are recorded just after each span ends: wait for the second call's.
+    assert poll(lambda: added("gen_ai_client_token_usage_count", 'gen_ai_token_type="output"',
+                              'gen_ai_response_model="demo"') == 2, 5)
+    assert added(calls) == 2
+    assert added("gen_ai_client_operation_time_to_first_chunk_seconds_count",
+                 'stream="true"') == 1
 
 
 def _metrics(base: str) -> dict[str, float]:
     text = httpx.get(base + "/metrics").text
     return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
             for line in text.splitlines() if line and not line.startswith("#")}
+
+
+@pytest.mark.parametrize("key", [None, "sk-upstream"])
+def test_upstream_auth_is_the_clients_key_or_the_proxys(key: str | None,
+                                                        replay: RawUpstream) -> None:
+    with traced_proxy(replay.url + "/v1", upstream_api="chat", upstream_api_key=key) as (
+            base, sink), _client(base, **{"x-scenario": f"replay:{STREAMED}"}) as client:
+        client.responses.create(model="m", input="x")
+        sink.wait(1)
+    sent = replay.seen[-1]
+    assert sent.header("authorization") == f"Bearer {key or 'sk-test'}"
+    assert sent.header("content-type") == "application/json"
+    assert sent.target == "/v1/chat/completions"

@@ -56,10 +56,13 @@ _KINDS = {
 }
 
 
+# One encoder for every event: json.dumps builds a new one per call when given options.
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def sse_bytes(event: Mapping[str, Any]) -> bytes:
     """One event framed as OpenAI frames it: `event: TYPE`, `data: JSON`, a blank line."""
-    data = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-    return f"event: {event['type']}\ndata: {data}\n\n".encode()
+    return f"event: {event['type']}\ndata: {_encode(event)}\n\n".encode()
 
 
 def chunk_error(chunk: Mapping[str, Any]) -> tuple[str, str | None] | None:
