@@ -25,6 +25,7 @@ from otel_responses.config import (
 )
 from otel_responses.logs import configure_logging
 from otel_responses.server import Server, uvicorn_config
+from otel_responses.store.sqlite import create_private_file
 from otel_responses.telemetry.export import describe_span_export
 
 log = logging.getLogger("otel_responses")
@@ -165,6 +166,7 @@ def serve(settings: Settings) -> None:
         url, demo_server = _start_demo_upstream(token_delay=0.02)
         settings = settings.replace(upstream=url)
     try:
+        _check_store(settings)
         try:
             app = create_app(settings, demo=demo_server is not None)
         except ValueError as exc:  # an OTEL_* variable the exporter cannot use
@@ -174,6 +176,19 @@ def serve(settings: Settings) -> None:
     finally:
         if demo_server is not None:
             demo_server.should_exit = True
+
+
+def _check_store(settings: Settings) -> None:
+    """Adapter mode's SQLite store file, created now: one it cannot be stops the start with
+    one line saying why, not a traceback from the app's startup."""
+    spec = settings.store_spec
+    if settings.upstream_api != "chat" or spec.path is None:
+        return
+    try:
+        create_private_file(spec.path)
+    except OSError as exc:
+        raise SystemExit(f"otel-responses: cannot create the response store "
+                         f"{spec.path}: {exc.strerror or exc}") from None
 
 
 def startup_summary(settings: Settings, *, demo: bool) -> str:
