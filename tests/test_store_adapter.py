@@ -142,6 +142,16 @@ def test_what_was_created_is_what_is_retrieved(
         ("message", "user", "stream me")]
 
 
+def test_a_response_reads_back_byte_for_byte(
+        proxy: tuple[openai.OpenAI, DemoObserver, SpanSink]) -> None:
+    client, _, _ = proxy
+    base = str(client.base_url)
+    created = httpx.post(base + "responses", json={"model": "demo", "input": "keep me"})
+    retrieved = httpx.get(f"{base}responses/{created.json()['id']}")
+    assert retrieved.headers["content-type"] == created.headers["content-type"]
+    assert retrieved.content == created.content
+
+
 def test_a_stream_replays_byte_for_byte(
         proxy: tuple[openai.OpenAI, DemoObserver, SpanSink]) -> None:
     client, _, _ = proxy
