@@ -23,6 +23,9 @@ from otel_responses.guard.middleware import Guard, GuardEvents
 from otel_responses.guard.redis_store import RedisStore
 from otel_responses.proxy.forward import Endpoint, Proxy
 from otel_responses.proxy.paths import PathGuard
+from otel_responses.store.chains import Chains
+from otel_responses.store.routes import store_routes
+from otel_responses.store.service import Responses
 from otel_responses.telemetry.cost import Pricer
 from otel_responses.telemetry.export import (
     build_tracer_provider,
@@ -63,15 +66,19 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
                            models=settings.metrics_models, max_models=settings.metrics_max_models,
                            key_label=settings.metrics_key_label)
     keys = KeysFile(settings.api_keys) if settings.api_keys is not None else None
-    store: LimitStore | None = None
+    limits: LimitStore | None = None
     if keys is not None:
-        store = MemoryStore() if settings.rate_limit_store == "memory" \
+        limits = MemoryStore() if settings.rate_limit_store == "memory" \
             else RedisStore(settings.rate_limit_store, on_error=metrics.observe_store_error)
     proxy = Proxy(settings, observers=(metrics.observe_exchange,))
+    # Response store (adapter mode): previous_response_id, GET, DELETE and input_items.
+    responses = Responses(ttl=settings.store_ttl, on_error=metrics.store_error) \
+        if settings.upstream_api == "chat" and settings.store_spec.kind != "none" else None
     create: Endpoint | AdapterEndpoint = proxy.endpoint("responses.create")
     if settings.upstream_api == "chat":
         adapter = Adapter(proxy, unsupported_tools=settings.unsupported_tools,
-                          sinks=adapted_call_sinks)
+                          sinks=adapted_call_sinks,
+                          chains=Chains(responses) if responses is not None else None)
         create = adapter.endpoint("responses.create")
     pricer = Pricer(options.llm_provider) if settings.cost else None
     prices = PricesFile(settings.prices, pricer) \
@@ -81,6 +88,8 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if responses is not None:  # first: a store that cannot be opened stops the start
+            await responses.open(settings.store_spec, settings.store_max_mb)
         await proxy.start()
         stop_metrics = (metrics.serve(settings.metrics_host or settings.host,
                                       settings.metrics_port, settings.client_header_timeout)
@@ -94,8 +103,10 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
             if stop_metrics is not None:
                 await asyncio.to_thread(stop_metrics)
             await proxy.aclose()
-            if store is not None:
-                await store.aclose()
+            if limits is not None:
+                await limits.aclose()
+            if responses is not None:
+                await responses.aclose()
             if owned is not None:
                 # Flushes spans still queued for export, off the event loop.
                 await asyncio.to_thread(shutdown_provider, owned)
@@ -121,6 +132,8 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
         Route("/v1/responses/input_tokens", proxy.endpoint("responses.input_tokens"),
               methods=["POST"]),
         Route("/v1/responses/compact", proxy.endpoint("responses.compact"), methods=["POST"]),
+        # Adapter mode serves stored responses itself (the first matching route wins).
+        *(store_routes(responses, proxy) if responses is not None else []),
         Route("/v1/responses/{response_id}", proxy.endpoint("responses.retrieve"),
               methods=["GET"]),
         Route("/v1/responses/{response_id}", proxy.endpoint("responses.delete"),
@@ -141,10 +154,10 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     metrics.watch(in_flight=lambda: proxy.in_flight,
                   telemetry_errors=lambda: telemetry.telemetry_errors,
                   span_pipelines=span_pipelines(provider))
-    if keys is None or store is None:
+    if keys is None or limits is None:
         return telemetry
     # In front of the telemetry: a refused key is neither forwarded nor a span.
-    guard = Guard(telemetry, keys, store, fail_open=settings.rate_limit_fail == "open",
+    guard = Guard(telemetry, keys, limits, fail_open=settings.rate_limit_fail == "open",
                   exempt=frozenset({"/healthz", "/readyz"} | (
                       {"/metrics"} if settings.metrics_port is None else set())),
                   max_body_bytes=settings.max_body_bytes, clock=clock,

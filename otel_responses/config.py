@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from otel_responses.protocol.chat.request import UnsupportedTools
+from otel_responses.store.url import StoreSpec, default_data_dir
 from otel_responses.telemetry.options import TelemetryOptions
 from otel_responses.transport.target import UpstreamTarget
 
@@ -54,6 +55,11 @@ class Settings:
     rate_limit_store: str = field(default="memory", repr=False)  # a URL may hold a password
     rate_limit_fail: str = "open"
     metrics_key_label: bool = False
+    # Response store (adapter mode): None is a SQLite file in data_dir.
+    store: str | None = field(default=None, repr=False)  # a Redis URL may hold a password
+    data_dir: str = field(default_factory=default_data_dir)
+    store_ttl: float = 30 * 24 * 3600.0
+    store_max_mb: float | None = None  # None: per backend (DEFAULT_MAX_MB)
 
     def __post_init__(self) -> None:
         for name, choices in (("log_format", LOG_FORMATS), ("log_level", LOG_LEVELS),
@@ -89,6 +95,23 @@ class Settings:
         if self.metrics_host is not None and self.metrics_port is None:
             raise SettingError("metrics_host", "needs a metrics port: without one, metrics are "
                                "served at /metrics on the main port")
+        self._check_store()
+
+    def _check_store(self) -> None:
+        try:
+            StoreSpec.parse(self.store, self.data_dir)
+        except ValueError as exc:
+            # The message never quotes the URL: it may carry a password.
+            raise SettingError("store", str(exc)) from None
+        for name in ("store_ttl", "store_max_mb"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < math.inf:
+                raise SettingError(name, "must be a finite number > 0")
+
+    @property
+    def store_spec(self) -> StoreSpec:
+        """The parsed ``store`` (checked when these settings were made)."""
+        return StoreSpec.parse(self.store, self.data_dir)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -124,6 +147,20 @@ def parse_bool(raw: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"expected true or false, not {raw!r}")
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(raw: str) -> float:
+    """Seconds, or a number with a unit: ``90``, ``15m``, ``12h``, ``30d``."""
+    value = raw.strip().lower()
+    unit = _DURATION_UNITS.get(value[-1:])
+    try:
+        return float(value[:-1] if unit else value) * (unit or 1)
+    except ValueError:
+        raise ValueError(f"expected seconds or a duration such as 12h or 30d, not {raw!r}") \
+            from None
 
 
 def parse_list(raw: str) -> tuple[str, ...]:
@@ -216,6 +253,18 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("rate_limit_fail", "when the rate-limit store is unreachable: open (admit) or "
            "closed (503)", choices=FAIL_MODES),
     Option("metrics_key_label", "label the guard's metrics with the key's name", parse_bool),
+    # Response store (adapter mode).
+    Option("store", "where adapter mode keeps responses for previous_response_id and GET: "
+           "memory, none, sqlite:///file.db (in --data-dir), sqlite:////abs/file.db, "
+           "redis://[:password@]host:port/db or rediss://… (unset: sqlite in --data-dir)",
+           metavar="URL"),
+    Option("data_dir", "directory for the proxy's state (the default SQLite store)",
+           metavar="DIR"),
+    Option("store_ttl", "how long stored responses are kept: seconds, or 12h, 30d…",
+           parse_duration, metavar="DURATION"),
+    Option("store_max_mb", "size bound of a memory or SQLite store, oldest evicted first "
+           "(unset: 256 for memory, 1024 for SQLite; Redis: its own maxmemory)", float,
+           metavar="MB"),
 )
 
 

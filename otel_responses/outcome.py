@@ -26,6 +26,7 @@ class Outcome(StrEnum):
     UPSTREAM_TIMEOUT = "upstream_timeout"  # 504
     UPSTREAM_INVALID_RESPONSE = "upstream_invalid_response"  # 502
     UPSTREAM_HEADERS_TOO_LARGE = "upstream_headers_too_large"  # 502
+    STORE_UNAVAILABLE = "store_unavailable"  # 503: adapter mode's response store failed a read
     # The response did not end as HTTP says it should.
     UPSTREAM_CUT = "upstream_cut"  # the upstream stopped mid-body: the client's body is cut too
     CLIENT_DISCONNECT = "client_disconnect"

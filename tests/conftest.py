@@ -3,7 +3,10 @@ summary of the tests that were skipped and what would run them."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Generator, Iterator
 
@@ -21,6 +24,11 @@ settings.load_profile("ci" if os.environ.get("CI") == "true" else "default")
 # No test exports spans to a collector it did not start (the default OTLP endpoint on
 # localhost would only add retries and a shutdown flush wait); export tests opt back in.
 os.environ.setdefault("OTEL_TRACES_EXPORTER", "none")
+
+# Adapter mode stores responses in a SQLite file under $XDG_STATE_HOME by default: the tests,
+# and the proxies they start, keep theirs in one throwaway directory, never in the home.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="otel-responses-tests-state-")
+atexit.register(shutil.rmtree, os.environ["XDG_STATE_HOME"], ignore_errors=True)
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[RawUpstream]:

@@ -43,6 +43,8 @@ from otel_responses.proxy.forward import (
     failure,
 )
 from otel_responses.proxy.headers import upstream_request_headers
+from otel_responses.store.chains import Chains
+from otel_responses.store.record import StoredResponse
 from otel_responses.transport import UpstreamError, UpstreamResponse
 
 log = logging.getLogger("otel_responses.adapter")
@@ -88,10 +90,12 @@ class Adapter:
     """
 
     def __init__(self, proxy: Proxy, *, unsupported_tools: UnsupportedTools = "drop",
-                 sinks: Sequence[AdaptedCallSink] = ()) -> None:
+                 sinks: Sequence[AdaptedCallSink] = (), chains: Chains | None = None) -> None:
         self.proxy = proxy
         self.unsupported_tools = unsupported_tools
         self.sinks = tuple(sinks)
+        # The response store (None: none; previous_response_id is then refused).
+        self.chains = chains
 
     def endpoint(self, route: str) -> AdapterEndpoint:
         return AdapterEndpoint(self, route)
@@ -101,7 +105,9 @@ class Adapter:
         if raw is None:
             return
         try:
-            body, call = self._translate(scope, raw, ex)
+            body = self._body(scope, raw, ex)
+            chain = await self.chains.chain(scope, body) if self.chains is not None else ()
+            call = self._translate(body, chain)
         except errors.ProxyError as err:
             await answer(err, send, ex)
             return
@@ -115,12 +121,11 @@ class Adapter:
         request = UpstreamRequest("POST", self._chat_target(scope),
                                   self._headers(scope), _json_bytes(call.request))
         ex.overhead = time.perf_counter() - ex.started
-        await self.proxy.watched(receive, ex, self._exchange(body, call, request, send, ex,
-                                                             notes))
+        await self.proxy.watched(receive, ex, self._exchange(scope, body, call, request, send,
+                                                             ex, notes))
 
-    def _translate(self, scope: Scope, raw: bytes,
-                   ex: Exchange) -> tuple[Mapping[str, Any], ChatCall]:
-        """The client's Responses body and the chat call it becomes, or a ProxyError."""
+    def _body(self, scope: Scope, raw: bytes, ex: Exchange) -> Mapping[str, Any]:
+        """The client's Responses body, or a ProxyError."""
         raw = _decoded(scope["headers"], raw, self.proxy.settings.max_body_bytes)
         ex.body = raw  # decoded: the access log and the recorder parse the same bytes once
         body = ex.parsed.object(raw)
@@ -128,8 +133,18 @@ class Adapter:
             raise errors.ProxyError(400, "We could not parse the JSON body of your request. "
                                     "(The body must be a JSON object.)",
                                     "invalid_request_error", "invalid_json")
+        return body
+
+    def _translate(self, body: Mapping[str, Any],
+                   chain: Sequence[StoredResponse]) -> ChatCall:
+        """The chat call the body becomes (after the stored ``chain`` it continues), or a
+        ProxyError."""
+        def translate(request: Mapping[str, Any]) -> ChatCall:
+            return translate_request(request, unsupported_tools=self.unsupported_tools)
         try:
-            return body, translate_request(body, unsupported_tools=self.unsupported_tools)
+            if self.chains is None:
+                return translate(body)
+            return self.chains.translate(body, chain, translate)
         except AdapterRequestError as exc:
             raise errors.ProxyError(exc.status, exc.message, "invalid_request_error", exc.code,
                                     exc.param) from None
@@ -147,7 +162,7 @@ class Adapter:
         headers += [(b"content-type", b"application/json"), (b"accept-encoding", b"identity")]
         return headers
 
-    async def _exchange(self, body: Mapping[str, Any], call: ChatCall,
+    async def _exchange(self, scope: Scope, body: Mapping[str, Any], call: ChatCall,
                         request: UpstreamRequest, send: Send, ex: Exchange,
                         notes: Attributes) -> None:
         response = await self.proxy.open(request, send, ex)
@@ -161,7 +176,7 @@ class Adapter:
                     notes[MAX_TOKENS_RETRY] = True
                     response.close()
                     retry = request._replace(body=_json_bytes(with_max_tokens(call.request)))
-                    await self._exchange(body, call, retry, send, ex, notes)
+                    await self._exchange(scope, body, call, retry, send, ex, notes)
                     return
                 await self._respond(send, ex, response.status, _JSON_HEADERS,
                                     _json_bytes(upstream_error(response.status, error)))
@@ -176,9 +191,9 @@ class Adapter:
                     if completion is None:
                         raise _BadUpstream("an answer that is neither a stream nor JSON")
                     batches = _at_once(translator, completion)
-                await self._stream(body, call, translator, batches, send, ex)
+                await self._stream(scope, body, call, translator, batches, send, ex)
             else:
-                await self._complete(body, call, response, send, ex)
+                await self._complete(scope, body, call, response, send, ex)
         except _BadUpstream as exc:
             ex.outcome = Outcome.UPSTREAM_INVALID_RESPONSE
             log.warning("%s %s: the upstream's answer is not a chat completion: %s",
@@ -191,7 +206,7 @@ class Adapter:
         finally:
             response.close()
 
-    async def _complete(self, body: Mapping[str, Any], call: ChatCall,
+    async def _complete(self, scope: Scope, body: Mapping[str, Any], call: ChatCall,
                         response: UpstreamResponse, send: Send, ex: Exchange) -> None:
         if is_event_stream(response.headers):  # a server that streams whatever was asked
             translator = StreamTranslator(call, _response_id(), int(time.time()))
@@ -204,19 +219,29 @@ class Adapter:
                 raise _BadUpstream("a non-streamed answer that is not a JSON object")
             result = translate_completion(call, completion, _response_id(), int(time.time()),
                                           int(time.time()))
+        await self._store(scope, body, result, None)
         await self._respond(send, ex, 200, _JSON_HEADERS, _json_bytes(result))
         self._ended(body, call, result, None)
 
-    async def _stream(self, body: Mapping[str, Any], call: ChatCall,
+    async def _stream(self, scope: Scope, body: Mapping[str, Any], call: ChatCall,
                       translator: StreamTranslator, batches: AsyncIterator[list[Event]],
                       send: Send, ex: Exchange) -> None:
         """Each batch of events is sent as soon as it is translated (a chat delta in, a
         Responses delta out)."""
         kept: list[Event] | None = [] if self.sinks else None
+        # The bytes sent, for the store to replay (kept only if they are to be stored).
+        sent: list[bytes] | None = [] if self.chains and body.get("store") is not False \
+            else None
         await self._start(send, ex, 200, _SSE_HEADERS)
-        await self._events(send, ex, translator.start(), kept)
+        await self._events(send, ex, translator.start(), kept, sent)
         async for events in batches:
-            await self._events(send, ex, events, kept)
+            if translator.done and sent is not None:  # this batch holds the terminal event
+                data = _framed(events)
+                await self._store(scope, body, translator.response, b"".join([*sent, data]))
+                sent = None
+                await self._events(send, ex, events, kept, None, data)
+            else:
+                await self._events(send, ex, events, kept, sent)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         ex.responded = True
         self._ended(body, call, translator.response, kept)
@@ -230,16 +255,22 @@ class Adapter:
         await send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def _events(self, send: Send, ex: Exchange, events: list[Event],
-                      kept: list[Event] | None) -> None:
+                      kept: list[Event] | None, sent: list[bytes] | None,
+                      data: bytes | None = None) -> None:
+        """Send ``events`` (``data``: already framed); keep them for the sinks and their
+        bytes for the store, when asked to."""
         if not events:
             return
         handed = time.perf_counter()
-        data = b"".join(map(sse_bytes, events))
+        if data is None:
+            data = _framed(events)
         ex.bytes_out += len(data)
         await send({"type": "http.response.body", "body": data, "more_body": True})
         ex.overhead += time.perf_counter() - handed
         if kept is not None:
             kept += events
+        if sent is not None:
+            sent.append(data)
 
     async def _respond(self, send: Send, ex: Exchange, status: int,
                        headers: list[tuple[bytes, bytes]], data: bytes) -> None:
@@ -248,6 +279,13 @@ class Adapter:
         ex.bytes_out += len(data)
         await send({"type": "http.response.body", "body": data})
         ex.responded = True
+
+    async def _store(self, scope: Scope, body: Mapping[str, Any], response: Mapping[str, Any],
+                     events: bytes | None) -> None:
+        """Store a response that ended, before the client has its end: a client that sends
+        its next request (``previous_response_id``) at once always finds it."""
+        if self.chains is not None:
+            await self.chains.store(scope, body, response, events)
 
     def _ended(self, body: Mapping[str, Any], call: ChatCall, response: Mapping[str, Any],
                events: Sequence[Mapping[str, Any]] | None) -> None:
@@ -271,6 +309,10 @@ class AdapterEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.adapter.proxy.run(scope, receive, send, self.route, self.adapter.serve)
+
+
+def _framed(events: list[Event]) -> bytes:
+    return b"".join(map(sse_bytes, events))
 
 
 def _response_id() -> str:

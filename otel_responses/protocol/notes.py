@@ -9,6 +9,8 @@ from typing import Any
 from otel_responses.protocol.messages import Attributes
 
 NOTES_KEY = "otel_responses.span_notes"
+CHAIN_ROOT = "otel_responses.store.chain_root"
+"""The first response of the stored chain a request continues: the session when none is given."""
 
 
 def call_notes(scope: Mapping[str, Any]) -> Attributes:

@@ -20,6 +20,7 @@ from otel_responses.protocol.response_attributes import usage
 from otel_responses.protocol.sse import is_event_stream
 from otel_responses.protocol.text import encodable
 from otel_responses.protocol.tools import INCOMPLETE, TOOL_TYPES
+from otel_responses.store.record import OPERATIONS
 from otel_responses.telemetry.cost import CostBreakdown, Unpriced
 from otel_responses.telemetry.metrics_port import serve_metrics
 from otel_responses.telemetry.recorder import CallRecord
@@ -258,6 +259,14 @@ class ProxyMetrics:
         self.tokens_charged = Counter(
             "otel_responses_limit_tokens_charged",
             "Tokens charged to keys' token limits after their calls.", key, registry=registry)
+        # Response store (adapter mode).
+        self.store_errors = _Children(Counter(
+            "otel_responses_store_errors",
+            "Response store operations that failed or timed out, by operation (read, write, "
+            "delete); a failed write never fails the request it stores.", ("operation",),
+            registry=registry))
+        for operation in OPERATIONS:
+            self.store_errors.labels(operation)
         # Known label values start at zero, so rate() sees their first increment.
         for kind in FAULT_KINDS.values():
             self.upstream_faults.labels(kind)
@@ -356,6 +365,9 @@ class ProxyMetrics:
     def _key(self, key: str | None) -> tuple[str, ...]:
         # Key names come from the operator's keys file: bounded, and never the key itself.
         return (encodable(key or ""),) if self.key_label else ()
+
+    def store_error(self, operation: str) -> None:
+        self.store_errors.labels(operation).inc()
 
     def track_streams(self, app: ASGIApp) -> ASGIApp:
         return _StreamTracker(app, self.open_streams)

@@ -20,6 +20,7 @@ from otel_responses.protocol.attributes import (
     response_attributes,
 )
 from otel_responses.protocol.body import MAX_DEPTH, cut_depth
+from otel_responses.protocol.notes import CHAIN_ROOT
 from otel_responses.protocol.text import capped, encodable
 from otel_responses.telemetry.cost import CostBreakdown, cost_attributes
 from otel_responses.telemetry.masking import mask, masked_request
@@ -158,6 +159,7 @@ class SpanWriter:
         session = (next(filter(None, (_header(headers, h) for h in self._session_headers)), None)
                    or _conversation_id(request)
                    or (link.session_id if link else None)
+                   or _str(record.notes.get(CHAIN_ROOT))  # a stored chain's first response
                    or (previous if isinstance(previous, str) else None)
                    or (response_id if isinstance(response_id, str) else None))
         if session:
