@@ -149,6 +149,27 @@ def test_adapter_mode_sends_the_keys_upstream_key_not_the_inbound_one(
                        for sent in (alice_sent, bob_sent))
 
 
+def test_a_stored_response_belongs_to_the_key_that_made_it(demo: str, tmp_path: Path) -> None:
+    """Adapter mode with keys: another key can neither read, continue nor delete it."""
+    entries = keys(alice(), {"name": "bob", "key": BOB})
+    with guarded(demo, write_keys(tmp_path / "keys.yaml", entries), upstream_api="chat",
+                 store="memory") as (base, _):
+        mine, theirs = client(base, ALICE), client(base, BOB)
+        first = mine.responses.create(model="demo", input="My name is Alice.")
+        assert mine.responses.retrieve(first.id).id == first.id
+        assert mine.responses.create(model="demo", input="Who am I?",
+                                     previous_response_id=first.id).output_text
+        with pytest.raises(openai.NotFoundError):
+            theirs.responses.retrieve(first.id)
+        with pytest.raises(openai.NotFoundError):
+            theirs.responses.delete(first.id)
+        with pytest.raises(openai.BadRequestError) as caught:
+            theirs.responses.create(model="demo", input="Who is she?",
+                                    previous_response_id=first.id)
+        assert caught.value.code == "previous_response_not_found"
+        assert mine.responses.retrieve(first.id).id == first.id  # still there for its owner
+
+
 def test_without_any_upstream_key_no_credential_goes_upstream(upstream: RawUpstream,
                                                              tmp_path: Path) -> None:
     with guarded(upstream.url + "/v1", write_keys(tmp_path / "keys.yaml", keys(alice()))) \
