@@ -88,9 +88,7 @@ def parse_matrix(parser: argparse.ArgumentParser, argv: list[str] | None) -> arg
 def reported_only(args: argparse.Namespace, render: Callable[[dict[str, Any]], str]) -> bool:
     """``--report-only``: re-render the saved results; True if that was asked."""
     if args.report_only:
-        out = args.results.with_suffix(".md")
-        out.write_text(render(json.loads(args.results.read_text())))
-        print(out.read_text())
+        save(args, json.loads(args.results.read_text()), render)
     return bool(args.report_only)
 
 
@@ -193,13 +191,33 @@ def measure_all(args: argparse.Namespace, rundir: Path) -> tuple[list[Run], list
     return runs, suite.notes
 
 
+def run_dir(args: argparse.Namespace, render: Callable[[dict[str, Any]], str],
+            prefix: str) -> Path | None:
+    """A fresh directory for a run's logs; None with ``--report-only``, after re-rendering
+    the report from the saved results."""
+    if reported_only(args, render):
+        return None
+    rundir = Path(tempfile.mkdtemp(prefix=prefix))
+    print(f"logs in {rundir}", flush=True)
+    return rundir
+
+
+def save(args: argparse.Namespace, results: dict[str, Any],
+         render: Callable[[dict[str, Any]], str]) -> None:
+    """Write the results (``args.results``) and their Markdown report beside; print it."""
+    out = args.results.with_suffix(".md")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=1))
+    out.write_text(render(results))
+    print(out.read_text())
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if reported_only(args, report):
-        return
     started = time.monotonic()
-    rundir = Path(tempfile.mkdtemp(prefix="otel-clients-"))
-    print(f"logs in {rundir}", flush=True)
+    rundir = run_dir(args, report, "otel-clients-")
+    if rundir is None:
+        return
     if not envs.install_clients(rundir / "install.log"):
         raise SystemExit(f"could not install {', '.join(envs.CLIENTS_PACKAGES)}; see {rundir}")
     names = args.transports.split(",")
@@ -234,11 +252,7 @@ def write_results(args: argparse.Namespace, argv: list[str] | None, script: str,
         },
         "runs": runs,
     }
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(results, indent=1))
-    out = args.results.with_suffix(".md")
-    out.write_text(render(results))
-    print(out.read_text())
+    save(args, results, render)
 
 if __name__ == "__main__":
     main()

@@ -18,6 +18,18 @@ from dataclasses import dataclass, field
 
 DELTA = b"response.output_text.delta"
 COMPLETED = b"response.completed"
+
+
+@dataclass(frozen=True, slots=True)
+class Marks:
+    """What a stream's first content delta and its successful end contain."""
+
+    delta: bytes
+    end: bytes
+
+
+RESPONSES = Marks(DELTA, COMPLETED)
+CHAT = Marks(b'"delta":{"content":', b"data: [DONE]")  # Chat Completions chunks
 OVERHEAD_HEADER = b"\r\nx-otel-responses-overhead-ms:"
 _HEAD_END = b"\r\n\r\n"
 _CRLF = b"\r\n"
@@ -41,8 +53,9 @@ class Reply:
 class _Conn(asyncio.Protocol):
     """One keep-alive connection; ``send`` returns a future resolved with a :class:`Reply`."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, marks: Marks = RESPONSES) -> None:
         self.loop = loop
+        self.marks = marks
         self.transport: asyncio.Transport | None = None
         self.waiter: asyncio.Future[Reply] | None = None
         self.closed = False
@@ -134,11 +147,12 @@ class _Conn(asyncio.Protocol):
         self._scan()
 
     def _scan(self) -> None:
+        delta = self.marks.delta
         if self.first_delta == 0 and self.body:
-            if self.body.find(DELTA, self.scan_from) >= 0:
+            if self.body.find(delta, self.scan_from) >= 0:
                 self.first_delta = time.perf_counter_ns()
             else:
-                self.scan_from = max(0, len(self.body) - len(DELTA))
+                self.scan_from = max(0, len(self.body) - len(delta))
 
     def _finish(self) -> None:
         done = time.perf_counter_ns()
@@ -150,7 +164,7 @@ class _Conn(asyncio.Protocol):
             overhead = float(head[at + len(OVERHEAD_HEADER):stop if stop >= 0 else len(head)])
         stream = self.length < 0
         events = self.body.count(b"\n\n") if stream else 0
-        ok = self.status == 200 and (not stream or self.body.rfind(COMPLETED) > 0)
+        ok = self.status == 200 and (not stream or self.body.rfind(self.marks.end) > 0)
         reply = Reply(self.status, self.started, self.first_delta, done, events, overhead, ok)
         waiter, self.waiter = self.waiter, None
         self.head = b""
@@ -162,9 +176,9 @@ class _Conn(asyncio.Protocol):
             self.transport.close()
 
 
-async def _connect(host: str, port: int) -> _Conn:
+async def _connect(host: str, port: int, marks: Marks = RESPONSES) -> _Conn:
     loop = asyncio.get_running_loop()
-    _, conn = await loop.create_connection(lambda: _Conn(loop), host, port)
+    _, conn = await loop.create_connection(lambda: _Conn(loop, marks), host, port)
     return conn
 
 
@@ -197,16 +211,17 @@ def own_cpu() -> float:
 async def closed_loop(host: str, port: int, request: bytes, *, concurrency: int,
                       max_requests: int, max_seconds: float, warmup_requests: int,
                       warmup_seconds: float, grace_seconds: float = 10.0,
-                      pause_s: float = 0.0) -> RunResult:
+                      pause_s: float = 0.0, marks: Marks = RESPONSES) -> RunResult:
     """``concurrency`` connections each send, wait for the whole reply, and send again.
 
     With ``pause_s``, each connection waits that long after every reply (warm-up included)
     before sending again, so requests do not queue behind the CPU work of the previous one.
+    ``marks`` tell a stream's first delta and its successful end (Responses events by default).
     Stops issuing at ``max_requests`` or ``max_seconds`` (each phase), whichever comes first;
     requests still in flight get ``grace_seconds`` before every socket is closed.
     """
     result = RunResult(concurrency)
-    conns = await asyncio.gather(*(_connect(host, port) for _ in range(concurrency)))
+    conns = await asyncio.gather(*(_connect(host, port, marks) for _ in range(concurrency)))
     try:
         warm = await _phase(conns, request, warmup_requests, warmup_seconds, grace_seconds,
                             host, port, pause_s)
@@ -243,7 +258,7 @@ async def _phase(conns: list[_Conn], request: bytes, max_requests: int, max_seco
             issued += 1
             conn = conns[index]
             if conn.closed:
-                conn = conns[index] = await _connect(host, port)
+                conn = conns[index] = await _connect(host, port, conn.marks)
             try:
                 reply = await conn.send(request)
             except ConnectionDropped:

@@ -76,17 +76,21 @@ def run_once(loop: asyncio.AbstractEventLoop, *, scenario: payloads.Scenario, co
              server: Server, upstream: Server, concurrency: int, rep: int, seconds: float,
              max_requests: int, warmup_seconds: float, ledger: SpanLedger | None,
              drain_timeout: float, ours: list[Server],
-             grace_seconds: float = 10.0, pause_s: float = 0.0) -> RunRecord:
+             grace_seconds: float = 10.0, pause_s: float = 0.0, request: bytes | None = None,
+             marks: loadgen.Marks = loadgen.RESPONSES) -> RunRecord:
     """``ours``: every server the suite started, so the CPU of anything else on the machine
-    during the run (another user's job) can be reported instead of silently skewing it."""
-    request = payloads.http_request("127.0.0.1", server.port, scenario.body)
+    during the run (another user's job) can be reported instead of silently skewing it.
+    ``request`` (the scenario's POST /v1/responses by default) and ``marks``: for a server
+    spoken to in another API."""
+    request = request or payloads.http_request("127.0.0.1", server.port, scenario.body)
     cpu0, up0 = server.cpu_seconds(), upstream.cpu_seconds()
     busy0, ours0, self0, wall0 = (machine_busy_seconds(), _cpu_of(ours), loadgen.own_cpu(),
                                   time.monotonic())
     result = loop.run_until_complete(loadgen.closed_loop(
         "127.0.0.1", server.port, request, concurrency=concurrency, max_requests=max_requests,
         max_seconds=seconds, warmup_requests=max(50, 20 * concurrency),
-        warmup_seconds=warmup_seconds, grace_seconds=grace_seconds, pause_s=pause_s))
+        warmup_seconds=warmup_seconds, grace_seconds=grace_seconds, pause_s=pause_s,
+        marks=marks))
     sent = result.requests + result.warmup_requests + result.errors
     missing = 0
     if ledger is not None:

@@ -163,7 +163,7 @@ def start_proxy(name: str, logdir: Path, upstream: Server, *, tracing: bool,
                 transport: str | None = None, flags: tuple[str, ...] = ()) -> Server:
     """otel-responses as installed for ``python`` (another venv can hold a candidate fix);
     with ``transport`` (own, aiohttp, httpx), launched by transports.py with that client;
-    ``flags`` are added to its command line."""
+    ``flags`` are added to its command line (e.g. ``--upstream-api chat``)."""
     port = free_port()
     command = ["-m", "otel_responses"] if transport is None \
         else [str(BENCH / "transports.py"), transport]
@@ -180,7 +180,10 @@ def start_proxy(name: str, logdir: Path, upstream: Server, *, tracing: bool,
     return spawn(name, port, argv, logdir, env)
 
 
-def start_litellm(name: str, logdir: Path, upstream: Server, litellm_bin: Path) -> Server:
+def start_litellm(name: str, logdir: Path, upstream: Server, litellm_bin: Path,
+                  provider: str = "openai") -> Server:
+    """LiteLLM's proxy in front of ``upstream``, as the LiteLLM ``provider`` (``openai``
+    passes /v1/responses through; a chat-only provider bridges it to Chat Completions)."""
     port = free_port()
     workdir = logdir / name
     workdir.mkdir(exist_ok=True)
@@ -188,7 +191,7 @@ def start_litellm(name: str, logdir: Path, upstream: Server, litellm_bin: Path) 
         "model_list:\n"
         f"  - model_name: {payloads.MODEL}\n"
         "    litellm_params:\n"
-        f"      model: openai/{payloads.MODEL}\n"
+        f"      model: {provider}/{payloads.MODEL}\n"
         f"      api_base: http://127.0.0.1:{upstream.port}/v1\n"
         "      api_key: sk-upstream-unused\n"
         "general_settings:\n"

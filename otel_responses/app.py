@@ -42,8 +42,8 @@ _ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = None,
-               demo: bool = False, adapted_call_sinks: Sequence[AdaptedCallSink] = (),
-               clock: Callable[[], float] = time.time) -> ASGIApp:
+               demo: bool = False, clock: Callable[[], float] = time.time,
+               adapted_call_sinks: Sequence[AdaptedCallSink] = ()) -> ASGIApp:
     """Build the proxy app for ``settings`` (``settings.upstream`` must be set).
 
     Spans go to ``tracer_provider``; without one, a provider is built from the standard
@@ -66,9 +66,9 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
                            models=settings.metrics_models, max_models=settings.metrics_max_models,
                            key_label=settings.metrics_key_label)
     keys = KeysFile(settings.api_keys) if settings.api_keys is not None else None
-    store: LimitStore | None = None
+    limits: LimitStore | None = None
     if keys is not None:
-        store = MemoryStore() if settings.rate_limit_store == "memory" \
+        limits = MemoryStore() if settings.rate_limit_store == "memory" \
             else RedisStore(settings.rate_limit_store, on_error=metrics.observe_store_error)
     proxy = Proxy(settings, observers=(metrics.observe_exchange,))
     # Response store (adapter mode): previous_response_id, GET, DELETE and input_items.
@@ -103,8 +103,8 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
             if stop_metrics is not None:
                 await asyncio.to_thread(stop_metrics)
             await proxy.aclose()
-            if store is not None:
-                await store.aclose()
+            if limits is not None:
+                await limits.aclose()
             if responses is not None:
                 await responses.aclose()
             if owned is not None:
@@ -133,7 +133,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
               methods=["POST"]),
         Route("/v1/responses/compact", proxy.endpoint("responses.compact"), methods=["POST"]),
         # Adapter mode serves stored responses itself (the first matching route wins).
-        *(store_routes(responses) if responses is not None else []),
+        *(store_routes(responses, proxy) if responses is not None else []),
         Route("/v1/responses/{response_id}", proxy.endpoint("responses.retrieve"),
               methods=["GET"]),
         Route("/v1/responses/{response_id}", proxy.endpoint("responses.delete"),
@@ -154,10 +154,10 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     metrics.watch(in_flight=lambda: proxy.in_flight,
                   telemetry_errors=lambda: telemetry.telemetry_errors,
                   span_pipelines=span_pipelines(provider))
-    if keys is None or store is None:
+    if keys is None or limits is None:
         return telemetry
     # In front of the telemetry: a refused key is neither forwarded nor a span.
-    guard = Guard(telemetry, keys, store, fail_open=settings.rate_limit_fail == "open",
+    guard = Guard(telemetry, keys, limits, fail_open=settings.rate_limit_fail == "open",
                   exempt=frozenset({"/healthz", "/readyz"} | (
                       {"/metrics"} if settings.metrics_port is None else set())),
                   max_body_bytes=settings.max_body_bytes, clock=clock,

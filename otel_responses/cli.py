@@ -25,6 +25,7 @@ from otel_responses.config import (
 )
 from otel_responses.logs import configure_logging
 from otel_responses.server import Server, uvicorn_config
+from otel_responses.store.sqlite import create_private_file
 from otel_responses.telemetry.export import describe_span_export
 
 log = logging.getLogger("otel_responses")
@@ -165,6 +166,7 @@ def serve(settings: Settings) -> None:
         url, demo_server = _start_demo_upstream(token_delay=0.02)
         settings = settings.replace(upstream=url)
     try:
+        _check_store(settings)
         try:
             app = create_app(settings, demo=demo_server is not None)
         except ValueError as exc:  # an OTEL_* variable the exporter cannot use, a keys file
@@ -176,16 +178,29 @@ def serve(settings: Settings) -> None:
             demo_server.should_exit = True
 
 
+def _check_store(settings: Settings) -> None:
+    """Adapter mode's SQLite store file, created now: one it cannot be stops the start with
+    one line saying why, not a traceback from the app's startup."""
+    spec = settings.store_spec
+    if settings.upstream_api != "chat" or spec.path is None:
+        return
+    try:
+        create_private_file(spec.path)
+    except OSError as exc:
+        raise SystemExit(f"otel-responses: cannot create the response store "
+                         f"{spec.path}: {exc.strerror or exc}") from None
+
+
 def startup_summary(settings: Settings, *, demo: bool) -> str:
     """One line: what the proxy forwards to, where its spans go, where its metrics are."""
     metrics = _url(settings.metrics_host or settings.host, settings.metrics_port or settings.port)
     api = " (Chat Completions, adapted)" if settings.upstream_api == "chat" else ""
-    if settings.upstream_api == "chat":  # the store's line part: never a Redis password
-        api += f"; responses stored: {settings.store_spec.described}"
-    # The rate-limit store's URL is not named: it may hold a password.
+    # The store's URL is not named: it may hold a password.
     keys = (f"; keys: {settings.api_keys}, limits in "
             f"{'memory' if settings.rate_limit_store == 'memory' else 'redis'}"
             if settings.api_keys else "")
+    if settings.upstream_api == "chat":  # the store's line part: never a Redis password
+        api += f"; responses stored: {settings.store_spec.described}"
     return (f"otel-responses {__version__} on {_url(settings.host, settings.port)}: upstream "
             f"{settings.upstream}{api}; spans: {describe_span_export(os.environ, demo=demo)}; "
             f"metrics: {metrics}/metrics{keys}")

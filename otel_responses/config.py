@@ -19,10 +19,10 @@ TELEMETRY_FIELDS = frozenset({"provider", "session_header", "user_header", "gena
                               "trace_root", "max_attribute_length"})
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-UPSTREAM_APIS = ("responses", "chat")
-UNSUPPORTED_TOOLS = ("drop", "error")
 FAIL_MODES = ("open", "closed")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+UPSTREAM_APIS = ("responses", "chat")
+UNSUPPORTED_TOOLS = ("drop", "error")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,17 +49,17 @@ class Settings:
     metrics_host: str | None = None  # None: the host
     metrics_models: tuple[str, ...] | None = None
     metrics_max_models: int = 50
-    # Response store (adapter mode): None is a SQLite file in data_dir.
-    store: str | None = field(default=None, repr=False)  # a Redis URL may hold a password
-    data_dir: str = field(default_factory=default_data_dir)
-    store_ttl: float = 30 * 24 * 3600.0
-    store_max_mb: float | None = None  # None: per backend (DEFAULT_MAX_MB)
     cost: bool = True  # price each call (llm.cost.* on spans, the cost metrics)
     prices: str | None = None  # the operator's price file (YAML or JSON), re-read on change
     api_keys: str | None = None  # the keys file; None: no auth, no limits
     rate_limit_store: str = field(default="memory", repr=False)  # a URL may hold a password
     rate_limit_fail: str = "open"
     metrics_key_label: bool = False
+    # Response store (adapter mode): None is a SQLite file in data_dir.
+    store: str | None = field(default=None, repr=False)  # a Redis URL may hold a password
+    data_dir: str = field(default_factory=default_data_dir)
+    store_ttl: float = 30 * 24 * 3600.0
+    store_max_mb: float | None = None  # None: per backend (DEFAULT_MAX_MB)
 
     def __post_init__(self) -> None:
         for name, choices in (("log_format", LOG_FORMATS), ("log_level", LOG_LEVELS),
@@ -239,18 +239,6 @@ SERVE_OPTIONS: tuple[Option, ...] = (
            metavar="MODELS"),
     Option("metrics_max_models", "distinct model label values kept when --metrics-models is "
            "unset; later ones are labelled 'other'", int, metavar="N"),
-    # Response store (adapter mode).
-    Option("store", "where adapter mode keeps responses for previous_response_id and GET: "
-           "memory, none, sqlite:///file.db (in --data-dir), sqlite:////abs/file.db, "
-           "redis://[:password@]host:port/db or rediss://… (unset: sqlite in --data-dir)",
-           metavar="URL"),
-    Option("data_dir", "directory for the proxy's state (the default SQLite store)",
-           metavar="DIR"),
-    Option("store_ttl", "how long stored responses are kept: seconds, or 12h, 30d…",
-           parse_duration, metavar="DURATION"),
-    Option("store_max_mb", "size bound of a memory or SQLite store, oldest evicted first "
-           "(unset: 256 for memory, 1024 for SQLite; Redis: its own maxmemory)", float,
-           metavar="MB"),
     Option("cost", "price every call in USD (llm.cost.* span attributes, "
            "otel_responses_cost_usd_total)", parse_bool),
     Option("prices", "YAML or JSON file of your own prices, USD per million tokens: "
@@ -265,6 +253,18 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("rate_limit_fail", "when the rate-limit store is unreachable: open (admit) or "
            "closed (503)", choices=FAIL_MODES),
     Option("metrics_key_label", "label the guard's metrics with the key's name", parse_bool),
+    # Response store (adapter mode).
+    Option("store", "where adapter mode keeps responses for previous_response_id and GET: "
+           "memory, none, sqlite:///file.db (in --data-dir), sqlite:////abs/file.db, "
+           "redis://[:password@]host:port/db or rediss://… (unset: sqlite in --data-dir)",
+           metavar="URL"),
+    Option("data_dir", "directory for the proxy's state (the default SQLite store)",
+           metavar="DIR"),
+    Option("store_ttl", "how long stored responses are kept: seconds, or 12h, 30d…",
+           parse_duration, metavar="DURATION"),
+    Option("store_max_mb", "size bound of a memory or SQLite store, oldest evicted first "
+           "(unset: 256 for memory, 1024 for SQLite; Redis: its own maxmemory)", float,
+           metavar="MB"),
 )
 
 

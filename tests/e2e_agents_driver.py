@@ -1,7 +1,10 @@
 """Run one openai-agents agent with a function tool against BASE_URL; print what it saw as JSON.
 
 Run by the openai-agents virtualenv's Python (not the project's):
-``python tests/e2e_agents_driver.py BASE_URL run|stream``. Imports nothing from the project.
+``python tests/e2e_agents_driver.py BASE_URL run|stream [MODEL]``. Imports nothing from the
+project. With a MODEL other than ``demo`` (a real model), the first turn forces the tool call:
+tiny models (and llama.cpp's server) call tools only when told to; the SDK then lets the model
+choose again, and it answers.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 from agents import (
     Agent,
+    ModelSettings,
     Runner,
     function_tool,
     set_default_openai_api,
@@ -38,12 +42,14 @@ def _usage(usage: Any) -> dict[str, int]:
             "output_tokens": usage.output_tokens, "total_tokens": usage.total_tokens}
 
 
-async def main(base_url: str, mode: str) -> dict[str, Any]:
+async def main(base_url: str, mode: str, model: str) -> dict[str, Any]:
     set_tracing_disabled(True)
     set_default_openai_api("responses")
     set_default_openai_client(AsyncOpenAI(base_url=base_url, api_key="sk-e2e", max_retries=0),
                               use_for_tracing=False)
-    agent = Agent(name="weather", instructions=INSTRUCTIONS, tools=[get_weather], model="demo")
+    settings = ModelSettings() if model == "demo" else ModelSettings(tool_choice="get_weather")
+    agent = Agent(name="weather", instructions=INSTRUCTIONS, tools=[get_weather], model=model,
+                  model_settings=settings)
     events: list[str] = []
     if mode == "stream":
         streamed = Runner.run_streamed(agent, PROMPT)
@@ -71,4 +77,4 @@ def _raw(item: Any) -> Any:
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(main(sys.argv[1], sys.argv[2]))))
+    print(json.dumps(asyncio.run(main(*sys.argv[1:3], (sys.argv[3:] or ["demo"])[0]))))

@@ -25,16 +25,25 @@ class SpanSink:
     def spans(self) -> list[ReadableSpan]:
         return list(self.exporter.get_finished_spans())
 
-    def wait(self, count: int = 1, timeout: float = 5.0) -> list[ReadableSpan]:
+    def calls(self) -> list[ReadableSpan]:
+        """The spans of the calls themselves (LLM spans), without their TOOL spans."""
+        return [s for s in self.spans()
+                if (s.attributes or {}).get("openinference.span.kind") != "TOOL"]
+
+    def wait(self, count: int = 1, timeout: float = 5.0, *,
+             calls: bool = False) -> list[ReadableSpan]:
+        """At least ``count`` finished spans (``calls``: call spans), waiting for them."""
+        finished = self.calls if calls else self.spans
         deadline = time.monotonic() + timeout
-        while len(self.spans()) < count and time.monotonic() < deadline:
+        while len(finished()) < count and time.monotonic() < deadline:
             time.sleep(0.01)
-        spans = self.spans()
+        spans = finished()
         assert len(spans) >= count, f"{len(spans)} spans finished, wanted {count}"
         return spans
 
     def one(self) -> ReadableSpan:
-        spans = self.wait(1)
+        """The one call's span (any TOOL spans under it aside)."""
+        spans = self.wait(1, calls=True)
         assert len(spans) == 1, [s.name for s in spans]
         return spans[0]
 

@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from otel_responses.protocol.chat import StreamTranslator, translate_request
+from otel_responses.protocol.chat import StreamTranslator, sse_bytes, translate_request
 from otel_responses.store.record import StoredResponse
 from otel_responses.store.service import Responses
 from tests.adapter_checks import chunk
@@ -37,7 +37,9 @@ def streamed(body: Mapping[str, Any], text: str = "",
 
 
 def record(body: Mapping[str, Any], text: str = "", calls: Sequence[tuple[str, str, str]] = (),
-           *, ttl: float = 3600, owner: str | None = None) -> StoredResponse:
-    """A stored streamed response to ``body`` (see `streamed`)."""
+           *, ttl: float = 3600, owner: str | None = None,
+           chain: Sequence[str] = ()) -> StoredResponse:
+    """A stored streamed response to ``body`` continuing ``chain`` (see `streamed`)."""
     response, events = streamed(body, text, calls)
-    return Responses(ttl=ttl).record(response, body, events, owner)
+    return Responses(ttl=ttl).record(response, body, b"".join(map(sse_bytes, events)), owner,
+                                     chain)

@@ -139,6 +139,7 @@ def test_parallel_tool_calls_stream_as_separate_items(demo: tuple[str, SpanSink]
     calls = [item for item in final["output"] if item["type"] == "function_call"]
     assert [c["name"] for c in calls] == ["get_weather", "get_time"]
     assert len({c["call_id"] for c in calls}) == 2
+    sink.wait(1)  # the raw call's span, finished just after its last byte, then forgotten
     sink.clear()
     with _client(base) as client:
         kinds = [e.type for e in client.responses.create(**body, stream=True)]
@@ -183,7 +184,12 @@ def test_recorded_exchange_through_the_adapter(rec: Recording | None, replay: Ra
     attrs = _span(sink)
     assert attrs[UPSTREAM_API] == "chat"
     assert attrs.get("llm.token_count.total") == (usage_triple(final) or [None])[-1]
-    if body["stream"] and status == "completed":
+    if not rec.is_sse:  # a stream asked of a server that answers JSON: streamed at once
+        streamed = check_stream(_raw_events(base, body, **scenario))
+        assert output_summary(streamed) == output_summary(final)
+        assert (streamed["status"], usage_triple(streamed)) == (status, usage_triple(final))
+        _span(sink)
+    elif body["stream"] and status == "completed":
         # The strict helper consumes the same stream.
         sink.clear()
         with _client(base, **scenario) as client, client.responses.stream(**{
@@ -242,6 +248,36 @@ def test_a_stream_cut_mid_way_fails_and_ends_cleanly(replayed: tuple[str, SpanSi
     assert any(e["type"] == "response.output_text.delta" for e in events)  # sent before the cut
     attrs = _span(sink)
     assert attrs["_status"] is StatusCode.ERROR and "response.failed" in attrs["_events"]
+
+
+def test_each_delta_is_sent_as_soon_as_its_chunk_arrives(replay: RawUpstream,
+                                                         replayed: tuple[str, SpanSink]) -> None:
+    base, sink = replayed
+    replay.release.clear()
+    lines = []
+    with httpx.stream("POST", base + "/v1/responses", headers={"x-scenario": f"hold:{STREAMED}"},
+                      json={"model": "m", "input": "x", "stream": True}, timeout=10) as response:
+        for line in response.iter_lines():
+            lines.append(line)
+            if line == "event: response.output_text.delta" and not replay.release.is_set():
+                # The upstream holds the second half of its stream: this delta came from the
+                # first half, passed on without waiting for more. Now let the rest come.
+                replay.release.set()
+    final = check_stream(sse_payloads("\n".join(lines) + "\n"))
+    # Released only by a delta that came while the upstream held back: the stream completed.
+    assert final["status"] == "completed" and replay.release.is_set()
+    _span(sink)
+
+
+def test_an_undecodable_upstream_stream_fails_cleanly(replayed: tuple[str, SpanSink]) -> None:
+    base, sink = replayed
+    sink.clear()
+    events = _raw_events(base, {"model": "m", "input": "x"},
+                         **{"x-scenario": f"replay:{STREAMED}", "x-compress": "corrupt"})
+    check_stream(events)
+    assert [e["type"] for e in events[-2:]] == ["error", "response.failed"]
+    assert events[-2]["code"] == "upstream_invalid_response"
+    _span(sink)
 
 
 def test_unreachable_and_stalled_upstreams_answer_502_and_504(replay: RawUpstream) -> None:
@@ -332,3 +368,47 @@ def test_other_paths_are_still_forwarded_verbatim(replay: RawUpstream,
     echo = response.json()
     assert (echo["method"], echo["target"]) == ("POST", "/v1/chat/completions")
     assert base64.b64decode(echo["body_b64"]) == body
+
+
+def test_adapted_calls_feed_the_same_metrics_as_pass_through(
+        demo: tuple[str, SpanSink]) -> None:
+    base, sink = demo
+    before = _metrics(base)
+    with _client(base) as client:
+        client.responses.create(model="demo", input="hello there")
+        with client.responses.stream(model="demo", input="hello there") as stream:
+            stream.get_final_response()
+    sink.wait(2)
+    sink.clear()
+    calls = 'otel_responses_requests_total{method="POST",route="responses.create",' \
+            'status_class="2xx"}'
+
+    def added(start: str, *having: str) -> float:
+        return sum(v - before.get(k, 0) for k, v in _metrics(base).items()
+                   if k.startswith(start) and all(h in k for h in having))
+
+    # Metrics are recorded just after each span ends: wait for the second call's.
+    assert poll(lambda: added("gen_ai_client_token_usage_count", 'gen_ai_token_type="output"',
+                              'gen_ai_response_model="demo"') == 2, 5)
+    assert added(calls) == 2
+    assert added("gen_ai_client_operation_time_to_first_chunk_seconds_count",
+                 'stream="true"') == 1
+
+
+def _metrics(base: str) -> dict[str, float]:
+    text = httpx.get(base + "/metrics").text
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
+@pytest.mark.parametrize("key", [None, "sk-upstream"])
+def test_upstream_auth_is_the_clients_key_or_the_proxys(key: str | None,
+                                                        replay: RawUpstream) -> None:
+    with traced_proxy(replay.url + "/v1", upstream_api="chat", upstream_api_key=key) as (
+            base, sink), _client(base, **{"x-scenario": f"replay:{STREAMED}"}) as client:
+        client.responses.create(model="m", input="x")
+        sink.wait(1)
+    sent = replay.seen[-1]
+    assert sent.header("authorization") == f"Bearer {key or 'sk-test'}"
+    assert sent.header("content-type") == "application/json"
+    assert sent.target == "/v1/chat/completions"

@@ -7,8 +7,15 @@ import json
 
 import pytest
 
-from otel_responses.protocol.chat import upstream_error
+from otel_responses.protocol.chat import (
+    StreamTranslator,
+    completion_chunk,
+    translate_request,
+    upstream_error,
+)
 from tests.adapter_checks import (
+    CREATED_AT,
+    RESPONSE_ID,
     check_stream,
     expected_status,
     expected_summary,
@@ -16,6 +23,7 @@ from tests.adapter_checks import (
     output_summary,
     replay_completion,
     replay_stream,
+    responses_body,
     sdk_accumulate,
     usage_triple,
     validate_response,
@@ -67,6 +75,14 @@ def test_nonstream_recording(rec: Recording | None) -> None:
     # Output order: reasoning, then the message, then the calls.
     order = [item["type"] for item in response["output"]]
     assert order == sorted(order, key=["reasoning", "message", "function_call"].index)
+    # Streamed at once (a server that answers a stream request with JSON): the same answer.
+    translator = StreamTranslator(translate_request(responses_body(rec.request_body)),
+                                  RESPONSE_ID, CREATED_AT)
+    events = [*translator.start(), *translator.feed(completion_chunk(json.loads(rec.body))),
+              *translator.finish()]
+    streamed = check_stream(events)
+    assert streamed["output"] == response["output"]
+    assert (streamed["status"], streamed["usage"]) == (response["status"], response["usage"])
 
 
 @pytest.mark.parametrize("rec", recordings_params(lambda r: r.status >= 400, CHAT_DIR))

@@ -62,6 +62,22 @@ def test_content_parts() -> None:
     ]
 
 
+def test_text_only_messages_collapse_to_one_string() -> None:
+    """System and tool messages take text only: their parts become one string (some servers
+    take nothing else there); a user's several text parts stay parts."""
+    two = [{"type": "input_text", "text": "first"}, {"type": "input_text", "text": "second"}]
+    req = chat({"input": [{"role": "developer", "content": two},
+                          {"role": "user", "content": two},
+                          {"type": "function_call", "call_id": "c", "name": "get_weather",
+                           "arguments": "{}"},
+                          {"type": "function_call_output", "call_id": "c", "output": two}],
+                "tools": [FN]})
+    system, user, _, tool = req["messages"]
+    assert system["content"] == tool["content"] == "first\n\nsecond"
+    assert user["content"] == [{"type": "text", "text": "first"},
+                               {"type": "text", "text": "second"}]
+
+
 @pytest.mark.parametrize(("part", "param"), [
     ({"type": "input_file", "file_url": "https://x/a.pdf"}, "input[0].content[1].file_url"),
     ({"type": "input_image", "file_id": "file_1"}, "input[0].content[1].file_id"),
@@ -112,7 +128,7 @@ def test_function_calls_merge_and_outputs_become_tool_messages() -> None:
          "tool_calls": [call("c1", "{}"), call("c2", "{\"a\":1}")]},
         {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
         {"role": "tool", "tool_call_id": "c2", "content": "rain"},
-        {"role": "assistant", "content": None, "tool_calls": [call("c3", "{}")]},
+        {"role": "assistant", "content": "", "tool_calls": [call("c3", "{}")]},
     ]
 
 
@@ -339,7 +355,7 @@ def test_any_history_keeps_calls_in_order_before_their_results(kinds: list[str])
         if m["role"] == "tool":  # answers a call made earlier
             assert any(c["id"] == m["tool_call_id"] for prev in msgs[:i]
                        for c in prev.get("tool_calls", []))
-        if i and m.get("tool_calls") and m["content"] is None:  # calls merge into the turn
+        if i and m.get("tool_calls") and m["content"] == "":  # calls merge into the turn
             assert msgs[i - 1]["role"] != "assistant"
     kept = [i for i in items if i.get("type") != "reasoning"]
     merged = sum(b.get("type") == "function_call"

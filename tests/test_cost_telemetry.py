@@ -115,7 +115,7 @@ def _calls(base: str, sink: SpanSink, recs: list[Recording]) -> list[dict[str, A
     with httpx.Client() as client:
         for rec in recs:
             assert send(base, rec, client).status_code == rec.status
-            attrs.append(dict(sink.wait(len(attrs) + 1)[-1].attributes or {}))
+            attrs.append(dict(sink.wait(len(attrs) + 1, calls=True)[-1].attributes or {}))
     return attrs
 
 
@@ -150,7 +150,7 @@ def test_every_recorded_call_with_usage_costs_what_genai_prices_says(
         with metered_proxy(upstream.url + "/v1",
                            telemetry=TelemetryOptions(provider=provider)) as (base, sink, _):
             attrs = _calls(base, sink, group)
-            spans = sink.spans()
+            spans = sink.calls()
             samples = scrape(base)
         unpriced = collections.Counter[str]()
         for rec, span, got in zip(group, spans, attrs, strict=True):

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from otel_responses.outcome import Outcome
 from otel_responses.protocol.body import TOO_DEEP, cut_depth
+from otel_responses.protocol.tools import tool_runs
 from otel_responses.telemetry.masking import REDACTED, MaskingConfig, mask_images_in_request
 from otel_responses.telemetry.options import TelemetryOptions
 from otel_responses.telemetry.recorder import CallRecord
@@ -169,6 +170,24 @@ def test_what_is_nested_past_the_stack_is_recorded_cut_and_flagged() -> None:
     assert json.loads(attrs["gen_ai.input.messages"])
     assert TOO_DEEP in attrs["metadata"]
     assert _leaked(attrs) == []
+
+
+def test_a_tool_output_nested_past_the_stack_is_recorded_cut() -> None:
+    """The same for a server tool's output on its TOOL span."""
+    sink = SpanSink()
+    writer = SpanWriter(sink.provider.get_tracer("t"), TelemetryOptions())
+    response = json.loads(_deep_response(3))
+    response["output"].append({"id": "mcp_1", "type": "mcp_call", "server_label": "s",
+                               "name": "t", "arguments": "{}", "output": _nested(5000, 1),
+                               "status": "completed"})
+    record = CallRecord(request_raw=b"{}", request={}, status=200, stream=False,
+                        response=response, error=None, outcome=Outcome.COMPLETED, start_ns=1,
+                        end_ns=2, tools=tool_runs(response, {}, 1, 2, final=True))
+    span, headers = writer.start([], 1)
+    writer.finish(span, record, headers)
+    (tool,) = [s for s in sink.wait(2) if s.name == "s.t"]
+    assert TOO_DEEP in (tool.attributes or {})["output.value"]
+    assert tool.status.is_ok
 
 
 def test_a_request_too_deep_to_parse_keeps_its_span_and_hides_its_images(

@@ -9,32 +9,25 @@ runs the tool and sends its output back; the demo model answers with text quotin
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_responses.demo.app import create_demo_app
-from tests.e2e import AGENTS_PYTHON, REPO, SIGNATURE, Exchange, Tap, component, run_bounded
+from otel_responses.telemetry.otlp import encode_spans
+from tests.e2e import SIGNATURE, Exchange, Tap, run_agent
 from tests.servers import serve_asgi
 from tests.spans import indexed, message_text, tool_calls, traced_proxy
-
-DRIVER = REPO / "tests" / "e2e_agents_driver.py"
-
-
-def _run_agent(python: Path, base_url: str, mode: str) -> dict[str, Any]:
-    proc = run_bounded([str(python), str(DRIVER), base_url, mode], 90)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("mode", ["run", "stream"])
 def test_agent_with_a_function_tool(mode: str) -> None:
-    python = component(AGENTS_PYTHON, "openai-agents virtualenv (pip openai-agents)")
     upstream = Tap(create_demo_app())
     with serve_asgi(upstream) as upstream_url, \
             traced_proxy(upstream_url + "/v1") as (base, sink):
-        result = _run_agent(python, base + "/v1", mode)
+        result = run_agent(base + "/v1", mode)
         spans = sink.wait(2)
     first, second = exchanges = upstream.exchanges
     assert len(spans) == 2
@@ -86,6 +79,14 @@ def test_agent_with_a_function_tool(mode: str) -> None:
     assert tool_message["message.content"] == tool_output
     (answer,) = indexed(attrs, "llm.output_messages")
     assert message_text(answer) == expected_answer
+    # The agent loop: the span answering the call links to the span that asked for it, in the
+    # OTLP bytes exported too.
+    (link,) = answer_span.links
+    assert link.context == call_span.context
+    assert link.attributes["openai.tool_call.ids"] == (call["call_id"],)
+    assert not call_span.links
+    (exported,) = [s for s in _exported(spans) if s.span_id == _id(answer_span)]
+    assert [x.span_id for x in exported.links] == [_id(call_span)]
     if mode == "stream":
         assert any(e.name == "First Token Stream Event" for e in answer_span.events)
 
@@ -96,6 +97,15 @@ def test_agent_with_a_function_tool(mode: str) -> None:
               for k in ("input_tokens", "output_tokens", "total_tokens")}
     assert result["usage"] == {"requests": 2, **totals}
     assert totals["total_tokens"] == totals["input_tokens"] + totals["output_tokens"] > 0
+
+
+def _exported(spans: list[ReadableSpan]) -> list[Any]:
+    decoded = ExportTraceServiceRequest.FromString(encode_spans(spans))
+    return [s for rs in decoded.resource_spans for ss in rs.scope_spans for s in ss.spans]
+
+
+def _id(span: ReadableSpan) -> bytes:
+    return span.context.span_id.to_bytes(8, "big")
 
 
 def _check_tokens(exchange: Exchange, attrs: Any, reported: dict[str, Any]) -> None:

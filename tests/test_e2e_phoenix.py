@@ -86,16 +86,19 @@ def test_phoenix_parses_llm_spans_and_groups_sessions(phoenix: Phoenix, protocol
             chain = _demo_chain(demo_base)
     # Both proxies have exited: SIGTERM flushed their spans to Phoenix.
 
-    spans = phoenix.spans(project, len(recordings) + len(chain))
-    assert len(spans) == len(recordings) + len(chain)
-    assert {s["span_kind"] for s in spans} == {"LLM"}
+    tools = {rec.name: _server_tools(rec) for rec in recordings}
+    count = len(recordings) + len(chain) + sum(map(len, tools.values()))
+    spans = phoenix.spans(project, count)
+    assert len(spans) == count
+    assert {s["span_kind"] for s in spans} == {"LLM", "TOOL"}
     by_session: dict[str, list[dict[str, Any]]] = {}
-    for span in spans:
+    for span in spans:  # TOOL spans carry their call's session too
         by_session.setdefault(span["attributes"]["session.id"], []).append(span)
 
     for rec in recordings:
-        (span,) = by_session.pop(f"{project}:{rec.name}")
+        (span,) = [s for s in by_session[f"{project}:{rec.name}"] if s["span_kind"] == "LLM"]
         _check_recorded(rec, span)
+        _check_tools(phoenix, tools[rec.name], span, by_session.pop(f"{project}:{rec.name}"))
     _check_chain(phoenix, project, chain, by_session)
 
 
@@ -125,6 +128,44 @@ def _check_recorded(rec: Recording, span: dict[str, Any]) -> None:
     outputs = indexed(attrs, "llm.output_messages")
     assert len(outputs) == len(spoken), rec.name
     assert {m["message.role"] for m in outputs} <= {"assistant"}, rec.name
+
+
+SERVER_TOOLS = ("web_search_call", "file_search_call", "code_interpreter_call",
+                "image_generation_call", "mcp_call", "mcp_list_tools")
+TOOL_QUERY = """query ($id: String!) { getSpanByOtelId(spanId: $id) {
+  spanKind statusCode parentId input { value mimeType } output { value mimeType } } }"""
+
+
+def _server_tools(rec: Recording) -> list[dict[str, Any]]:
+    """The output items of the recording that the upstream ran: web searches, code runs, ..."""
+    final = final_response(rec)
+    return [i for i in (final or {"output": []})["output"] if i["type"] in SERVER_TOOLS]
+
+
+def _check_tools(phoenix: Phoenix, items: list[dict[str, Any]], llm: dict[str, Any],
+                 spans: list[dict[str, Any]]) -> None:
+    """Each tool the upstream ran is a TOOL span under the LLM span, with its input (and
+    output where the item holds one) as Phoenix parses them."""
+    tool_spans = {s["attributes"]["tool.id"]: s for s in spans if s["span_kind"] == "TOOL"}
+    assert set(tool_spans) == {i["id"] for i in items}
+    for item in items:
+        span = tool_spans[item["id"]]
+        assert span["name"] == item["type"]
+        assert span["parent_id"] == llm["context"]["span_id"]
+        assert span["context"]["trace_id"] == llm["context"]["trace_id"]
+        assert llm["start_time"] <= span["start_time"] <= span["end_time"] <= llm["end_time"]
+        reply = httpx.post(phoenix.base + "/graphql", timeout=10, json={
+            "query": TOOL_QUERY, "variables": {"id": span["context"]["span_id"]}})
+        parsed = reply.json()["data"]["getSpanByOtelId"]
+        assert (parsed["spanKind"], parsed["statusCode"]) == ("tool", "OK")
+        assert parsed["parentId"] == llm["context"]["span_id"]
+        asked = json.loads(parsed["input"]["value"])
+        for key in ("action", "queries", "code"):  # what the tool was asked
+            if key in item:
+                assert asked[key] == item[key]
+        for key in ("results", "outputs"):  # what it gave back
+            if item.get(key):
+                assert json.loads(parsed["output"]["value"]) == item[key]
 
 
 def _check_chain(phoenix: Phoenix, project: str, chain: list[dict[str, Any]],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gzip
 import json
 import logging
@@ -128,6 +129,45 @@ def test_key_never_forwarded_and_upstream_key_substituted(upstream: RawUpstream,
         assert seen["alice"]["authorization"] == "Bearer sk-upstream-of-alice"
         assert seen["bob"]["api-key"] == "sk-proxy-wide"  # the client's header style is kept
         assert "authorization" not in seen["bob"]
+
+
+def test_adapter_mode_sends_the_keys_upstream_key_not_the_inbound_one(
+        upstream: RawUpstream, tmp_path: Path) -> None:
+    """The adapter builds its own chat request: the same key policy applies to it."""
+    entries = keys(alice(upstream_api_key="sk-upstream-of-alice"), {"name": "bob", "key": BOB})
+    with guarded(upstream.url + "/v1", write_keys(tmp_path / "keys.yaml", entries),
+                 upstream_api="chat") as (base, _):
+        for key in (ALICE, BOB):
+            with contextlib.suppress(openai.APIError):  # the echo is no chat completion
+                client(base, key).responses.create(
+                    model="m", input="hi", extra_headers={"x-scenario": "echo"})
+        alice_sent, bob_sent = upstream.seen[-2:]
+        assert alice_sent.target.endswith("/chat/completions")
+        assert alice_sent.header("authorization") == "Bearer sk-upstream-of-alice"
+        assert bob_sent.header("authorization") is None and bob_sent.header("api-key") is None
+        assert not any(k in str(sent.headers) for k in (ALICE, BOB)
+                       for sent in (alice_sent, bob_sent))
+
+
+def test_a_stored_response_belongs_to_the_key_that_made_it(demo: str, tmp_path: Path) -> None:
+    """Adapter mode with keys: another key can neither read, continue nor delete it."""
+    entries = keys(alice(), {"name": "bob", "key": BOB})
+    with guarded(demo, write_keys(tmp_path / "keys.yaml", entries), upstream_api="chat",
+                 store="memory") as (base, _):
+        mine, theirs = client(base, ALICE), client(base, BOB)
+        first = mine.responses.create(model="demo", input="My name is Alice.")
+        assert mine.responses.retrieve(first.id).id == first.id
+        assert mine.responses.create(model="demo", input="Who am I?",
+                                     previous_response_id=first.id).output_text
+        with pytest.raises(openai.NotFoundError):
+            theirs.responses.retrieve(first.id)
+        with pytest.raises(openai.NotFoundError):
+            theirs.responses.delete(first.id)
+        with pytest.raises(openai.BadRequestError) as caught:
+            theirs.responses.create(model="demo", input="Who is she?",
+                                    previous_response_id=first.id)
+        assert caught.value.code == "previous_response_not_found"
+        assert mine.responses.retrieve(first.id).id == first.id  # still there for its owner
 
 
 def test_without_any_upstream_key_no_credential_goes_upstream(upstream: RawUpstream,

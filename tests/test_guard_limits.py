@@ -13,9 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from otel_responses.guard.keys import LIMIT_NAMES
 from otel_responses.guard.limits import CONCURRENT, Check, MemoryStore
-from otel_responses.guard.middleware import _duration, charged_tokens
+from otel_responses.guard.middleware import _LIMITS, _duration, charged_tokens
 from otel_responses.guard.redis_store import RedisStore
+from otel_responses.outcome import REJECTIONS
 from tests.redisd import RedisServer, redis_server
 
 T0 = 1_700_000_000.0  # on a bucket boundary of a minute window
@@ -164,3 +166,9 @@ def test_charged_tokens() -> None:
     (0.25, "250ms"), (1, "1s"), (6.2, "7s"), (90, "1m30s"), (7200, "2h0m0s")])
 def test_reset_durations_in_openai_format(seconds: float, text: str) -> None:
     assert _duration(seconds) == text
+
+
+def test_every_limit_has_a_rejection_reason() -> None:
+    """The guard's refusals are labelled by the limits' names: each one is a known reason."""
+    assert set(LIMIT_NAMES) <= set(REJECTIONS)
+    assert {name for name, *_ in _LIMITS} == set(LIMIT_NAMES)

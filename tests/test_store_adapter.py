@@ -16,8 +16,10 @@ import pytest
 
 from otel_responses.demo.app import create_demo_app, get_observer
 from otel_responses.demo.observe import DemoObserver
-from otel_responses.store.chains import CHAIN_LENGTH
+from otel_responses.store.chains import CHAIN_LENGTH, STORE_ERROR
 from otel_responses.telemetry.spans import SpanAttributes
+from tests.recordings import sse_payloads
+from tests.redisd import redis_server
 from tests.servers import serve_asgi
 from tests.spans import SpanSink, traced_proxy
 
@@ -140,6 +142,33 @@ def test_what_was_created_is_what_is_retrieved(
         ("message", "user", "stream me")]
 
 
+def test_a_response_reads_back_byte_for_byte(
+        proxy: tuple[openai.OpenAI, DemoObserver, SpanSink]) -> None:
+    client, _, _ = proxy
+    base = str(client.base_url)
+    created = httpx.post(base + "responses", json={"model": "demo", "input": "keep me"})
+    retrieved = httpx.get(f"{base}responses/{created.json()['id']}")
+    assert retrieved.headers["content-type"] == created.headers["content-type"]
+    assert retrieved.content == created.content
+
+
+def test_a_stream_replays_byte_for_byte(
+        proxy: tuple[openai.OpenAI, DemoObserver, SpanSink]) -> None:
+    client, _, _ = proxy
+    base = str(client.base_url)
+    with httpx.stream("POST", base + "responses", json={
+            "model": "demo", "input": "replay me", "stream": True}) as created:
+        sent = b"".join(created.iter_bytes())
+    response_id = sse_payloads(sent.decode())[-1]["response"]["id"]
+    replay = httpx.get(f"{base}responses/{response_id}", params={"stream": "true"})
+    assert replay.headers["content-type"].startswith("text/event-stream")
+    assert replay.content == sent
+    after = httpx.get(f"{base}responses/{response_id}",
+                      params={"stream": "true", "starting_after": 2})
+    assert [e["sequence_number"] for e in sse_payloads(after.text)] == \
+        list(range(3, len(sse_payloads(sent.decode()))))
+
+
 def test_the_session_is_the_chains_first_response_after_a_restart(tmp_path: Path) -> None:
     """No session header: the chain's root id, even when this process never saw the root."""
     with adapted(data_dir=str(tmp_path)) as (client, _, _):
@@ -155,14 +184,27 @@ def test_the_session_is_the_chains_first_response_after_a_restart(tmp_path: Path
         assert [r for r, _ in sent_messages(observer)] == ["user", "assistant"] * 2 + ["user"]
 
 
-def test_a_session_header_still_wins(proxy: tuple[openai.OpenAI, DemoObserver, SpanSink]) -> None:
-    client, _, sink = proxy
-    root = client.responses.create(model="demo", input="one")
-    sink.clear()
-    client.responses.create(model="demo", input="two", previous_response_id=root.id,
-                            extra_headers={"x-session-id": "mine"})
-    attributes = sink.one().attributes
+def test_a_session_header_still_wins() -> None:
+    with adapted(store="memory") as (client, _, sink):
+        root = client.responses.create(model="demo", input="one")
+        sink.wait(1)
+        sink.clear()
+        client.responses.create(model="demo", input="two", previous_response_id=root.id,
+                                extra_headers={"x-session-id": "mine"})
+        attributes = sink.one().attributes
     assert attributes is not None and attributes[SpanAttributes.SESSION_ID] == "mine"
+
+
+def test_a_failed_write_is_noted_on_the_span_and_the_client_gets_its_response() -> None:
+    with redis_server() as redisd, adapted(store=redisd.url) as (client, _, sink):
+        redisd.stop()
+        with client.responses.stream(model="demo", input="nowhere to keep this") as stream:
+            answer = stream.get_final_response()
+        assert answer.status == "completed" and answer.output_text
+        attributes = sink.one().attributes
+    assert attributes is not None
+    assert "write failed" in str(attributes[STORE_ERROR])
+    assert redisd.url.rpartition(":")[0] in str(attributes[STORE_ERROR])  # which store
 
 
 CHAINS, TURNS = 50, 5

@@ -19,6 +19,7 @@ import redis
 from otel_responses.store.memory import MemoryStore
 from otel_responses.store.record import ResponseStore, StoredResponse, StoreUnavailable
 from otel_responses.store.redisdb import KEY_PREFIX
+from otel_responses.store.service import ChainBroken, Responses
 from otel_responses.store.sqlite import BUSY_TIMEOUT, SQLiteStore
 from otel_responses.store.url import StoreSpec
 from tests.redisd import RedisServer, redis_server
@@ -59,8 +60,20 @@ def test_a_stored_record_reads_back_equal(opener: Opener) -> None:
         await store.put(stored)
         return await store.get(stored.id, None)
     got = run(opener, body)
-    assert got == StoredResponse.decode(stored.encode())
-    assert got.response == stored.response and list(got.events) == list(stored.events)
+    assert got == StoredResponse.decode(stored.encode(), got.events)
+    assert got.response == stored.response
+
+
+def test_events_are_read_only_when_asked_for(opener: Opener) -> None:
+    stored = record({"model": "m", "input": "hi"}, "hello")
+
+    async def body(store: ResponseStore) -> tuple[Any, Any]:
+        await store.put(stored)
+        return await store.get(stored.id, None, events=True), await store.get(stored.id, None)
+    with_events, plain = run(opener, body)
+    assert with_events == stored
+    assert plain.input_items == stored.input_items
+    assert plain.events in (None, stored.events)  # memory keeps them at hand anyway
 
 
 def test_a_record_is_seen_and_deleted_by_its_owner_only(opener: Opener) -> None:
@@ -101,7 +114,7 @@ def test_redis_keys_carry_the_ttl(redisd: RedisServer) -> None:
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 def test_the_size_bound_evicts_oldest_first(kind: str, tmp_path: Path) -> None:
     records = [record({"model": "m", "input": f"turn {n}"}, "x" * 2000) for n in range(30)]
-    size = len(records[0].encode())
+    size = len(records[0].encode()) + len(records[0].events or b"")
     bound = size * 10 + size // 2  # room for ten
 
     async def main() -> tuple[list[bool], int]:
@@ -242,3 +255,24 @@ def test_a_deleted_response_leaves_no_trace_in_the_sqlite_file(tmp_path: Path) -
     assert [p.name for p in tmp_path.iterdir()] == ["r.db"]
     data = path.read_bytes()
     assert b"resp_after" in data and secret.encode() not in data
+
+
+def test_a_long_chain_is_read_whole_and_a_gap_anywhere_breaks_it(opener: Opener) -> None:
+    async def body(store: ResponseStore) -> tuple[list[str], list[str]]:
+        responses = Responses(ttl=3600, store=store)
+        chain: list[str] = []
+        for turn in range(30):
+            stored = record({"model": "m", "input": f"turn {turn}"}, f"answer {turn}",
+                            chain=chain)
+            await responses.save(stored)
+            chain = [*chain, stored.id]
+        whole = [r.id for r in await responses.chain(chain[-1], None)]
+        assert whole == chain  # oldest first
+        await store.delete(chain[12], None)
+        with pytest.raises(ChainBroken) as caught:
+            await responses.chain(chain[-1], None)
+        return whole, [caught.value.missing, *[r.id for r in await responses.chain(chain[11],
+                                                                                 None)]]
+    whole, (missing, *before_gap) = run(opener, body)
+    assert len(whole) == 30 and missing == whole[12]
+    assert before_gap == whole[:12]

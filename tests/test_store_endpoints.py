@@ -13,13 +13,16 @@ import openai
 import pytest
 from starlette.applications import Starlette
 
+from otel_responses.config import Settings
+from otel_responses.proxy.forward import Proxy
 from otel_responses.store.memory import MemoryStore
 from otel_responses.store.record import Operation, ResponseStore, StoredResponse
 from otel_responses.store.redisdb import RedisStore
 from otel_responses.store.routes import json_bytes, store_routes
 from otel_responses.store.service import Responses
+from tests.recordings import sse_payloads
 from tests.redisd import redis_server
-from tests.servers import serve_asgi
+from tests.servers import serve_asgi, serve_tcp
 from tests.stored import record
 
 FIRST = record({"model": "m", "input": [
@@ -37,7 +40,8 @@ def serve(store: ResponseStore, seed: Sequence[StoredResponse] = (),
         asyncio.run(store.put(stored))
     responses = Responses(ttl=3600, timeout=timeout, store=store,
                           on_error=(errors.append if errors is not None else lambda op: None))
-    with serve_asgi(Starlette(routes=store_routes(responses))) as url:
+    proxy = Proxy(Settings(upstream="http://127.0.0.1:9/v1"))  # never reached: no forwarding
+    with serve_asgi(Starlette(routes=store_routes(responses, proxy))) as url:
         yield url
 
 
@@ -62,10 +66,11 @@ def test_get_returns_the_response_as_the_client_got_it(url: str) -> None:
 
 def test_stream_true_replays_the_events_after_starting_after(url: str) -> None:
     events = list(client(url).responses.retrieve(FIRST.id, stream=True))
+    assert FIRST.events is not None
     assert [e.model_dump(mode="json", exclude_unset=True) for e in events] == \
-        [dict(e) for e in FIRST.events]
+        sse_payloads(FIRST.events.decode())
     later = list(client(url).responses.retrieve(FIRST.id, stream=True, starting_after=3))
-    assert [e.sequence_number for e in later] == list(range(4, len(FIRST.events)))
+    assert [e.sequence_number for e in later] == list(range(4, len(events)))
     assert later[-1].type == "response.completed"
 
 
@@ -140,6 +145,22 @@ def test_a_redis_outage_is_a_quick_503_counted_and_recovers() -> None:
             assert errors == ["read", "read", "delete"]
             redisd.start()  # empty again: it keeps nothing on disk
             assert httpx.get(f"{base}/v1/responses/{FIRST.id}").status_code == 404
+
+
+def test_a_store_that_never_answers_is_a_503_within_the_timeout() -> None:
+    """A Redis that accepts connections and never answers: the read gives up at the bound."""
+    async def black_hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(65536):
+            pass
+        writer.close()
+    errors: list[Operation] = []
+    with serve_tcp(black_hole) as (port, _):
+        store = RedisStore(f"redis://127.0.0.1:{port}/0", timeout=0.3, described="redis")
+        with serve(store, errors=errors, timeout=0.3) as base:
+            answer = httpx.get(f"{base}/v1/responses/resp_x", timeout=10)
+    assert answer.status_code == 503
+    assert answer.json()["error"]["code"] == "store_unavailable"
+    assert errors == ["read"]
 
 
 async def _seed(url: str) -> None:

@@ -4,6 +4,7 @@ and input_items pages."""
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from otel_responses.protocol.chat import translate_request
 from otel_responses.store.items import (
     ListingError,
     conversation,
+    events_after,
     input_items_page,
     listed_input,
 )
@@ -45,7 +47,8 @@ def test_items_keep_their_ids_and_get_typed_ones_when_missing() -> None:
 
 def test_history_is_each_turns_input_then_output_and_not_its_instructions() -> None:
     first = record({"model": "m", "input": "one", "instructions": "be terse"}, "uno")
-    second = record({"model": "m", "input": "two", "previous_response_id": first.id}, "dos")
+    second = record({"model": "m", "input": "two", "previous_response_id": first.id}, "dos",
+                    chain=[first.id])
     items = conversation([first, second], [{"role": "user", "content": "three"}])
     texts = [(i.get("role"), i["content"] if isinstance(i["content"], str)
               else i["content"][0]["text"]) for i in items]
@@ -102,6 +105,16 @@ def test_conversation_is_a_permutation_with_outputs_right_after_their_calls(
         call_at = max(j for j, i in enumerate(back) if i["type"] == "function_call"
                       and i["call_id"] == item["call_id"])
         assert all(i["type"] != "message" for i in back[call_at:])
+
+
+@given(st.lists(st.text(st.characters(exclude_characters="\n"), max_size=5), max_size=6),
+       st.integers(-3, 8))
+def test_events_after_keeps_the_events_past_a_sequence_number(texts: list[str],
+                                                             after: int) -> None:
+    events = [f"event: e\ndata: {json.dumps({'sequence_number': n, 'text': t})}\n\n".encode()
+              for n, t in enumerate(texts)]
+    kept = events_after(b"".join(events), after)
+    assert kept == b"".join(events[max(after + 1, 0):])
 
 
 ITEMS = [{"id": f"i{n}"} for n in range(7)]

@@ -5,6 +5,8 @@ own checks (bad URLs, a password never shown)."""
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,10 +94,26 @@ def test_redis_killed_mid_run_fails_fast_and_recovers(chat_upstream: str) -> Non
         samples = scrape(base)
         assert value(samples, "otel_responses_store_errors_total", operation="read") == 2
         assert value(samples, "otel_responses_store_errors_total", operation="write") == 1
+        # The retrieval is one of the proxy's exchanges: counted and logged like the others.
+        assert value(samples, "otel_responses_requests_total", route="responses.retrieve",
+                     status_class="5xx") == 1
         redisd.start()  # empty: it keeps nothing on disk
         again = client.responses.create(model="demo", input="redis is back")
         assert client.responses.retrieve(again.id).id == again.id
     assert any(f"response {unstored.id} was not stored" in line for line in output)
+    assert any(f"GET /v1/responses/{first.id} 503" in line for line in output)
+
+
+def test_a_store_file_that_cannot_be_made_stops_the_start(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    done = subprocess.run([sys.executable, "-m", "otel_responses", "--upstream-api", "chat",
+                           "--data-dir", str(blocker / "state"), "--port", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"otel-responses: cannot create the response store {blocker / 'state' / 'responses.db'}"
+        ": Not a directory")
 
 
 @pytest.mark.parametrize("store", ["sqlite://relative.db", "sqlite:///", "redis://",

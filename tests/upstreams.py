@@ -8,7 +8,9 @@ on their recorded paths, for clients that send no such header; other paths get a
 ``drop-once`` (the first such request: close without an answer; later ones: ``echo``),
 ``gzip-bomb`` (1 GiB of zeros, gzipped), ``cut:<recording>`` (the first half of a recorded
 stream, then the connection closes), ``no-max-completion-tokens:<recording>`` (a 400 naming
-``max_completion_tokens`` when the request body has it, else the replay). A replay is
+``max_completion_tokens`` when the request body has it, else the replay),
+``hold:<recording>`` (the first half of a recorded stream, then the rest once ``release`` is
+set). A replay is
 compressed when the request's ``x-compress`` names codings (applied in that order, e.g.
 ``gzip, br``) that its accept-encoding accepts: ``gzip``, ``deflate``, ``raw-deflate`` (sent
 as ``deflate``), ``br``, ``zstd``; ``corrupt`` sends a broken gzip, ``compress`` a coding nobody
@@ -111,12 +113,19 @@ class RawUpstream(LoopbackServer):
                                    rng)
                 return True
             scenario = "replay:" + name
-        if scenario.startswith("cut:"):
-            rec = self.recordings[scenario[4:]]
+        if scenario.startswith(("cut:", "hold:")):
+            kind, _, name = scenario.partition(":")
+            body = self.recordings[name].body_bytes
             await _start_chunked(writer, 200, [("Content-Type", "text/event-stream")])
-            await _write_chunk(writer, rec.body_bytes[:len(rec.body_bytes) // 2])
-            await asyncio.sleep(0.05)
-            return False  # close without the terminating chunk
+            await _write_chunk(writer, body[:len(body) // 2])
+            if kind == "cut":
+                await asyncio.sleep(0.05)
+                return False  # close without the terminating chunk
+            while not self.release.is_set():
+                await asyncio.sleep(0.005)
+            await _write_chunk(writer, body[len(body) // 2:])
+            await _write_chunk(writer, b"")
+            return True
         if scenario.startswith("replay:"):
             await self._replay(self.recordings[scenario[7:]], writer, rng, _coder(req))
             return True

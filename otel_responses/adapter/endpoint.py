@@ -19,6 +19,7 @@ from otel_responses.protocol.chat import (
     AdapterRequestError,
     ChatCall,
     StreamTranslator,
+    completion_chunk,
     sse_bytes,
     translate_completion,
     translate_request,
@@ -26,6 +27,7 @@ from otel_responses.protocol.chat import (
     with_max_tokens,
 )
 from otel_responses.protocol.chat.request import UnsupportedTools
+from otel_responses.protocol.chat.stream import Event
 from otel_responses.protocol.encoding import decoder
 from otel_responses.protocol.messages import Attributes
 from otel_responses.protocol.notes import call_notes
@@ -156,7 +158,7 @@ class Adapter:
 
     def _headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
         headers = [(k, v) for k, v in upstream_request_headers(
-            scope["headers"], self.proxy.settings.upstream_api_key) if k not in _REWRITTEN]
+            scope["headers"], self.proxy.settings.upstream_api_key, scope) if k not in _REWRITTEN]
         headers += [(b"content-type", b"application/json"), (b"accept-encoding", b"identity")]
         return headers
 
@@ -181,7 +183,15 @@ class Adapter:
                 ex.outcome = Outcome.of_status(response.status)
                 return
             if call.stream:
-                await self._stream(scope, body, call, response, send, ex)
+                translator = StreamTranslator(call, _response_id(), int(time.time()))
+                if is_event_stream(response.headers):
+                    batches = _translated(response, translator, ex)
+                else:  # a server that answers JSON whatever was asked: streamed in one go
+                    completion = json_object(await _read_all(response))
+                    if completion is None:
+                        raise _BadUpstream("an answer that is neither a stream nor JSON")
+                    batches = _at_once(translator, completion)
+                await self._stream(scope, body, call, translator, batches, send, ex)
             else:
                 await self._complete(scope, body, call, response, send, ex)
         except _BadUpstream as exc:
@@ -214,20 +224,24 @@ class Adapter:
         self._ended(body, call, result, None)
 
     async def _stream(self, scope: Scope, body: Mapping[str, Any], call: ChatCall,
-                      response: UpstreamResponse, send: Send, ex: Exchange) -> None:
-        """Each upstream chunk's events are sent as soon as it is translated: a chat delta in,
-        a Responses delta out."""
-        translator = StreamTranslator(call, _response_id(), int(time.time()))
-        kept: list[dict[str, Any]] | None = [] if self.sinks or self.chains else None
+                      translator: StreamTranslator, batches: AsyncIterator[list[Event]],
+                      send: Send, ex: Exchange) -> None:
+        """Each batch of events is sent as soon as it is translated (a chat delta in, a
+        Responses delta out)."""
+        kept: list[Event] | None = [] if self.sinks else None
+        # The bytes sent, for the store to replay (kept only if they are to be stored).
+        sent: list[bytes] | None = [] if self.chains and body.get("store") is not False \
+            else None
         await self._start(send, ex, 200, _SSE_HEADERS)
-        await self._events(send, ex, translator.start(), kept)
-        stored = False
-        async for events in _translated(response, translator, ex):
-            if translator.done and not stored:  # this batch holds the terminal event
-                stored = True
-                await self._store(scope, body, translator.response,
-                                  None if kept is None else [*kept, *events])
-            await self._events(send, ex, events, kept)
+        await self._events(send, ex, translator.start(), kept, sent)
+        async for events in batches:
+            if translator.done and sent is not None:  # this batch holds the terminal event
+                data = _framed(events)
+                await self._store(scope, body, translator.response, b"".join([*sent, data]))
+                sent = None
+                await self._events(send, ex, events, kept, None, data)
+            else:
+                await self._events(send, ex, events, kept, sent)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         ex.responded = True
         self._ended(body, call, translator.response, kept)
@@ -240,17 +254,23 @@ class Adapter:
             headers = [*headers, (OVERHEAD_HEADER, f"{ex.overhead * 1000:.3f}".encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
 
-    async def _events(self, send: Send, ex: Exchange, events: list[dict[str, Any]],
-                      kept: list[dict[str, Any]] | None) -> None:
+    async def _events(self, send: Send, ex: Exchange, events: list[Event],
+                      kept: list[Event] | None, sent: list[bytes] | None,
+                      data: bytes | None = None) -> None:
+        """Send ``events`` (``data``: already framed); keep them for the sinks and their
+        bytes for the store, when asked to."""
         if not events:
             return
         handed = time.perf_counter()
-        data = b"".join(map(sse_bytes, events))
+        if data is None:
+            data = _framed(events)
         ex.bytes_out += len(data)
         await send({"type": "http.response.body", "body": data, "more_body": True})
         ex.overhead += time.perf_counter() - handed
         if kept is not None:
             kept += events
+        if sent is not None:
+            sent.append(data)
 
     async def _respond(self, send: Send, ex: Exchange, status: int,
                        headers: list[tuple[bytes, bytes]], data: bytes) -> None:
@@ -261,7 +281,7 @@ class Adapter:
         ex.responded = True
 
     async def _store(self, scope: Scope, body: Mapping[str, Any], response: Mapping[str, Any],
-                     events: Sequence[Mapping[str, Any]] | None) -> None:
+                     events: bytes | None) -> None:
         """Store a response that ended, before the client has its end: a client that sends
         its next request (``previous_response_id``) at once always finds it."""
         if self.chains is not None:
@@ -289,6 +309,10 @@ class AdapterEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.adapter.proxy.run(scope, receive, send, self.route, self.adapter.serve)
+
+
+def _framed(events: list[Event]) -> bytes:
+    return b"".join(map(sse_bytes, events))
 
 
 def _response_id() -> str:
@@ -323,8 +347,13 @@ def _decoded(headers: list[tuple[bytes, bytes]], raw: bytes, limit: int) -> byte
     return out
 
 
+async def _at_once(translator: StreamTranslator,
+                   completion: Mapping[str, Any]) -> AsyncIterator[list[Event]]:
+    yield translator.feed(completion_chunk(completion)) + translator.finish(int(time.time()))
+
+
 async def _translated(response: UpstreamResponse, translator: StreamTranslator,
-                      ex: Exchange) -> AsyncIterator[list[dict[str, Any]]]:
+                      ex: Exchange) -> AsyncIterator[list[Event]]:
     """The events each chunk of the upstream's chat stream makes, ending with the terminal
     event. A broken upstream (cut, undecodable, not JSON) ends it with `error` and
     `response.failed`; what it sends after is not read."""
@@ -341,7 +370,7 @@ async def _translated(response: UpstreamResponse, translator: StreamTranslator,
                     yield translator.fail(f"The upstream's stream cannot be decoded "
                                           f"({coding.unreadable}).", "upstream_invalid_response")
                     return
-            out: list[dict[str, Any]] = []
+            out: list[Event] = []
             for event in parser.feed(chunk):
                 if ended:
                     break

@@ -27,6 +27,12 @@ MAX_TEXT = 1 << 20
 """Characters kept per streamed text field (span attributes are capped far below this)."""
 
 _SNAPSHOT_TYPES = frozenset({"response.created", "response.in_progress", "response.queued"})
+# Item types the upstream runs itself, whose `response.<type>.in_progress`/`.completed`/
+# `.failed` events time the tool's work (the item's added/done events bracket it otherwise).
+SERVER_TOOL_TYPES = frozenset({"web_search_call", "file_search_call", "code_interpreter_call",
+                               "image_generation_call", "mcp_call", "mcp_list_tools"})
+# Kinds of item boundary, in the order they come for one item.
+ITEM_ADDED, TOOL_STARTED, TOOL_ENDED, ITEM_DONE = range(4)
 _TERMINAL_TYPES = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
@@ -98,6 +104,16 @@ class _Item:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class ItemTimes:
+    """When an output item's work began and ended, by the clock that stamped its events: the
+    tool's own ``in_progress`` event, else the item's ``added``; its ``completed``/``failed``,
+    else the item's ``done``. None where no such event was stamped."""
+
+    start: int | None
+    end: int | None
+
+
 def _merge(base: Any, by_index: Mapping[int, Any]) -> list[Any]:
     """`base` (a list, or anything else meaning empty) with entries replaced by index;
     indexes past the end are appended in index order, so gaps never pad with None."""
@@ -138,10 +154,13 @@ class ResponseAccumulator:
         mistyped fields, or content for an item or part already done.
     outcome: completed | incomplete | failed | cancelled | error; None until one is known.
     error: {code, message, type, param} from an `error` event or a failed response.
+    unstamped: a server tool item's boundaries (added, done, its progress) came since the last
+        `stamp`; the feeder stamps them with its clock, so this class needs none and a chunk
+        without one costs nothing.
     """
 
-    __slots__ = ("_by_id", "_final", "_items", "_snapshot", "delta_count", "error", "ignored",
-                 "outcome")
+    __slots__ = ("_by_id", "_final", "_items", "_mark_times", "_marked", "_marks", "_snapshot",
+                 "delta_count", "error", "ignored", "outcome", "unstamped")
 
     def __init__(self) -> None:
         self.delta_count = 0
@@ -152,6 +171,13 @@ class ResponseAccumulator:
         self._final: dict[str, Any] | None = None
         self._items: dict[int, _Item] = {}
         self._by_id: dict[str, int] = {}  # item id -> output_index, for events lacking the index
+        # The first boundary of each kind per tool item, (output_index, kind), in arrival
+        # order, and the time stamped on each; `_marked` holds index << 2 | kind of those, so
+        # a repeated event adds nothing (memory stays bounded by the items).
+        self._marks: list[tuple[int, int]] = []
+        self._mark_times: list[int] = []
+        self._marked: set[int] = set()
+        self.unstamped = False
 
     def add(self, event: Mapping[str, Any]) -> None:
         """Apply one parsed event (a JSON object with a `type`)."""
@@ -183,6 +209,29 @@ class ResponseAccumulator:
         out["output"] = _merge(out.get("output"),
                                {i: item.build() for i, item in self._items.items()})
         return out
+
+    def stamp(self, now: int) -> None:
+        """Time every item boundary seen since the last stamp with ``now``."""
+        times = self._mark_times
+        times.extend([now] * (len(self._marks) - len(times)))
+        self.unstamped = False
+
+    def item_times(self) -> dict[int, ItemTimes]:
+        """output_index → when a server tool item's work began and ended (stamped boundaries
+        only)."""
+        seen: dict[int, list[int | None]] = {}
+        for (index, kind), at in zip(self._marks, self._mark_times, strict=False):
+            seen.setdefault(index, [None, None, None, None])[kind] = at
+        return {index: ItemTimes(started if started is not None else added,
+                                 ended if ended is not None else done)
+                for index, (added, started, ended, done) in seen.items()}
+
+    def _mark(self, index: int, kind: int) -> None:
+        key = index << 2 | kind
+        if key not in self._marked:
+            self._marked.add(key)
+            self._marks.append((index, kind))
+            self.unstamped = True
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -225,6 +274,8 @@ class ResponseAccumulator:
             return False
         self._items[index] = _Item(item)
         self._remember_id(item, index)
+        if item.get("type") in SERVER_TOOL_TYPES:
+            self._mark(index, ITEM_ADDED)
         return True
 
     def _on_item_done(self, event: Mapping[str, Any]) -> bool:
@@ -233,6 +284,19 @@ class ResponseAccumulator:
             return False
         self._items[index] = _Item(item, final=True)
         self._remember_id(item, index)
+        if item.get("type") in SERVER_TOOL_TYPES:
+            self._mark(index, ITEM_DONE)
+        return True
+
+    def _on_tool_progress(self, event: Mapping[str, Any], kind: int) -> bool:
+        """A server tool's ``in_progress`` (``kind`` TOOL_STARTED) or ``completed``/``failed``."""
+        index = _int(event, "output_index")
+        if index is None:
+            item_id = _str(event, "item_id")
+            index = self._by_id.get(item_id) if item_id is not None else None
+            if index is None:
+                return False
+        self._mark(index, kind)
         return True
 
     def _remember_id(self, item: Mapping[str, Any], index: int) -> None:
@@ -353,6 +417,9 @@ def _handlers() -> dict[str, _Handler]:
     def field(item_type: str, key: str, src: str, done: bool) -> _Handler:
         return lambda acc, event: acc._on_field(event, item_type, key, src, done)
 
+    def progress(kind: int) -> _Handler:
+        return lambda acc, event: acc._on_tool_progress(event, kind)
+
     acc = ResponseAccumulator
     table: dict[str, _Handler] = {
         "response.output_item.added": acc._on_item_added,
@@ -366,6 +433,10 @@ def _handlers() -> dict[str, _Handler]:
     }
     table.update(dict.fromkeys(_SNAPSHOT_TYPES, acc._on_snapshot))
     table.update(dict.fromkeys(_TERMINAL_TYPES, acc._on_terminal))
+    for tool in SERVER_TOOL_TYPES:
+        table[f"response.{tool}.in_progress"] = progress(TOOL_STARTED)
+        table[f"response.{tool}.completed"] = progress(TOOL_ENDED)
+        table[f"response.{tool}.failed"] = progress(TOOL_ENDED)
 
     # Text inside a part: (event stem, item type, in summary?, part type, part key, done key)
     for stem, item_type, summary, part_type, key, done_src in (

@@ -39,6 +39,8 @@ class ParsedBody:
 
 TOO_DEEP = "…[nested too deep]"
 """What stands for a value nested past `cut_depth`'s bound."""
+MAX_DEPTH = 64
+"""JSON nesting kept when a payload is too deep to record whole (no real one comes near)."""
 
 
 def cut_depth(value: Any, max_depth: int) -> tuple[Any, bool]:

@@ -276,7 +276,7 @@ class _BuiltinCall:
     result_keys: tuple[str, ...] = ()
     omit: tuple[str, ...] = ()  # large or opaque fields that are neither arguments nor result
 
-    def __call__(self, item: Mapping[str, Any]) -> list[Message]:
+    def call(self, item: Mapping[str, Any]) -> ToolCall:
         kind = text_of(item.get("type"))
         server = kind.removesuffix("_call") if self.server else None
         if "arguments" in item:
@@ -286,14 +286,23 @@ class _BuiltinCall:
             arguments = dumps({k: v for k, v in item.items() if k not in skip})
         name = str_or_none(item.get("name"))
         name = _qualified(item.get("server_label"), name) if name else kind
-        call_id = _call_id(item)
-        messages = [Message(ASSISTANT, tool_calls=(ToolCall(call_id, name, arguments, server),))]
+        return ToolCall(_call_id(item), name, arguments, server)
+
+    def result(self, item: Mapping[str, Any]) -> Any:
+        """The item's result: one result field's value, several as an object; None if none."""
         results = {k: item[k] for k in self.result_keys if item.get(k) not in (None, "", [])}
-        if results:
-            value = next(iter(results.values())) if len(results) == 1 else results
+        if not results:
+            return None
+        return next(iter(results.values())) if len(results) == 1 else results
+
+    def __call__(self, item: Mapping[str, Any]) -> list[Message]:
+        call = self.call(item)
+        messages = [Message(ASSISTANT, tool_calls=(call,))]
+        value = self.result(item)
+        if value is not None:
             content, parts = _result(value)
-            messages.append(Message(TOOL, content=content, parts=parts, tool_call_id=call_id,
-                                    server=server))
+            messages.append(Message(TOOL, content=content, parts=parts, tool_call_id=call.id,
+                                    server=call.server))
         return messages
 
 
@@ -347,6 +356,15 @@ def item_type(item: Any) -> str | None:
     if kind is None and "role" in item:
         return "message"
     return kind if isinstance(kind, str) else None
+
+
+def builtin_call(item: Mapping[str, Any]) -> tuple[ToolCall, Any] | None:
+    """A built-in tool item's call (name, arguments) and result (None if it holds none), as
+    its messages show them; None for any other item."""
+    handler = _ITEMS.get(item_type(item) or "")
+    if not isinstance(handler, _BuiltinCall):
+        return None
+    return handler.call(item), handler.result(item)
 
 
 def item_messages(item: Any) -> list[Message]:

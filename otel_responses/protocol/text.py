@@ -6,6 +6,14 @@ from __future__ import annotations
 import re
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+TRUNCATED = "…[truncated]"
+
+
+def capped(text: str, max_length: int) -> str:
+    """``text`` cut to ``max_length`` characters, marked `TRUNCATED`, if it is longer."""
+    if len(text) <= max_length:
+        return text
+    return text[:max_length - len(TRUNCATED)] + TRUNCATED
 
 
 def encodable(text: str) -> str:

@@ -35,13 +35,13 @@ def _is_hop(name: bytes, named: set[bytes]) -> bool:
 
 
 def upstream_request_headers(client_headers: Headers, api_key: str | None,
-                             scope: Mapping[str, Any] | None = None) -> Headers:
+                             scope: Mapping[str, Any]) -> Headers:
     """Headers to send upstream: end-to-end ones, with the client's key replaced by ``api_key``
     (the configured one) if given. When the guard authenticated the request (``scope`` has
     `UPSTREAM_API_KEY`), the client's key is always dropped, and the caller's upstream key
     is sent, else ``api_key``, else none."""
     replace = api_key is not None
-    if scope is not None and UPSTREAM_API_KEY in scope:
+    if UPSTREAM_API_KEY in scope:
         api_key, replace = scope[UPSTREAM_API_KEY] or api_key, True
     named = _connection_tokens(client_headers)
     out: Headers = []

@@ -26,6 +26,7 @@ CHAIN_LENGTH = "otel_responses.store.chain_length"
 """Span attribute: how many stored responses the request continued."""
 
 Translate = Callable[[Mapping[str, Any]], ChatCall]
+CHAIN_KEY = "otel_responses.store.chain"  # the ASGI scope's: the ids of the chain continued
 
 
 def previous_not_found(previous_id: str, missing: str) -> ProxyError:
@@ -59,6 +60,7 @@ class Chains:
             log.warning("%s %s: previous_response_id %s: %s", scope["method"], scope["path"],
                         previous, exc)
             raise store_unavailable() from None
+        scope[CHAIN_KEY] = tuple(record.id for record in chain)  # for the record, once made
         notes = call_notes(scope)
         notes[CHAIN_ROOT] = chain[0].id
         notes[CHAIN_LENGTH] = len(chain)
@@ -80,12 +82,14 @@ class Chains:
             "store": stored})
 
     async def store(self, scope: Scope, body: Mapping[str, Any], response: Mapping[str, Any],
-                    events: Sequence[Mapping[str, Any]] | None) -> None:
-        """Store a response that ended (completed, incomplete or failed) unless the request
-        said ``store: false``; a failure is noted on the span, never raised."""
+                    events: bytes | None) -> None:
+        """Store a response that ended (completed, incomplete or failed), with the SSE bytes
+        it was streamed as, unless the request said ``store: false``; a failure is noted on
+        the span, never raised."""
         if body.get("store") is False:
             return
-        record = self.responses.record(response, body, events, owner_of(scope))
+        record = self.responses.record(response, body, events, owner_of(scope),
+                                       scope.get(CHAIN_KEY, ()))
         error = await self.responses.save(record)
         if error is not None:
             call_notes(scope)[STORE_ERROR] = error

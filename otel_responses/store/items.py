@@ -92,6 +92,16 @@ def _close_run(run: list[Item], answers: dict[Any, list[Item]], out: list[Item])
     run.clear()
 
 
+def events_after(stream: bytes, after: int) -> bytes:
+    """The events of an SSE ``stream`` whose ``sequence_number`` is above ``after``. Sequence
+    numbers count from 0 in the order sent, so that is every event after the first
+    ``after + 1``; a JSON ``data`` line has no raw line break, so events split on blank
+    lines."""
+    if after < 0:
+        return stream
+    return b"".join(event + b"\n\n" for event in stream.split(b"\n\n")[after + 1:] if event)
+
+
 def input_items_page(items: Sequence[Item], query: Mapping[str, str]) -> dict[str, Any]:
     """One page of ``GET /v1/responses/{id}/input_items`` in OpenAI's list shape, from the
     query's ``after``, ``before`` (item ids, in the listed order), ``limit`` (1-100, default

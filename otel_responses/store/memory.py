@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from otel_responses.store.record import StoredResponse
 
@@ -21,7 +22,8 @@ class MemoryStore:
     def __len__(self) -> int:
         return len(self._records)
 
-    async def get(self, response_id: str, owner: str | None) -> StoredResponse | None:
+    async def get(self, response_id: str, owner: str | None, *,
+                  events: bool = False) -> StoredResponse | None:
         found = self._records.get(response_id)
         if found is None:
             return None
@@ -31,10 +33,14 @@ class MemoryStore:
             return None
         return record if record.owner == owner else None
 
+    async def get_many(self, response_ids: Sequence[str],
+                       owner: str | None) -> list[StoredResponse | None]:
+        return [await self.get(response_id, owner) for response_id in response_ids]
+
     async def put(self, record: StoredResponse) -> None:
         self._drop(record.id)
         # The encoded size is what a persistent backend would hold: one measure for all.
-        size = len(record.encode())
+        size = len(record.encode()) + len(record.events or b"")
         self._records[record.id] = (record, size)
         self.size += size
         while self.size > self.max_bytes and len(self._records) > 1:

@@ -11,28 +11,29 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
-from otel_responses.protocol.chat.stream import sse_bytes
+from otel_responses.caller import caller_of
+from otel_responses.outcome import Outcome
+from otel_responses.protocol.sse import is_event_stream
 from otel_responses.proxy.errors import ProxyError
-from otel_responses.store.items import ListingError, input_items_page
+from otel_responses.proxy.forward import Exchange, Proxy, answer
+from otel_responses.store.items import ListingError, events_after, input_items_page
 from otel_responses.store.record import StoredResponse, StoreUnavailable
 from otel_responses.store.service import Responses
 
 log = logging.getLogger("otel_responses.store")
 
-OWNER_SCOPE_KEY = "otel_responses.owner"
-"""Where an inbound-key guard puts the caller's identity; records are visible to it only."""
-
-
 def owner_of(scope: Scope) -> str | None:
-    owner = scope.get(OWNER_SCOPE_KEY)
-    return owner if isinstance(owner, str) else None
+    """The name of the inbound key the guard authenticated (unique in the keys file); a
+    response is visible to that key only. None when no keys are required."""
+    caller = caller_of(scope)
+    return caller.name if caller is not None else None
 
 
 def store_unavailable() -> ProxyError:
     return ProxyError(503, "The response store is unavailable; try again later.",
-                      "server_error", "store_unavailable")
+                      "server_error", "store_unavailable", outcome=Outcome.STORE_UNAVAILABLE)
 
 
 def not_found(response_id: str) -> ProxyError:
@@ -61,28 +62,44 @@ Handler = Callable[[Responses, str, Scope, Send], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class StoreEndpoint:
-    """One retrieval route: reads the id and the query, answers store faults with a 503."""
+    """One retrieval route, run by the proxy as one exchange (access log, request metrics):
+    reads the id and the query, answers store faults with a 503."""
 
     responses: Responses
     handler: Handler
+    proxy: Proxy
+    route: str
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response_id = scope["path_params"]["response_id"]
+        await self.proxy.run(scope, receive, send, self.route, self._serve)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, ex: Exchange) -> None:
+        async def counted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                ex.status = message["status"]
+                ex.stream = is_event_stream(message["headers"])
+            else:
+                ex.bytes_out += len(message.get("body", b""))
+            await send(message)
         try:
-            await self.handler(self.responses, response_id, scope, send)
+            await self.handler(self.responses, scope["path_params"]["response_id"], scope,
+                               counted)
         except StoreUnavailable as exc:
             log.warning("%s %s: %s", scope["method"], scope["path"], exc)
-            await store_unavailable().send(send)
+            await answer(store_unavailable(), send, ex)
         except ProxyError as err:
-            await err.send(send)
+            await answer(err, send, ex)
+        else:
+            ex.responded = True
 
 
 def _query(scope: Scope) -> dict[str, str]:
     return dict(parse_qsl(scope["query_string"].decode("latin-1")))
 
 
-async def _found(responses: Responses, response_id: str, scope: Scope) -> StoredResponse:
-    record = await responses.get(response_id, owner_of(scope))
+async def _found(responses: Responses, response_id: str, scope: Scope, *,
+                 events: bool = False) -> StoredResponse:
+    record = await responses.get(response_id, owner_of(scope), events=events)
     if record is None:
         raise not_found(response_id)
     return record
@@ -91,8 +108,9 @@ async def _found(responses: Responses, response_id: str, scope: Scope) -> Stored
 async def retrieve(responses: Responses, response_id: str, scope: Scope, send: Send) -> None:
     """The stored Response; with ``stream=true`` its events after ``starting_after``."""
     query = _query(scope)
-    record = await _found(responses, response_id, scope)
-    if query.get("stream") != "true":
+    stream = query.get("stream") == "true"
+    record = await _found(responses, response_id, scope, events=stream)
+    if not stream:
         await _send(send, b"application/json", json_bytes(record.response))
         return
     if record.events is None:
@@ -104,9 +122,7 @@ async def retrieve(responses: Responses, response_id: str, scope: Scope, send: S
     except ValueError:
         raise _invalid("starting_after", f"Invalid starting_after '{raw}': expected an "
                                          "integer.") from None
-    body = b"".join(sse_bytes(event) for event in record.events
-                    if event.get("sequence_number", -1) > after)
-    await _send(send, b"text/event-stream; charset=utf-8", body)
+    await _send(send, b"text/event-stream; charset=utf-8", events_after(record.events, after))
 
 
 async def delete(responses: Responses, response_id: str, scope: Scope, send: Send) -> None:
@@ -126,13 +142,13 @@ async def input_items(responses: Responses, response_id: str, scope: Scope,
     await _send(send, b"application/json", json_bytes(page))
 
 
-def store_routes(responses: Responses) -> list[Route]:
-    """The retrieval routes, served from ``responses`` (adapter mode), named as the proxy's."""
+def store_routes(responses: Responses, proxy: Proxy) -> list[Route]:
+    """The retrieval routes, served from ``responses`` (adapter mode) as exchanges of
+    ``proxy``, under the route names pass-through mode gives them."""
     return [
-        Route("/v1/responses/{response_id}", StoreEndpoint(responses, retrieve),
-              methods=["GET"], name="responses.retrieve"),
-        Route("/v1/responses/{response_id}", StoreEndpoint(responses, delete),
-              methods=["DELETE"], name="responses.delete"),
-        Route("/v1/responses/{response_id}/input_items", StoreEndpoint(responses, input_items),
-              methods=["GET"], name="responses.input_items"),
-    ]
+        Route(path, StoreEndpoint(responses, handler, proxy, name), methods=[method])
+        for path, method, handler, name in (
+            ("/v1/responses/{response_id}", "GET", retrieve, "responses.retrieve"),
+            ("/v1/responses/{response_id}", "DELETE", delete, "responses.delete"),
+            ("/v1/responses/{response_id}/input_items", "GET", input_items,
+             "responses.input_items"))]

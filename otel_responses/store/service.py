@@ -24,7 +24,6 @@ log = logging.getLogger("otel_responses.store")
 T = TypeVar("T")
 # Seconds any store operation may take: a read a request needs fails fast (503) instead.
 DEFAULT_TIMEOUT = 2.0
-MAX_CHAIN = 10_000  # responses walked back from one previous_response_id
 
 
 class ChainBroken(Exception):
@@ -67,39 +66,44 @@ class Responses:
             reason = str(exc) or f"no answer within {self.timeout:g} s"
             raise StoreUnavailable(f"{self.described}: {operation} failed: {reason}") from None
 
-    async def get(self, response_id: str, owner: str | None) -> StoredResponse | None:
-        return await self._bounded("read", lambda store: store.get(response_id, owner))
+    async def get(self, response_id: str, owner: str | None, *,
+                  events: bool = False) -> StoredResponse | None:
+        return await self._bounded("read", lambda store: store.get(response_id, owner,
+                                                                   events=events))
 
     async def delete(self, response_id: str, owner: str | None) -> bool:
         return await self._bounded("delete", lambda store: store.delete(response_id, owner))
 
     async def chain(self, previous_id: str, owner: str | None) -> list[StoredResponse]:
-        """The chain ending at ``previous_id``, oldest first; `ChainBroken` if any of it is
-        gone, since continuing from part of a conversation would answer a different one."""
+        """The chain ending at ``previous_id``, oldest first, in two reads (the last
+        response names the others); `ChainBroken` if any of it is gone, since continuing from
+        part of a conversation would answer a different one."""
+        last = await self.get(previous_id, owner)
+        if last is None:
+            raise ChainBroken(previous_id)
+        if not last.ancestors:
+            return [last]
+        earlier = await self._bounded("read", lambda store: store.get_many(last.ancestors,
+                                                                           owner))
         chain: list[StoredResponse] = []
-        seen: set[str] = set()
-        next_id: str | None = previous_id
-        while next_id is not None and len(chain) < MAX_CHAIN and next_id not in seen:
-            record = await self.get(next_id, owner)
+        for response_id, record in zip(last.ancestors, earlier, strict=True):
             if record is None:
-                raise ChainBroken(next_id)
-            seen.add(next_id)
+                raise ChainBroken(response_id)
             chain.append(record)
-            next_id = record.previous_response_id
-        if next_id is not None:  # a loop, or longer than anything a client could send
-            raise ChainBroken(next_id)
-        chain.reverse()
-        return chain
+        return [*chain, last]
 
     def record(self, response: Mapping[str, Any], request: Mapping[str, Any],
-               events: Sequence[Mapping[str, Any]] | None, owner: str | None) -> StoredResponse:
-        """The record of a response that ended, made from the client's request body."""
+               events: bytes | None, owner: str | None,
+               chain: Sequence[str] = ()) -> StoredResponse:
+        """The record of a response that ended, made from the client's request body, the
+        event stream it was sent as (None: not streamed) and the ids of the ``chain`` it
+        continued (oldest first)."""
         now = time.time()
-        previous = request.get("previous_response_id")
         return StoredResponse(
             id=str(response["id"]), owner=owner, created_at=now, expires_at=now + self.ttl,
             response=response, input_items=listed_input(request.get("input"), _new_id),
-            events=events, previous_response_id=previous if isinstance(previous, str) else None)
+            events=events, previous_response_id=chain[-1] if chain else None,
+            ancestors=tuple(chain))
 
     async def save(self, record: StoredResponse) -> str | None:
         """Store ``record``; a failure is logged and counted, never raised: the client already

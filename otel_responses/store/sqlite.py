@@ -8,7 +8,7 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -22,7 +22,7 @@ T = TypeVar("T")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
     id TEXT PRIMARY KEY, owner TEXT, created_at REAL NOT NULL, expires_at REAL NOT NULL,
-    size INTEGER NOT NULL, data BLOB NOT NULL);
+    size INTEGER NOT NULL, data BLOB NOT NULL, events BLOB);
 CREATE INDEX IF NOT EXISTS responses_by_age ON responses (created_at);
 CREATE INDEX IF NOT EXISTS responses_by_expiry ON responses (expires_at);
 CREATE TABLE IF NOT EXISTS store_size (total INTEGER NOT NULL);
@@ -64,6 +64,7 @@ class SQLiteStore:
                              timeout=BUSY_TIMEOUT)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
+        db.execute("PRAGMA recursive_triggers=ON")  # a REPLACE's delete updates the total too
         db.execute("PRAGMA secure_delete=ON")  # deleted user data is zeroed, not left in free pages
         db.executescript(_SCHEMA)
         self._db = db
@@ -79,11 +80,23 @@ class SQLiteStore:
             raise StoreUnavailable(f"SQLite store {self.path} is not open")
         return self._db
 
-    async def get(self, response_id: str, owner: str | None) -> StoredResponse | None:
+    async def get(self, response_id: str, owner: str | None, *,
+                  events: bool = False) -> StoredResponse | None:
+        columns = "data, events" if events else "data, NULL"
         row = await self._run(lambda: self._conn().execute(
-            "SELECT data FROM responses WHERE id = ? AND owner IS ? AND expires_at > ?",
+            f"SELECT {columns} FROM responses WHERE id = ? AND owner IS ? AND expires_at > ?",
             (response_id, owner, time.time())).fetchone())
-        return None if row is None else StoredResponse.decode(row[0])
+        return None if row is None else StoredResponse.decode(row[0], row[1])
+
+    async def get_many(self, response_ids: Sequence[str],
+                       owner: str | None) -> list[StoredResponse | None]:
+        marks = ",".join("?" * len(response_ids))
+        rows = await self._run(lambda: self._conn().execute(
+            f"SELECT id, data FROM responses WHERE id IN ({marks}) AND owner IS ? "
+            "AND expires_at > ?", (*response_ids, owner, time.time())).fetchall())
+        found = {response_id: data for response_id, data in rows}
+        return [StoredResponse.decode(found[response_id]) if response_id in found else None
+                for response_id in response_ids]
 
     async def put(self, record: StoredResponse) -> None:
         data = record.encode()
@@ -93,10 +106,9 @@ class SQLiteStore:
         db = self._conn()
         now = time.time()
         with _transaction(db):
-            db.execute("DELETE FROM responses WHERE id = ?", (record.id,))
-            db.execute("INSERT INTO responses VALUES (?, ?, ?, ?, ?, ?)",
+            db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (record.id, record.owner, record.created_at, record.expires_at,
-                        len(data), data))
+                        len(data) + len(record.events or b""), data, record.events))
             if now - self._purged > PURGE_EVERY:
                 db.execute("DELETE FROM responses WHERE expires_at <= ?", (now,))
                 self._purged = now

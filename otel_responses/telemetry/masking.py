@@ -132,7 +132,7 @@ def _drop(key: str, cfg: MaskingConfig) -> bool:
         return cfg.hide_inputs or cfg.hide_input_images
     if key.startswith("output.images."):
         return cfg.hide_outputs
-    if key == "gen_ai.tool.definitions":
+    if key in ("gen_ai.tool.definitions", "tool.description", "tool.parameters"):
         return cfg.hide_llm_tools or cfg.hide_inputs
     if key in ("gen_ai.input.messages", "gen_ai.system_instructions"):
         return cfg.hide_inputs or cfg.hide_input_messages

@@ -15,10 +15,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from otel_responses.outcome import FAULT_KINDS, STREAM_ENDINGS, UNREACHED
+from otel_responses.outcome import FAULT_KINDS, REJECTIONS, STREAM_ENDINGS, UNREACHED
 from otel_responses.protocol.response_attributes import usage
 from otel_responses.protocol.sse import is_event_stream
 from otel_responses.protocol.text import encodable
+from otel_responses.protocol.tools import INCOMPLETE, TOOL_TYPES
 from otel_responses.store.record import OPERATIONS
 from otel_responses.telemetry.cost import CostBreakdown, Unpriced
 from otel_responses.telemetry.metrics_port import serve_metrics
@@ -34,6 +35,9 @@ DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 
                     40.96, 81.92)
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
                  16777216, 67108864)
+# Tool calls take from a few milliseconds (a listing) to minutes (an interpreter run).
+TOOL_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                         60.0, 120.0)
 TIME_PER_TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
                           2.5)
 # The proxy's own time is sub-millisecond when healthy, below the first semconv bucket.
@@ -233,14 +237,15 @@ class ProxyMetrics:
         self.overhead = _Children(Histogram(
             "otel_responses_proxy_overhead", "Time the proxy itself added to a request.",
             ("route",), unit="seconds", buckets=OVERHEAD_BUCKETS, registry=registry))
-        # Response store (adapter mode).
-        self.store_errors = _Children(Counter(
-            "otel_responses_store_errors",
-            "Response store operations that failed or timed out, by operation (read, write, "
-            "delete); a failed write never fails the request it stores.", ("operation",),
-            registry=registry))
-        for operation in OPERATIONS:
-            self.store_errors.labels(operation)
+        self.tool_calls = _Children(Counter(
+            "otel_responses_tool_calls",
+            "Tool call items in responses, by item type and how they ended: those the upstream "
+            "ran and those handed to the client.", ("type", "status"), registry=registry))
+        self.tool_duration = _Children(Histogram(
+            "otel_responses_tool_call_duration",
+            "Tool calls the upstream ran, timed from their stream events.", ("type",),
+            unit="seconds", buckets=TOOL_DURATION_BUCKETS, registry=registry))
+        self._tool_type = LabelGuard(len(TOOL_TYPES), TOOL_TYPES)
         self._cost_metrics(registry)
         # The guard's (keys and limits); the key's name is a label only when asked for.
         key = ("key",) if key_label else ()
@@ -254,11 +259,22 @@ class ProxyMetrics:
         self.tokens_charged = Counter(
             "otel_responses_limit_tokens_charged",
             "Tokens charged to keys' token limits after their calls.", key, registry=registry)
+        # Response store (adapter mode).
+        self.store_errors = _Children(Counter(
+            "otel_responses_store_errors",
+            "Response store operations that failed or timed out, by operation (read, write, "
+            "delete); a failed write never fails the request it stores.", ("operation",),
+            registry=registry))
+        for operation in OPERATIONS:
+            self.store_errors.labels(operation)
         # Known label values start at zero, so rate() sees their first increment.
         for kind in FAULT_KINDS.values():
             self.upstream_faults.labels(kind)
         for outcome in STREAM_ENDINGS:
             self.stream_endings.labels(outcome)
+        if not key_label:  # with keys as labels, each series starts with its key's first
+            for reason in REJECTIONS:
+                self.rejections.labels(reason)
 
     def _cost_metrics(self, registry: CollectorRegistry) -> None:
         self.cost = _Children(Counter(
@@ -326,9 +342,15 @@ class ProxyMetrics:
         if record.stream:
             self.stream_endings.labels(record.outcome).inc()
         self._observe_cost(record, exemplar)
+        if record.tools:
+            self._observe_tools(record, exemplar)
 
-    def store_error(self, operation: str) -> None:
-        self.store_errors.labels(operation).inc()
+    def _observe_tools(self, record: CallRecord, exemplar: dict[str, str] | None) -> None:
+        for run in record.tools:
+            kind = self._tool_type(run.type)
+            self.tool_calls.labels(kind, run.status).inc()
+            if run.server and run.timed and run.status != INCOMPLETE:
+                self.tool_duration.labels(kind).observe(run.duration_s, exemplar)
 
     def observe_rejection(self, reason: str, key: str | None) -> None:
         self.rejections.labels(reason, *self._key(key)).inc()
@@ -343,6 +365,9 @@ class ProxyMetrics:
     def _key(self, key: str | None) -> tuple[str, ...]:
         # Key names come from the operator's keys file: bounded, and never the key itself.
         return (encodable(key or ""),) if self.key_label else ()
+
+    def store_error(self, operation: str) -> None:
+        self.store_errors.labels(operation).inc()
 
     def track_streams(self, app: ASGIApp) -> ASGIApp:
         return _StreamTracker(app, self.open_streams)

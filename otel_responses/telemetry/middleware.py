@@ -151,10 +151,10 @@ class _RecordingResponder:
         middleware, span = self.middleware, self.span
         try:
             record = self.call.finish()
+            record.caller = caller_of(self.scope)
             if middleware.pricer is not None:
                 record.cost = middleware.pricer.price(record.request, record.response,
                                                       record.start_ns)
-            record.caller = caller_of(self.scope)
             if span is not None and middleware.spans is not None:
                 middleware.spans.finish(span, record, self.scope["headers"])
             for sink in middleware.sinks:

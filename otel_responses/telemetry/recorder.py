@@ -13,6 +13,7 @@ from otel_responses.protocol.body import ParsedBody
 from otel_responses.protocol.encoding import ContentDecoder, decoder
 from otel_responses.protocol.sse import is_event_stream
 from otel_responses.protocol.stream import ResponseStream
+from otel_responses.protocol.tools import ToolRun, tool_runs
 from otel_responses.protocol.window import BodyWindow
 from otel_responses.telemetry.cost import CostBreakdown, Pricing
 
@@ -57,15 +58,17 @@ class CallRecord:
     response_unreadable: str | None = None
     request_truncated: bool = False
     response_truncated: bool = False
-    notes: Attributes = field(default_factory=dict)  # span attributes the endpoint added
+    # The response's tool call items: those the upstream ran, timed, and those the client runs.
+    tools: list[ToolRun] = field(default_factory=list)
     # Set by the middleware's pricer before the span and the sinks see the call.
     cost: Pricing = None
-    caller: Caller | None = None  # the authenticated key's identity, when the guard is on
+    notes: Attributes = field(default_factory=dict)  # span attributes the endpoint added
 
     @property
     def cost_usd(self) -> float | None:
         """What the call cost in USD (``llm.cost.total``), None when it was not priced."""
         return self.cost.total if isinstance(self.cost, CostBreakdown) else None
+    caller: Caller | None = None  # the authenticated key's identity, when the guard is on
 
     @property
     def is_error(self) -> bool:
@@ -147,10 +150,13 @@ class CallRecorder:
             if chunk:
                 stream.feed(chunk)
                 acc = stream.accumulator  # its attributes, not the stream's properties: per chunk
+                now = 0  # one clock reading for all this chunk brought, read only if needed
                 if self._first_token_ns is None and acc.delta_count:
-                    self._first_token_ns = time.time_ns()
+                    self._first_token_ns = now = time.time_ns()
                 if self._terminal_ns is None and acc.outcome is not None:
-                    self._terminal_ns = time.time_ns()
+                    self._terminal_ns = now = now or time.time_ns()
+                if acc.unstamped:  # an item (a tool call) began or ended in this chunk
+                    acc.stamp(now or time.time_ns())
         else:
             self._body.feed(chunk)
         if not more_body:
@@ -200,6 +206,8 @@ class CallRecorder:
         record.events = stream.events
         record.malformed_events = stream.malformed
         record.terminal_event = stream.outcome
+        record.tools = tool_runs(record.response, stream.accumulator.item_times(),
+                                 record.start_ns, record.end_ns, stream.accumulator.has_final)
         if stream.outcome is not None:
             record.outcome = _STATUS_OUTCOMES.get(stream.outcome, Outcome.COMPLETED)
         elif self._disconnected:
@@ -218,6 +226,7 @@ class CallRecorder:
                 "message": f"HTTP {record.status}", "type": None, "code": None}
             return
         record.response = body
+        record.tools = tool_runs(body, {}, record.start_ns, record.end_ns, final=True)
         status = body.get("status") if body else None
         record.outcome = _STATUS_OUTCOMES.get(status, Outcome.COMPLETED) \
             if isinstance(status, str) else Outcome.COMPLETED

@@ -19,18 +19,18 @@ from otel_responses.protocol.attributes import (
     request_attributes,
     response_attributes,
 )
-from otel_responses.protocol.body import cut_depth
+from otel_responses.protocol.body import MAX_DEPTH, cut_depth
 from otel_responses.protocol.notes import CHAIN_ROOT
-from otel_responses.protocol.text import encodable
+from otel_responses.protocol.text import capped, encodable
 from otel_responses.telemetry.cost import CostBreakdown, cost_attributes
 from otel_responses.telemetry.masking import mask, masked_request
 from otel_responses.telemetry.options import TelemetryOptions, genai_provider_name
 from otel_responses.telemetry.recorder import CallRecord
 from otel_responses.telemetry.sdk_private import attribute_store
 from otel_responses.telemetry.sessions import ChainLink, SessionIndex
+from otel_responses.telemetry.tool_spans import ToolSpans
 
 FIRST_TOKEN_EVENT = "First Token Stream Event"  # the OpenInference name, fired at the first delta
-_TRUNCATED = "…[truncated]"
 # The inbound API key's name and team (never the key), when the guard authenticated the call.
 KEY_NAME = "otel_responses.api_key.name"
 KEY_TEAM = "otel_responses.api_key.team"
@@ -51,6 +51,7 @@ class SpanWriter:
         self.tracer = tracer
         self.options = options
         self.sessions = SessionIndex(options.session_cache_size)
+        self.tools = ToolSpans(tracer, options)
         # Several may be named, first present wins: Codex, for one, sends `session-id`.
         self._session_headers = tuple(h.strip().lower().encode()
                                       for h in options.session_header.split(",") if h.strip())
@@ -103,6 +104,9 @@ class SpanWriter:
                 record, with_message=not self.options.masking.hides_content))))
         else:
             span.set_status(Status(StatusCode.OK))
+        # Tool calls: links to the spans this request answers, TOOL spans for those the
+        # upstream ran (last: the LLM span is complete should they fail).
+        self.tools.finish(span, record, context)
         span.end(end_time=record.end_ns)
 
     def _attributes(self, record: CallRecord, context: Attributes) -> Attributes:
@@ -231,10 +235,6 @@ def _describe_error(record: CallRecord, with_message: bool) -> str:
     return f"{prefix}: {detail}" if detail else prefix
 
 
-# JSON nesting kept when a payload is too deep to record whole (no real one comes near).
-MAX_DEPTH = 64
-
-
 def _shallower(record: CallRecord) -> CallRecord:
     """``record`` with its request and response cut at `MAX_DEPTH`, flagged truncated if so."""
     request, request_cut = cut_depth(record.request, MAX_DEPTH)
@@ -258,9 +258,7 @@ def _ordered(attrs: Attributes, max_length: int) -> list[tuple[str, AttributeVal
     for item in attrs.items():
         key, value = item
         if isinstance(value, str):  # keys are ours, ASCII
-            if len(value) > max_length:
-                value = value[:max_length - len(_TRUNCATED)] + _TRUNCATED
-            value = encodable(value)
+            value = encodable(capped(value, max_length))
             if value is not item[1]:
                 item = (key, value)
         elif isinstance(value, list | tuple):

@@ -16,7 +16,8 @@ Dicts in, dicts out, no I/O. The I/O edge, `otel_responses.adapter`, uses it lik
    ``event: error`` event's data too) send ``t.feed(chunk)``; at ``[DONE]`` or the end of the
    body send ``t.finish()``; if the upstream broke (cut, timeout, unparsable data) send
    ``t.fail(message, code)`` instead. Frame each event with ``sse_bytes(event)``.
-   ``t.response`` is the final Response object for the span.
+   ``t.response`` is the final Response object for the span. A server that answers a
+   streamed request with JSON: feed ``completion_chunk(completion)``, then ``t.finish()``.
 
 Mapping choices worth knowing: developer messages become system messages; reasoning items in
 the input are dropped (chat servers take no reasoning back); namespaced tools are sent as
@@ -36,13 +37,14 @@ from otel_responses.protocol.chat.request import (
     with_max_tokens,
 )
 from otel_responses.protocol.chat.response import translate_completion, upstream_error
-from otel_responses.protocol.chat.stream import StreamTranslator, sse_bytes
+from otel_responses.protocol.chat.stream import StreamTranslator, completion_chunk, sse_bytes
 
 __all__ = [
     "AdapterRequestError",
     "ChatCall",
     "StreamTranslator",
     "ToolName",
+    "completion_chunk",
     "sse_bytes",
     "translate_completion",
     "translate_request",

@@ -296,8 +296,10 @@ _TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
 
 
 def _content(value: Any, param: str, allowed: frozenset[str] | None) -> str | list[Any]:
-    """Message content as chat content: a string stays a string, parts map one to one (one
-    text part collapses to a string, which every chat server takes)."""
+    """Message content as chat content: a string stays a string, parts map one to one. Text
+    collapses to a string, which every chat server takes (some take nothing else for system
+    and tool messages, llama-cpp-python's among them): one text part, or where only text is
+    allowed (`allowed` given) every part, joined by blank lines."""
     if isinstance(value, str):
         return value
     parts = []
@@ -310,8 +312,8 @@ def _content(value: Any, param: str, allowed: frozenset[str] | None) -> str | li
                  f"Content part '{kind}' cannot be sent here to a Chat Completions server.",
                  "unsupported_value")
         parts.append(convert(part, p))
-    if len(parts) == 1 and parts[0]["type"] == "text":
-        return parts[0]["text"]
+    if allowed is not None or (len(parts) == 1 and parts[0]["type"] == "text"):
+        return "\n\n".join(part["text"] for part in parts)
     return parts
 
 
@@ -361,7 +363,9 @@ class _Messages:
         if last is not None and last["role"] == "assistant":
             last.setdefault("tool_calls", []).append(call)
         else:
-            self.out.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            # Empty rather than null or absent: llama-cpp-python refuses a null content and
+            # its chat templates read the key; OpenAI and vLLM take either.
+            self.out.append({"role": "assistant", "content": "", "tool_calls": [call]})
 
     def function_call(self, item: Mapping[str, Any], param: str) -> None:
         self._call(item, param, _str(item.get("arguments"), f"{param}.arguments"))

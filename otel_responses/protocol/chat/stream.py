@@ -56,10 +56,13 @@ _KINDS = {
 }
 
 
+# One encoder for every event: json.dumps builds a new one per call when given options.
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def sse_bytes(event: Mapping[str, Any]) -> bytes:
     """One event framed as OpenAI frames it: `event: TYPE`, `data: JSON`, a blank line."""
-    data = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-    return f"event: {event['type']}\ndata: {data}\n\n".encode()
+    return f"event: {event['type']}\ndata: {_encode(event)}\n\n".encode()
 
 
 def chunk_error(chunk: Mapping[str, Any]) -> tuple[str, str | None] | None:
@@ -354,3 +357,21 @@ class StreamTranslator:
         self._items[call.index] = item
         out.append(self._event({"type": "response.output_item.done",
                                 "output_index": call.index, "item": item}))
+
+
+def completion_chunk(completion: Mapping[str, Any]) -> dict[str, Any]:
+    """A whole chat completion as the one chunk that streams it, for servers that answer a
+    streamed request with JSON: fed to a `StreamTranslator`, it gives the events of the
+    answer, each text or call in one delta."""
+    choices = []
+    for choice in completion.get("choices") or ():
+        message = choice.get("message") or {}
+        delta = {key: message[key] for key in ("content", "refusal", "reasoning_content",
+                                               "reasoning") if message.get(key)}
+        calls = message.get("tool_calls") or []
+        if calls:
+            delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(calls)]
+        choices.append({"index": choice.get("index", 0), "delta": delta,
+                        "finish_reason": choice.get("finish_reason"),
+                        "logprobs": choice.get("logprobs")})
+    return {**{k: v for k, v in completion.items() if k != "choices"}, "choices": choices}
