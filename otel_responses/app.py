@@ -16,6 +16,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from otel_responses.adapter import AdaptedCallSink, Adapter, AdapterEndpoint
+from otel_responses.adapter.unsupported import unsupported_routes
 from otel_responses.config import Settings
 from otel_responses.guard.keys import KeysFile
 from otel_responses.guard.limits import LimitStore, MemoryStore
@@ -129,11 +130,14 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
         *([Route("/metrics", metrics.endpoint, methods=["GET"])]
           if settings.metrics_port is None else []),
         Route("/v1/responses", create, methods=["POST"]),
+        # Adapter mode answers what a chat server cannot (the first matching route wins),
+        # and serves stored responses itself.
+        *(unsupported_routes(proxy, stored=responses is not None)
+          if settings.upstream_api == "chat" else []),
+        *(store_routes(responses, proxy) if responses is not None else []),
         Route("/v1/responses/input_tokens", proxy.endpoint("responses.input_tokens"),
               methods=["POST"]),
         Route("/v1/responses/compact", proxy.endpoint("responses.compact"), methods=["POST"]),
-        # Adapter mode serves stored responses itself (the first matching route wins).
-        *(store_routes(responses, proxy) if responses is not None else []),
         Route("/v1/responses/{response_id}", proxy.endpoint("responses.retrieve"),
               methods=["GET"]),
         Route("/v1/responses/{response_id}", proxy.endpoint("responses.delete"),
@@ -186,13 +190,19 @@ class _ExactRoutes:
     def __init__(self, app: ASGIApp, routes: list[Route]) -> None:
         self.app = app
         self._exact: dict[tuple[str, str], ASGIApp] = {}
+        taken: set[tuple[str, str]] = set()
         for route in routes:
-            if isinstance(route.endpoint, Endpoint | AdapterEndpoint) \
-                    and not route.param_convertors:
-                endpoint = ServerErrorMiddleware(route.endpoint)  # as Starlette, debug off
-                for method in route.methods or ():
-                    # The first route that matches wins, as in Starlette's router.
-                    self._exact.setdefault((method, route.path), endpoint)
+            if route.param_convertors:
+                continue
+            fast = isinstance(route.endpoint, Endpoint | AdapterEndpoint)
+            endpoint = ServerErrorMiddleware(route.endpoint)  # as Starlette, debug off
+            for method in route.methods or ():
+                # The first route that matches wins, as in Starlette's router: a later one
+                # never takes a path an earlier route (fast or not) answers.
+                if (method, route.path) not in taken:
+                    taken.add((method, route.path))
+                    if fast:
+                        self._exact[(method, route.path)] = endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = (self._exact.get((scope["method"], scope["path"]))

@@ -412,3 +412,30 @@ def test_upstream_auth_is_the_clients_key_or_the_proxys(key: str | None,
     assert sent.header("authorization") == f"Bearer {key or 'sk-test'}"
     assert sent.header("content-type") == "application/json"
     assert sent.target == "/v1/chat/completions"
+
+
+# -- the Responses routes a chat server has no operation for ---------------------------------
+
+@pytest.mark.parametrize("store", ["none", "memory"])
+def test_routes_a_chat_server_cannot_serve_are_answered_not_forwarded(
+        upstream: RawUpstream, store: str) -> None:
+    """input_tokens, compact and cancel get a clear 400; with nothing stored, the retrieval
+    routes a 404 saying so. None of them reaches the chat server."""
+    before = len(upstream.seen)
+    with traced_proxy(upstream.url + "/v1", upstream_api="chat", store=store) as (base, _):
+        sdk = _client(base)
+        for path in ("/responses/input_tokens", "/responses/compact",
+                     "/responses/resp_1/cancel"):
+            with pytest.raises(openai.BadRequestError) as caught:
+                sdk.post(path, cast_to=httpx.Response, body={"model": "m", "input": "x"})
+            assert caught.value.code == "unsupported_in_adapter_mode", path
+            assert "Chat Completions" in caught.value.message
+        with pytest.raises(openai.NotFoundError) as missing:
+            sdk.responses.retrieve("resp_1")
+        assert missing.value.param == "response_id"
+        assert ("--store none" in missing.value.message) == (store == "none")
+        for call in (lambda: sdk.responses.delete("resp_1"),
+                     lambda: sdk.responses.input_items.list("resp_1")):
+            with pytest.raises(openai.NotFoundError):
+                call()
+    assert len(upstream.seen) == before
