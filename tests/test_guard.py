@@ -274,14 +274,15 @@ def test_max_concurrent_holds_a_slot_per_open_stream(upstream: RawUpstream,
 
 # -- tokens: charged after the call, windows that pass -------------------------------------
 
+@pytest.mark.parametrize("api", ["responses", "chat"])  # chat: the adapter's synthesized usage
 @pytest.mark.parametrize("store", ["memory", "redis"])
 def test_stream_tokens_charged_stop_the_next_call_and_recover(
-        demo: str, tmp_path: Path, store: str, request: pytest.FixtureRequest) -> None:
+        demo: str, tmp_path: Path, store: str, api: str, request: pytest.FixtureRequest) -> None:
     url = "memory" if store == "memory" else request.getfixturevalue("redis").url
     clock = Clock()
-    entry = alice(name=f"tokens-{store}", limits={"tokens_per_minute": 40})
+    entry = alice(name=f"tokens-{store}-{api}", limits={"tokens_per_minute": 40})
     with guarded(demo, write_keys(tmp_path / "keys.yaml", keys(entry)), clock,
-                 rate_limit_store=url) as (base, _):
+                 rate_limit_store=url, upstream_api=api, store="memory") as (base, _):
         sdk = client(base, ALICE)
         with sdk.responses.stream(model="demo", input="count these words for me") as stream:
             used = stream.get_final_response().usage
