@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,29 +17,16 @@ import redis as redis_client
 from hypothesis import given
 from hypothesis import strategies as st
 
-from otel_responses.demo.app import create_demo_app
 from otel_responses.guard.limits import PERIOD_WINDOWS, Period, bucket_width, calendar_period
 from otel_responses.guard.redis_store import PREFIX
 from tests.guard import Clock, client, guarded, metric, wait_metric, write_keys
-from tests.redisd import RedisServer, redis_server
-from tests.servers import run_cli, serve_asgi
+from tests.redisd import RedisServer
+from tests.servers import run_cli
 
 KEY = "sk-budget-0123456789abcdef"
 BUDGET = 0.01
 USD_PER_TOKEN = 300 / 1e6  # the price file's rate: a demo call of ~15 tokens is about $0.0045
 SPENT = "otel_responses_limit_usd_charged_total"
-
-
-@pytest.fixture(scope="module")
-def demo() -> Iterator[str]:
-    with serve_asgi(create_demo_app()) as url:
-        yield url + "/v1"
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
 
 
 def _keys(tmp_path: Path, name: str, **limits: float) -> Path:
