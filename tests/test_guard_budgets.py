@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 import redis as redis_client
@@ -22,6 +23,7 @@ from otel_responses.guard.redis_store import PREFIX
 from tests.guard import Clock, client, guarded, metric, wait_metric, write_keys
 from tests.redisd import RedisServer
 from tests.servers import run_cli
+from tests.upstreams import RawUpstream
 
 KEY = "sk-budget-0123456789abcdef"
 BUDGET = 0.01
@@ -138,6 +140,21 @@ def test_unpriced_calls_are_not_charged(demo: str, tmp_path: Path) -> None:
         for stream in (True, False, True, False):
             _call(sdk, stream)
         wait_metric(base, "otel_responses_cost_unpriced_total", 4, 'model="demo"')
+        assert metric(base, SPENT) == 0
+
+
+def test_a_call_without_usage_is_not_charged(upstream: RawUpstream, tmp_path: Path) -> None:
+    """A stream cut before its usage: tokens are estimated, USD never is (the same settlement
+    charges both, so once the tokens show, a USD charge would have too)."""
+    keys = _keys(tmp_path, "cut", tokens_per_day=1_000_000, usd_per_day=BUDGET)
+    with guarded(upstream.url + "/v1", keys, prices=_prices(tmp_path)) as (base, _), \
+            httpx.Client(timeout=10) as http:
+        with pytest.raises(httpx.RemoteProtocolError), http.stream(
+                "POST", base + "/v1/responses",
+                json={"model": "demo", "input": "x" * 400, "stream": True},
+                headers={"authorization": f"Bearer {KEY}", "x-scenario": "cut"}) as cut:
+            cut.read()
+        wait_metric(base, "otel_responses_limit_tokens_charged_total", 1)
         assert metric(base, SPENT) == 0
 
 
