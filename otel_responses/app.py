@@ -167,8 +167,9 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
                   max_body_bytes=settings.max_body_bytes, clock=clock,
                   events=GuardEvents(rejected=metrics.observe_rejection,
                                      store_failed=metrics.observe_store_error,
-                                     charged=metrics.observe_charge))
-    # The guard learns a call's tokens from what the telemetry recorded, through a sink.
+                                     charged=metrics.observe_charge,
+                                     spent=metrics.observe_spend))
+    # The guard learns a call's tokens and cost from what the telemetry recorded, through a sink.
     telemetry.sinks += (guard.observe_call,)
     return guard
 

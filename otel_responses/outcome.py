@@ -57,6 +57,7 @@ STREAM_ENDINGS = (Outcome.COMPLETED, Outcome.INCOMPLETE, Outcome.FAILED, Outcome
 """How a Responses stream can end, as the stream-endings counter labels it."""
 
 REJECTIONS = ("invalid_api_key", "model_not_allowed", "requests_per_minute", "tokens_per_minute",
-              "tokens_per_day", "max_concurrent", "limit_store_unavailable")
+              "tokens_per_day", "max_concurrent", "usd_per_day", "usd_per_month",
+              "limit_store_unavailable")
 """Why the guard refused a request, as the rejections counter labels it (each limit's reason
 is its name in the keys file)."""

@@ -13,7 +13,10 @@ from collections.abc import Generator, Iterator
 import pytest
 from hypothesis import settings
 
+from otel_responses.demo.app import create_demo_app
 from tests.e2e import llama as llama  # a session fixture, so every module shares one server
+from tests.redisd import RedisServer, redis_server
+from tests.servers import serve_asgi
 from tests.upstreams import RawUpstream
 
 settings.register_profile("default", deadline=None, max_examples=100)
@@ -36,6 +39,20 @@ def upstream() -> Iterator[RawUpstream]:
     raw = RawUpstream()
     with raw.running():
         yield raw
+
+
+@pytest.fixture(scope="module")
+def demo() -> Iterator[str]:
+    """The demo upstream's /v1 base URL, for the tests of one module."""
+    with serve_asgi(create_demo_app()) as url:
+        yield url + "/v1"
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, for the tests of one module."""
+    with redis_server() as server:
+        yield server
 
 
 # What turns each kind of skip into a run, by a phrase of its reason.

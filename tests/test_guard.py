@@ -12,7 +12,6 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,25 +20,12 @@ import openai
 import pytest
 
 from otel_responses.config import SettingError, Settings
-from otel_responses.demo.app import create_demo_app
 from tests.guard import Clock, client, guarded, metric, wait_metric, write_keys
 from tests.redisd import RedisServer, redis_server
-from tests.servers import run_cli, serve_asgi
+from tests.servers import run_cli
 from tests.upstreams import RawUpstream
 
 ALICE, BOB = "sk-alice-0123456789abcdef", "sk-bob-fedcba9876543210"
-
-
-@pytest.fixture(scope="module")
-def demo() -> Iterator[str]:
-    with serve_asgi(create_demo_app()) as url:
-        yield url + "/v1"
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
 
 
 def keys(*entries: dict[str, Any], **top: Any) -> dict[str, Any]:

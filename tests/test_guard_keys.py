@@ -26,7 +26,8 @@ FULL: dict[str, Any] = {
          "metadata": {"owner": "ops", "tier": 2}, "models": ["gpt-4o*", "o3-mini"],
          "upstream_api_key": "sk-upstream-ci",
          "limits": {"requests_per_minute": 60, "tokens_per_minute": 100000,
-                    "tokens_per_day": 2000000, "max_concurrent": 4}},
+                    "tokens_per_day": 2000000, "max_concurrent": 4,
+                    "usd_per_day": 2.5, "usd_per_month": 40}},
         {"name": "notebook", "key_sha256": hashlib.sha256(b"sk-notebook").hexdigest(),
          "upstream_api_key_env": "TEAM_KEY"},
     ],
@@ -53,6 +54,9 @@ INVALID: list[dict[str, Any]] = [
     {"keys": [{"name": "a", "key": SECRET, "upstream_api_key": "k",
                "upstream_api_key_env": "TEAM_KEY"}]},
     {"keys": [], "default_limits": {"max_concurrent": -1}},
+    {"keys": [], "default_limits": {"usd_per_day": 0}},
+    {"keys": [], "default_limits": {"usd_per_month": "5"}},
+    {"keys": [], "default_limits": {"usd_per_month": float("inf")}},
     {"keys": [], "model_limits": {"gpt*": {"tokens_per_day": True}}},
     {"keys": [{"name": "a", "key": SECRET, "metadata": ["x"]}]},
 ]
@@ -69,6 +73,7 @@ def test_full_example_is_valid_for_both() -> None:
     assert notebook is not None and notebook.caller.user_id == "notebook"  # the name
     assert notebook.upstream_api_key == "sk-upstream-team" and notebook.allows("anything")
     assert keys.limits_of(notebook) == Limits(requests_per_minute=10)
+    assert keys.limits_of(ci) == Limits(60, 100000, 2000000, 4, 2.5, 40.0)
     assert keys.model_limit("o3-pro") == ("o3*", Limits(tokens_per_day=50000))
     assert keys.model_limit("gpt-4o") is None
     assert keys.find("sk-unknown") is None and keys.needs_model
@@ -101,7 +106,8 @@ _limit_values = st.one_of(st.integers(-2, 3), st.floats(allow_nan=False), st.boo
                           st.none(), st.text(max_size=3))
 
 
-@given(st.dictionaries(st.sampled_from(["requests_per_minute", "tokens_per_day", "burst"]),
+@given(st.dictionaries(st.sampled_from(["requests_per_minute", "tokens_per_day", "usd_per_day",
+                                        "burst"]),
                        _limit_values, max_size=3),
        st.sampled_from(["key", "key_sha256"]), st.text(max_size=70))
 def test_validator_agrees_with_the_schema(limits: dict[str, Any], field: str,

@@ -7,6 +7,7 @@ import fnmatch
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -22,7 +23,10 @@ from otel_responses.caller import Caller
 log = logging.getLogger("otel_responses.guard")
 
 SCHEMA_PATH = Path(__file__).with_name("keys.schema.json")
-LIMIT_NAMES = ("requests_per_minute", "tokens_per_minute", "tokens_per_day", "max_concurrent")
+COUNT_NAMES = ("requests_per_minute", "tokens_per_minute", "tokens_per_day", "max_concurrent")
+BUDGET_NAMES = ("usd_per_day", "usd_per_month")  # USD, calendar windows in UTC
+LIMIT_NAMES = COUNT_NAMES + BUDGET_NAMES
+MAX_USD = 1_000_000_000  # the schema's maximum: a finite budget (YAML can write .inf)
 _KEY_FIELDS = frozenset({"name", "key", "key_sha256", "user_id", "team", "metadata", "models",
                          "upstream_api_key", "upstream_api_key_env", "limits"})
 _TOP_FIELDS = frozenset({"keys", "default_limits", "model_limits"})
@@ -39,10 +43,8 @@ class Limits:
     tokens_per_minute: int | None = None
     tokens_per_day: int | None = None
     max_concurrent: int | None = None
-
-    @property
-    def counts_tokens(self) -> bool:
-        return self.tokens_per_minute is not None or self.tokens_per_day is not None
+    usd_per_day: float | None = None
+    usd_per_month: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,13 +174,19 @@ def _api_key(raw: Any, where: str, env: Mapping[str, str]) -> ApiKey:
 
 def _limits(raw: Any, where: str) -> Limits:
     values = _mapping(raw, where, frozenset(LIMIT_NAMES))
-    counts: dict[str, int] = {}
+    counts: dict[str, float] = {}
     for name, value in values.items():
-        # As JSON Schema's "integer": 5.0 is one, true is not.
-        if not (type(value) is int or (type(value) is float and value.is_integer())) \
-                or value < 1:
+        # As JSON Schema's "integer" and "number": 5.0 is an integer, true is neither.
+        number = type(value) in (int, float) and math.isfinite(value)
+        if name in BUDGET_NAMES:
+            if not number or not 0 < value <= MAX_USD:
+                raise KeysFileError(f"{where}.{name} must be a number > 0 and <= {MAX_USD} "
+                                    "(USD)")
+            counts[name] = float(value)
+        elif not (number and float(value).is_integer()) or value < 1:
             raise KeysFileError(f"{where}.{name} must be an integer >= 1")
-        counts[name] = int(value)
+        else:
+            counts[name] = int(value)
     return Limits(**counts)
 
 

@@ -13,10 +13,29 @@ import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Literal, Protocol
 
 BUCKETS = 60
 CONCURRENT = 0.0  # the window of a concurrency check: slots, not amounts in time
+Period = Literal["day", "month"]
+# A calendar window's counter is named for its period, and its sliding window is longer than
+# any period (a day, 31 days), so nothing slides out before the period ends; then the next
+# period's counter starts at 0.
+PERIOD_WINDOWS: dict[Period, float] = {"day": 2 * 86400.0, "month": 32 * 86400.0}
+
+
+def calendar_period(period: Period, now: float) -> tuple[str, float]:
+    """The UTC day (``2026-12-05``) or month (``2026-12``) holding ``now``, and when it ends
+    (epoch seconds)."""
+    at = datetime.fromtimestamp(now, UTC)
+    if period == "day":
+        start = at.replace(hour=0, minute=0, second=0, microsecond=0)
+        return start.strftime("%Y-%m-%d"), start.timestamp() + 86400.0
+    start = at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    following = start.replace(year=start.year + start.month // 12,
+                              month=start.month % 12 + 1)
+    return start.strftime("%Y-%m"), following.timestamp()
 
 
 @dataclass(frozen=True, slots=True)

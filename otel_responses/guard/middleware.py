@@ -1,5 +1,6 @@
 """The Guard: pure ASGI in front of the telemetry middleware. It authenticates the inbound key,
-checks its model allow-list and limits, and charges the call's tokens once it has ended."""
+checks its model allow-list, limits and USD budgets, and charges the call's tokens and cost once
+it has ended."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -19,7 +20,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from otel_responses.caller import SCOPE_KEY as CALLER_KEY
 from otel_responses.caller import Caller
 from otel_responses.guard.keys import ApiKey, Keys, KeysFile, Limits
-from otel_responses.guard.limits import CONCURRENT, Admission, Check, LimitStore
+from otel_responses.guard.limits import (
+    CONCURRENT,
+    PERIOD_WINDOWS,
+    Admission,
+    Check,
+    LimitStore,
+    Period,
+    State,
+    calendar_period,
+)
 from otel_responses.protocol.body import SCOPE_KEY as PARSED_KEY
 from otel_responses.protocol.body import ParsedBody
 from otel_responses.protocol.encoding import decoder
@@ -35,14 +45,18 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _CACHED_CHECKS = 4096
 # A limit store outage is logged at most this often (every failure is counted).
 _STORE_LOG_INTERVAL = 10.0
-# Each limit: its window, the cost an admission charges (tokens are charged after the call),
-# and which x-ratelimit-*-{kind} headers report it.
+# Each limit: its window, the cost an admission charges (tokens and USD are charged after the
+# call), and its kind: which x-ratelimit-*-{kind} headers report it, or "usd" for a budget.
 _LIMITS: tuple[tuple[str, float, float, str | None], ...] = (
     ("requests_per_minute", MINUTE, 1.0, "requests"),
     ("tokens_per_minute", MINUTE, 0.0, "tokens"),
     ("tokens_per_day", DAY, 0.0, "tokens"),
     ("max_concurrent", CONCURRENT, 1.0, None),
+    ("usd_per_day", PERIOD_WINDOWS["day"], 0.0, "usd"),
+    ("usd_per_month", PERIOD_WINDOWS["month"], 0.0, "usd"),
 )
+# A budget's calendar period: its counter is named for the period it is in (see limits).
+_PERIODS: dict[str, Period] = {"usd_per_day": "day", "usd_per_month": "month"}
 
 
 class FinishedCall(Protocol):
@@ -51,6 +65,9 @@ class FinishedCall(Protocol):
     status: int
     request_raw: bytes
     response: dict[str, Any] | None
+
+    @property
+    def cost_usd(self) -> float | None: ...
 
 
 def charged_tokens(call: FinishedCall) -> int:
@@ -78,23 +95,27 @@ def charged_tokens(call: FinishedCall) -> int:
 @dataclass
 class GuardEvents:
     """Where the guard reports, for metrics: a rejection (reason, key name or None), a limit
-    store failure (operation: admit or settle) and tokens charged to a key."""
+    store failure (operation: admit or settle), tokens and USD charged to a key."""
 
     rejected: Callable[[str, str | None], None] = lambda reason, key: None
     store_failed: Callable[[str], None] = lambda operation: None
     charged: Callable[[float, str], None] = lambda tokens, key: None
+    spent: Callable[[float, str], None] = lambda usd, key: None
 
 
 @dataclass(slots=True)
 class _Ticket:
     """One admitted call: what to charge and release when it ends. The telemetry sink fills in
-    ``tokens`` through the context variable, since the sink knows nothing of the guard."""
+    ``tokens`` and ``usd`` through the context variable, since the sink knows nothing of the
+    guard."""
 
     caller: Caller
     lease: str | None = None
     slots: list[str] = field(default_factory=list)
     token_counters: list[tuple[str, float]] = field(default_factory=list)  # (counter, window)
     tokens: int | None = None
+    budget_counters: list[tuple[str, float]] = field(default_factory=list)  # of this period
+    usd: float | None = None
 
 
 _CURRENT: contextvars.ContextVar[_Ticket | None] = contextvars.ContextVar(
@@ -154,21 +175,27 @@ class Guard:
         checks, kinds = self._checks(keys, key, model)
         ticket = _Ticket(key.caller)
         if checks:
-            admission = await self._admit(checks, any(c.window == CONCURRENT for c in checks))
+            now = self.clock()
+            checks, edges = _dated(checks, kinds, now)
+            admission = await self._admit(checks, any(c.window == CONCURRENT for c in checks),
+                                          now)
             if admission is None and not self.fail_open:
                 await self._reject(scope, send, started, "limit_store_unavailable", key.caller,
                                    store_unavailable())
                 return
             if admission is not None and not admission.admitted:
+                # A spent budget is back when its period ends, not as its window slides.
+                admission = replace(admission, states=tuple(
+                    State(state.used, edges[i] - now) if i in edges and state.wait > 0
+                    else state for i, state in enumerate(admission.states)))
                 reason, error = rate_limited(checks, kinds, admission)
                 await self._reject(scope, send, started, reason, key.caller, error)
                 return
             if admission is not None:
                 ticket.lease = admission.lease
                 ticket.slots = [c.counter for c in checks if c.window == CONCURRENT]
-            ticket.token_counters = [(c.counter, c.window)
-                                     for c, (_, kind) in zip(checks, kinds, strict=True)
-                                     if kind == "tokens"]
+            ticket.token_counters = _counters(checks, kinds, "tokens")
+            ticket.budget_counters = _counters(checks, kinds, "usd")
         token = _CURRENT.set(ticket)
         try:
             await self.app(scope, receive, send)
@@ -177,11 +204,17 @@ class Guard:
             await self._settle(ticket)
 
     def observe_call(self, call: FinishedCall) -> None:
-        """The telemetry sink: the tokens of the call that just ended, for the guard to charge
-        (it runs inside the call's context, so it finds its ticket)."""
+        """The telemetry sink: the tokens and cost of the call that just ended, for the guard
+        to charge (it runs inside the call's context, so it finds its ticket). Budgets are
+        charged the priced cost only: an unpriced call, or one without usage, is charged
+        nothing rather than a guessed figure."""
         ticket = _CURRENT.get()
-        if ticket is not None and ticket.token_counters:
+        if ticket is None:
+            return
+        if ticket.token_counters:
             ticket.tokens = charged_tokens(call)
+        if ticket.budget_counters and (cost := call.cost_usd):
+            ticket.usd = cost
 
     def _checks(self, keys: Keys, key: ApiKey,
                 model: str | None) -> tuple[list[Check], list[tuple[str, str | None]]]:
@@ -196,19 +229,21 @@ class Guard:
                 self._cached[(key.digest, model)] = found
         return found
 
-    async def _admit(self, checks: list[Check], slots: bool) -> Admission | None:
+    async def _admit(self, checks: list[Check], slots: bool, now: float) -> Admission | None:
         # A lease names the concurrency slots a call holds: unique across replicas by the
         # process's random prefix, cheap by the counter.
         lease = f"{self._lease_prefix}{next(self._leases)}" if slots else ""
         try:
-            return await self.store.admit(checks, self.clock(), lease)
+            return await self.store.admit(checks, now, lease)
         except Exception as exc:
             self._store_failed("admit", exc)
             return None
 
     async def _settle(self, ticket: _Ticket) -> None:
-        charges = [(counter, window, ticket.tokens) for counter, window in ticket.token_counters
-                   ] if ticket.tokens else []
+        charges = [(counter, window, float(amount))
+                   for counters, amount in ((ticket.token_counters, ticket.tokens),
+                                            (ticket.budget_counters, ticket.usd)) if amount
+                   for counter, window in counters]
         slots = ticket.slots if ticket.lease is not None else []
         if not charges and not slots:
             return
@@ -217,8 +252,10 @@ class Guard:
         except Exception as exc:
             self._store_failed("settle", exc)
             return
-        if charges:
-            self.events.charged(ticket.tokens or 0, ticket.caller.name)
+        if ticket.tokens:
+            self.events.charged(ticket.tokens, ticket.caller.name)
+        if ticket.usd:
+            self.events.spent(ticket.usd, ticket.caller.name)
 
     def _store_failed(self, operation: str, exc: Exception) -> None:
         self.events.store_failed(operation)
@@ -312,6 +349,28 @@ def _checks(keys: Keys, key: ApiKey,
     return checks, kinds
 
 
+def _dated(checks: list[Check], kinds: list[tuple[str, str | None]],
+           now: float) -> tuple[list[Check], dict[int, float]]:
+    """``checks`` with each budget's counter named for the period ``now`` is in (the cached
+    checks are the same in every period), and when each budget's period ends, by index."""
+    edges: dict[int, float] = {}
+    dated = checks
+    for i, (name, kind) in enumerate(kinds):
+        if kind == "usd":
+            label, edges[i] = calendar_period(_PERIODS[name], now)
+            if dated is checks:
+                dated = list(checks)
+            dated[i] = replace(checks[i], counter=f"{checks[i].counter}\x00{label}")
+    return dated, edges
+
+
+def _counters(checks: list[Check], kinds: list[tuple[str, str | None]],
+              of_kind: str) -> list[tuple[str, float]]:
+    """The (counter, window) of the checks of a kind, to charge when the call ends."""
+    return [(c.counter, c.window) for c, (_, kind) in zip(checks, kinds, strict=True)
+            if kind == of_kind]
+
+
 def _replaying(body: bytes, more: bool, receive: Receive,
                then: Message | None = None) -> Receive:
     """A receive that gives ``body`` back first (and ``then``, a message read after it)."""
@@ -347,9 +406,9 @@ def store_unavailable() -> ProxyError:
 
 def rate_limited(checks: list[Check], kinds: list[tuple[str, str | None]],
                  admission: Admission) -> tuple[str, ProxyError]:
-    """The 429 for a refused admission: the reason (the first limit that refused), and the
-    error with ``retry-after`` (the longest wait) and OpenAI's ``x-ratelimit-*`` headers for
-    the tightest requests and tokens limits."""
+    """The 429 for a refused admission: the reason (the first budget that refused, else the
+    first limit), and the error with ``retry-after`` (the longest wait) and OpenAI's
+    ``x-ratelimit-*`` headers for the tightest requests and tokens limits."""
     refused = [(c, k, s) for c, k, s in zip(checks, kinds, admission.states, strict=True)
                if s.wait > 0]
     reason = refused[0][1][0]
@@ -357,6 +416,11 @@ def rate_limited(checks: list[Check], kinds: list[tuple[str, str | None]],
     headers: list[tuple[bytes, bytes]] = [
         (b"retry-after", str(max(1, math.ceil(wait))).encode()),
         (b"retry-after-ms", str(max(1, math.ceil(wait * 1000))).encode())]
+    # A spent budget answers first: retrying soon cannot help, unlike a rate limit.
+    budgets = [(check, name) for check, (name, kind), _ in refused if kind == "usd"]
+    if budgets:
+        check, name = budgets[0]
+        return name, budget_spent(name, check.limit, wait, tuple(headers))
     for kind in ("requests", "tokens"):
         of_kind = [(c, s) for c, (_, k), s in zip(checks, kinds, admission.states, strict=True)
                    if k == kind]
@@ -373,6 +437,18 @@ def rate_limited(checks: list[Check], kinds: list[tuple[str, str | None]],
                        f"{_duration(wait)}.", "tokens" if reason.startswith("tokens") else
                        "requests", "rate_limit_exceeded", headers=tuple(headers))
     return reason, error
+
+
+def budget_spent(name: str, limit: float, wait: float,
+                 headers: tuple[tuple[bytes, bytes], ...]) -> ProxyError:
+    """OpenAI's answer when an account's quota is spent, for a key's budget: the key is not
+    named (its owner knows it), the budget and when it comes back are."""
+    period = _PERIODS[name]
+    message = (f"You exceeded this API key's {'daily' if period == 'day' else 'monthly'} "
+               f"budget of USD {_number(limit).decode()}; it resets at the start of the next "
+               f"UTC {period}, in {_duration(wait)}.")
+    return ProxyError(429, message, "insufficient_quota", "insufficient_quota",
+                      headers=headers)
 
 
 def _number(value: float) -> bytes:

@@ -259,6 +259,10 @@ class ProxyMetrics:
         self.tokens_charged = Counter(
             "otel_responses_limit_tokens_charged",
             "Tokens charged to keys' token limits after their calls.", key, registry=registry)
+        self.usd_charged = Counter(
+            "otel_responses_limit_usd_charged",
+            "USD charged to keys' budgets after their calls (priced calls only).", key,
+            registry=registry)
         # Response store (adapter mode).
         self.store_errors = _Children(Counter(
             "otel_responses_store_errors",
@@ -359,8 +363,13 @@ class ProxyMetrics:
         self.limit_store_errors.labels(operation).inc()
 
     def observe_charge(self, tokens: float, key: str) -> None:
-        counter = self.tokens_charged
-        (counter.labels(*self._key(key)) if self.key_label else counter).inc(tokens)
+        self._charge(self.tokens_charged, tokens, key)
+
+    def observe_spend(self, usd: float, key: str) -> None:
+        self._charge(self.usd_charged, usd, key)
+
+    def _charge(self, counter: Counter, amount: float, key: str) -> None:
+        (counter.labels(*self._key(key)) if self.key_label else counter).inc(amount)
 
     def _key(self, key: str | None) -> tuple[str, ...]:
         # Key names come from the operator's keys file: bounded, and never the key itself.
