@@ -169,3 +169,15 @@ def test_a_calendar_period_holds_now_and_its_counter_never_slides(now: float,
     # A charge anywhere in the period stays in its window until the period is over.
     window = PERIOD_WINDOWS[period]
     assert edge - start + bucket_width(window) < window
+
+
+@pytest.mark.parametrize("key_label", [False, True])
+def test_the_cost_metric_names_the_key_only_when_asked(demo: str, tmp_path: Path,
+                                                       key_label: bool) -> None:
+    with guarded(demo, _keys(tmp_path, "spender"), prices=_prices(tmp_path),
+                 metrics_key_label=key_label) as (base, _):
+        cost = _call(client(base, KEY), stream=True)
+        labels = ('key="spender",' if key_label else "") + 'model="demo",provider="openai"'
+        assert wait_metric(base, "otel_responses_cost_usd_total", cost - 1e-12,
+                           labels) == pytest.approx(cost)
+        assert KEY not in httpx.get(base + "/metrics").text

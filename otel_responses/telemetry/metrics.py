@@ -283,7 +283,7 @@ class ProxyMetrics:
     def _cost_metrics(self, registry: CollectorRegistry) -> None:
         self.cost = _Children(Counter(
             "otel_responses_cost_usd", "USD spent on calls, priced from their reported usage.",
-            ("model", "provider"), registry=registry))
+            ("model", "provider", *(("key",) if self.key_label else ())), registry=registry))
         self.cost_cache_savings = _Children(Counter(
             "otel_responses_cost_cache_savings_usd",
             "USD the cached input tokens would have cost more at the model's uncached input "
@@ -297,7 +297,8 @@ class ProxyMetrics:
         cost = record.cost
         if isinstance(cost, CostBreakdown):
             labels = (self._model(_text(cost.model)), self.provider)
-            self.cost.labels(*labels).inc(cost.total, exemplar)
+            key = self._key(record.caller.name if record.caller is not None else None)
+            self.cost.labels(*labels, *key).inc(cost.total, exemplar)
             self.cost_cache_savings.labels(*labels).inc(cost.cache_savings)
         elif isinstance(cost, Unpriced):
             self.cost_unpriced.labels(self._model(_text(cost.model))).inc()
