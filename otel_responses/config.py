@@ -257,7 +257,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("store", "where adapter mode keeps responses for previous_response_id and GET: "
            "memory, none, sqlite:///file.db (in --data-dir), sqlite:////abs/file.db, "
            "redis://[:password@]host:port/db or rediss://… (unset: sqlite in --data-dir)",
-           metavar="URL"),
+           metavar="URL", secret=True),
     Option("data_dir", "directory for the proxy's state (the default SQLite store)",
            metavar="DIR"),
     Option("store_ttl", "how long stored responses are kept: seconds, or 12h, 30d…",

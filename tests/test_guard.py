@@ -329,8 +329,12 @@ def test_hot_reload_adds_removes_changes_and_survives_a_broken_file(
         assert _status(base, BOB) == 403  # its allow-list changed with it
         path.write_text("keys: [ {name: bob, key: ")  # broken: the last good file stays
         caplog.set_level(logging.ERROR, "otel_responses.guard")
+        deadline = time.monotonic() + 10
         while not any("not reloaded" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "the broken file was never reported"
             assert _status(base, BOB) == 403 and _status(base, ALICE) == 401
+        # Reported and refused: the last good file still decides.
+        assert _status(base, BOB) == 403 and _status(base, ALICE) == 401
         assert BOB not in caplog.text
         write_keys(path, keys({"name": "bob", "key": BOB, "limits": {
             "requests_per_minute": 1}}))

@@ -69,6 +69,13 @@ class Keys:
     by_digest: Mapping[bytes, ApiKey]
     default_limits: Limits = field(default_factory=Limits)
     model_limits: tuple[tuple[str, Limits], ...] = ()
+    # Whether any check needs the request's model (so its body must be read first): known
+    # once the file is loaded, read on every request.
+    needs_model: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "needs_model", bool(self.model_limits) or any(
+            k.models is not None for k in self.by_digest.values()))
 
     def find(self, key: str) -> ApiKey | None:
         # A dict lookup by digest: no comparison with a stored key, so no timing leak.
@@ -81,12 +88,6 @@ class Keys:
         """The first ``model_limits`` glob ``model`` matches, with its limits."""
         return next(((glob, limits) for glob, limits in self.model_limits
                      if fnmatch.fnmatchcase(model, glob)), None)
-
-    @property
-    def needs_model(self) -> bool:
-        """Whether any check needs the request's model (so its body must be read first)."""
-        return bool(self.model_limits) or any(k.models is not None
-                                              for k in self.by_digest.values())
 
 
 def digest(key: str) -> bytes:
