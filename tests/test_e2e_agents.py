@@ -85,6 +85,9 @@ def test_agent_with_a_function_tool(mode: str) -> None:
     assert link.context == call_span.context
     assert link.attributes["openai.tool_call.ids"] == (call["call_id"],)
     assert not call_span.links
+    # Stateless (no previous_response_id): the answer continues the asking call's session.
+    assert [s.attributes["session.id"] for s in (call_span, answer_span)] == [
+        first.response["id"]] * 2
     (exported,) = [s for s in _exported(spans) if s.span_id == _id(answer_span)]
     assert [x.span_id for x in exported.links] == [_id(call_span)]
     if mode == "stream":

@@ -1,9 +1,10 @@
 """Arize Phoenix as the trace backend: the proxy exports over OTLP (HTTP and gRPC), Phoenix reads.
 
 One ``phoenix serve`` (``OTEL_RESPONSES_PHOENIX_BIN``) runs for the module on free loopback
-ports. Each test starts two real proxy processes exporting to it under their own Phoenix project:
+ports. Each test starts real proxy processes exporting to it under their own Phoenix project:
 one in front of the replaying upstream (every recorded exchange in ../shared/fixtures), one in
-front of the demo upstream (a ``previous_response_id`` chain and an unrelated call). The spans
+front of the demo upstream (a ``previous_response_id`` chain and an unrelated call), and one
+serving an openai-agents run with a function tool (a stateless agent loop). The spans
 are then read back through Phoenix's REST API and GraphQL, and checked against the recordings
 and the responses the client received -- not against the proxy's own view.
 """
@@ -19,7 +20,7 @@ import httpx
 import pytest
 
 from otel_responses.demo.app import DemoSettings, create_demo_app
-from tests.e2e import Phoenix, phoenix_server
+from tests.e2e import Phoenix, Tap, phoenix_server, run_agent
 from tests.recordings import Recording, final_response, load_recordings, need, sse_payloads
 from tests.servers import run_cli, serve_asgi
 from tests.spans import indexed, message_text, tool_calls
@@ -38,6 +39,21 @@ SPAN_QUERY = """query ($id: String!) { getSpanByOtelId(spanId: $id) {
 def phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Phoenix]:
     with phoenix_server(tmp_path_factory.mktemp("phoenix")) as server:
         yield server
+
+
+def _export_to(phoenix: Phoenix, project: str, protocol: str) -> dict[str, str]:
+    return {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": protocol,
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": (phoenix.otlp_grpc if protocol == "grpc"
+                                                   else phoenix.otlp_http),
+            "OTEL_RESOURCE_ATTRIBUTES": f"openinference.project.name={project}"}
+
+
+def _parsed(phoenix: Phoenix, span: dict[str, Any]) -> dict[str, Any]:
+    """Phoenix's own parsed view of a span (GraphQL)."""
+    reply = httpx.post(phoenix.base + "/graphql", timeout=10, json={
+        "query": SPAN_QUERY, "variables": {"id": span["context"]["span_id"]}})
+    parsed: dict[str, Any] = reply.json()["data"]["getSpanByOtelId"]
+    return parsed
 
 
 def _post(base: str, body: dict[str, Any], **headers: str) -> httpx.Response:
@@ -68,10 +84,7 @@ def test_phoenix_parses_llm_spans_and_groups_sessions(phoenix: Phoenix, protocol
     if not recordings:
         need(None)  # skips (or fails under CI) with the reason
     project = "otel-responses-e2e-" + protocol.split("/")[0]
-    env = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": protocol,
-           "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": (phoenix.otlp_grpc if protocol == "grpc"
-                                                  else phoenix.otlp_http),
-           "OTEL_RESOURCE_ATTRIBUTES": f"openinference.project.name={project}"}
+    env = _export_to(phoenix, project, protocol)
     raw = RawUpstream(recordings={r.name: r for r in recordings}, seed=3)
     # Phoenix session ids are global: a seed per project keeps the demo's ids apart.
     demo = create_demo_app(DemoSettings(seed=project))
@@ -208,9 +221,7 @@ def _check_chain(phoenix: Phoenix, project: str, chain: list[dict[str, Any]],
     assert message_text(answer) == second["output"][0]["content"][0]["text"]
 
     # Phoenix's own parsed view (GraphQL): kind, token columns, session membership.
-    reply = httpx.post(phoenix.base + "/graphql", timeout=10, json={
-        "query": SPAN_QUERY, "variables": {"id": call_span["context"]["span_id"]}})
-    parsed = reply.json()["data"]["getSpanByOtelId"]
+    parsed = _parsed(phoenix, call_span)
     usage = first["usage"]
     assert parsed["spanKind"] == "llm" and parsed["statusCode"] == "OK"
     assert (parsed["tokenCountPrompt"], parsed["tokenCountCompletion"],
@@ -219,3 +230,40 @@ def _check_chain(phoenix: Phoenix, project: str, chain: list[dict[str, Any]],
     assert parsed["input"]["mimeType"] == parsed["output"]["mimeType"] == "json"
     assert parsed["trace"]["session"] == {"sessionId": first["id"], "numTraces": 3}
     assert parsed["project"]["name"] == project
+
+
+def test_phoenix_groups_an_agent_loop_into_one_session(phoenix: Phoenix) -> None:
+    """A real openai-agents run with a function tool, stateless (no previous_response_id): the
+    call answering the tool continues the session of the call that asked for it.
+
+    Phoenix 20 neither stores nor returns span links, so the link itself is checked in the
+    exported OTLP bytes (tests/test_e2e_agents.py); in Phoenix the loop is one session.
+    """
+    project = "otel-responses-e2e-agents"
+    upstream = Tap(create_demo_app(DemoSettings(seed=project)))
+    with serve_asgi(upstream) as demo_url, run_cli(
+            "--upstream", demo_url + "/v1",
+            env=_export_to(phoenix, project, "http/protobuf")) as (base, _):
+        result = run_agent(base + "/v1", "stream")
+    asking, answering = (x.response for x in upstream.exchanges)
+    (call,) = asking["output"]
+    assert result["tool_calls"] == [json.loads(call["arguments"])]
+
+    spans = {s["attributes"]["gen_ai.response.id"]: s for s in phoenix.spans(project, 2)}
+    assert set(spans) == {asking["id"], answering["id"]}
+    assert {s["attributes"]["session.id"] for s in spans.values()} == {asking["id"]}
+    (session,) = [s for s in phoenix.sessions(project) if s["session_id"] == asking["id"]]
+    assert sorted(t["trace_id"] for t in session["traces"]) == sorted(
+        s["context"]["trace_id"] for s in spans.values())
+    assert len(session["traces"]) == 2
+    assert session["token_count_prompt"] == sum(
+        r["usage"]["input_tokens"] for r in (asking, answering))
+    # The answering span holds the tool's output under the call id Phoenix shows on the asking
+    # span's tool call.
+    (out,) = indexed(spans[asking["id"]]["attributes"], "llm.output_messages")
+    assert out["message.tool_calls.0.tool_call.id"] == call["call_id"]
+    *_, tool_message = indexed(spans[answering["id"]]["attributes"], "llm.input_messages")
+    assert (tool_message["message.role"], tool_message["message.tool_call_id"]) == (
+        "tool", call["call_id"])
+    parsed = _parsed(phoenix, spans[answering["id"]])
+    assert parsed["trace"]["session"] == {"sessionId": asking["id"], "numTraces": 2}

@@ -212,12 +212,17 @@ def test_a_function_output_links_its_span_to_the_span_that_asked() -> None:
         second, answering = _demo_call(base, sink, {"input": history, "tools": [WEATHER_TOOL]})
         history += [*second["output"], {"role": "user", "content": "Thanks"}]
         _, later = _demo_call(base, sink, {"input": history})
+        other, unrelated = _demo_call(base, sink, {"input": "An unrelated question"})
         samples = wait_for(base, lambda s: value(s, "otel_responses_tool_calls_total") >= 1)
         spans = sink.spans()
     (link,) = answering.links
     assert link.context == asking.context
     assert link.attributes["openai.tool_call.ids"] == (call["call_id"],)
     assert not asking.links and not later.links  # the answer resent later links no more
+    # One session for the whole loop, named after its first response (no header, no chain):
+    # the answer continues the asking call's session, and so does the turn resending it.
+    assert [s.attributes["session.id"] for s in (asking, answering, later)] == [first["id"]] * 3
+    assert unrelated.attributes["session.id"] == other["id"] != first["id"]
     assert value(samples, "otel_responses_tool_calls_total", type="function_call",
                  status="completed") == 1
 

@@ -37,9 +37,6 @@ class RecentIndex(Generic[V]):
             self._entries.move_to_end(key)
         return value
 
-    def pop(self, key: str) -> V | None:
-        return self._entries.pop(key, None)
-
     def remember(self, key: str, value: V) -> None:
         self._entries[key] = value
         self._entries.move_to_end(key)

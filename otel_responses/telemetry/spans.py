@@ -28,7 +28,7 @@ from otel_responses.telemetry.options import TelemetryOptions, genai_provider_na
 from otel_responses.telemetry.recorder import CallRecord
 from otel_responses.telemetry.sdk_private import attribute_store
 from otel_responses.telemetry.sessions import ChainLink, SessionIndex
-from otel_responses.telemetry.tool_spans import ToolSpans
+from otel_responses.telemetry.tool_spans import Answers, ToolSpans
 
 FIRST_TOKEN_EVENT = "First Token Stream Event"  # the OpenInference name, fired at the first delta
 # The inbound API key's name and team (never the key), when the guard authenticated the call.
@@ -81,7 +81,8 @@ class SpanWriter:
         return span, forwarded
 
     def finish(self, span: Span, record: CallRecord, headers: list[tuple[bytes, bytes]]) -> None:
-        context = self._context(record, headers, span)  # sampled or not: sessions chain on
+        answers = self.tools.answers(record.request)
+        context = self._context(record, headers, span, answers)  # sampled or not: sessions chain on
         if span.is_recording():  # else sampled out: the attributes would go nowhere
             try:
                 attrs = self._attributes(record, context)
@@ -106,7 +107,7 @@ class SpanWriter:
             span.set_status(Status(StatusCode.OK))
         # Tool calls: links to the spans this request answers, TOOL spans for those the
         # upstream ran (last: the LLM span is complete should they fail).
-        self.tools.finish(span, record, context)
+        self.tools.finish(span, record, context, answers)
         span.end(end_time=record.end_ns)
 
     def _attributes(self, record: CallRecord, context: Attributes) -> Attributes:
@@ -146,9 +147,13 @@ class SpanWriter:
         attrs.update(context)
         return attrs
 
-    def _context(self, record: CallRecord, headers: list[tuple[bytes, bytes]],
-                 span: Span) -> Attributes:
-        """session.id, user.id and metadata; remembers this response for later chain links."""
+    def _context(self, record: CallRecord, headers: list[tuple[bytes, bytes]], span: Span,
+                 answers: Answers) -> Attributes:
+        """session.id, user.id and metadata; remembers this response for later chain links.
+
+        A stateless agent loop (each request resending the history with the tools' outputs,
+        no ``previous_response_id``) stays in the session of the call that asked for the tools.
+        """
         request = record.request or {}
         out: Attributes = {}
         previous = request.get("previous_response_id")
@@ -161,6 +166,7 @@ class SpanWriter:
                    or (link.session_id if link else None)
                    or _str(record.notes.get(CHAIN_ROOT))  # a stored chain's first response
                    or (previous if isinstance(previous, str) else None)
+                   or answers.session_id
                    or (response_id if isinstance(response_id, str) else None))
         if session:
             out[SpanAttributes.SESSION_ID] = session

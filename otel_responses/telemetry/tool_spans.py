@@ -1,12 +1,14 @@
 """TOOL child spans for the calls the upstream ran, and span links from a client's tool output
-to the span whose response asked for the call: built with the LLM span, after the response."""
+to the span whose response asked for the call (whose session it continues): built with the LLM
+span, after the response."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
+from openinference.semconv.trace import SpanAttributes
 from opentelemetry.context import Context
 from opentelemetry.trace import (
     Span,
@@ -40,24 +42,66 @@ CALL_IDS = "openai.tool_call.ids"
 """On a link from a request's span to the span that asked for calls: the call ids answered."""
 
 
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """A call id handed to a client: the session and span of the call that asked for it."""
+
+    session_id: str | None  # None: that call had none (no response id)
+    span_context: SpanContext
+    linked: bool = False  # an answer has linked to it already
+
+
+@dataclass(frozen=True, slots=True)
+class Answers:
+    """What a request answers: the spans that asked (each linked once, with the call ids it
+    answers first), and the session they ran in."""
+
+    links: list[tuple[SpanContext, list[str]]]
+    session_id: str | None
+
+
+NO_ANSWERS = Answers([], None)
+
+
 class ToolSpans:
     """Writes a call's TOOL spans under its LLM span and links it to the spans it answers.
 
-    ``asked`` remembers, per process, the span of each call id handed to a client (an LRU of
-    ``session_cache_size`` ids). A call id links once, from the first request answering it:
-    a stateless client resends every earlier output, which must not link again each turn.
+    ``asked`` remembers, per process, the session and span of each call id handed to a client
+    (an LRU of ``session_cache_size`` ids). A call id links once, from the first request
+    answering it: a stateless client resends every earlier output, which must not link again
+    each turn; each such request still continues the session.
     """
 
     def __init__(self, tracer: Tracer, options: TelemetryOptions) -> None:
         self.tracer = tracer
         self.options = options
-        self.asked: RecentIndex[SpanContext] = RecentIndex(options.session_cache_size)
+        self.asked: RecentIndex[Asked] = RecentIndex(options.session_cache_size)
 
-    def finish(self, span: Span, record: CallRecord, context: Attributes) -> None:
-        """Link ``span`` to the spans asking what its request answers, remember what it asks
-        itself, and write its TOOL spans (``context``: the session and user attributes)."""
-        self._link_answers(span, record.request)
-        asking = span.get_span_context()
+    def answers(self, request: Mapping[str, Any] | None) -> Answers:
+        """The calls whose tools ``request`` answers (marked linked from now on)."""
+        # By span id: a SpanContext is a tuple, but its TraceState cannot be hashed.
+        by_span: dict[int, tuple[SpanContext, list[str]]] = {}
+        session = None
+        for call_id in answered_calls(request):
+            asked = self.asked.get(call_id)
+            if asked is None:
+                continue
+            session = session or asked.session_id
+            if not asked.linked:
+                self.asked.remember(call_id, replace(asked, linked=True))
+                context = asked.span_context
+                by_span.setdefault(context.span_id, (context, []))[1].append(call_id)
+        return Answers(list(by_span.values()), session) if by_span or session else NO_ANSWERS
+
+    def finish(self, span: Span, record: CallRecord, context: Attributes,
+               answers: Answers) -> None:
+        """Link ``span`` to the calls it answers, remember what it asks itself (with its
+        session), and write its TOOL spans (``context``: the session and user attributes)."""
+        limit = self.options.max_attribute_length
+        for asking, ids in answers.links:
+            span.add_link(asking, {CALL_IDS: [encodable(capped(i, limit)) for i in ids]})
+        session = context.get(SpanAttributes.SESSION_ID)
+        asking = Asked(session if isinstance(session, str) else None, span.get_span_context())
         for call_id in asked_calls(record.tools):
             self.asked.remember(call_id, asking)
         if not span.is_recording():
@@ -66,17 +110,6 @@ class ToolSpans:
         for run in record.tools:
             if run.server:
                 self._write(parent, run, record, context)
-
-    def _link_answers(self, span: Span, request: Mapping[str, Any] | None) -> None:
-        # By span id: a SpanContext is a tuple, but its TraceState cannot be hashed.
-        by_span: dict[int, tuple[SpanContext, list[str]]] = {}
-        for call_id in answered_calls(request):
-            asking = self.asked.pop(call_id)
-            if asking is not None:
-                by_span.setdefault(asking.span_id, (asking, []))[1].append(call_id)
-        limit = self.options.max_attribute_length
-        for asking, ids in by_span.values():
-            span.add_link(asking, {CALL_IDS: [encodable(capped(i, limit)) for i in ids]})
 
     def _write(self, parent: Context, run: ToolRun, record: CallRecord,
                context: Attributes) -> None:
