@@ -119,3 +119,25 @@ def _check_tokens(exchange: Exchange, attrs: Any, reported: dict[str, Any]) -> N
         usage["input_tokens"], usage["output_tokens"], usage["total_tokens"]) == (
         reported["usage"]["input_tokens"], reported["usage"]["output_tokens"],
         reported["usage"]["total_tokens"])
+
+
+@pytest.mark.parametrize("mode", ["run", "stream"])
+def test_adapter_mode_links_the_agent_loop_alike(mode: str) -> None:
+    """Adapter mode (the demo's Chat Completions server upstream): the same two LLM spans, the
+    answer linked to the call that asked and in its session."""
+    with serve_asgi(create_demo_app()) as upstream_url, \
+            traced_proxy(upstream_url + "/v1", upstream_api="chat", store="memory") \
+            as (base, sink):
+        result = run_agent(base + "/v1", mode)
+        call_span, answer_span = sorted(sink.wait(2), key=lambda s: s.start_time or 0)
+    assert result["tool_calls"] == [{"city": "demo"}]
+    (asked,) = indexed(call_span.attributes, "llm.output_messages")
+    call_id = asked["message.tool_calls.0.tool_call.id"]
+    *_, tool_message = indexed(answer_span.attributes, "llm.input_messages")
+    assert (tool_message["message.role"], tool_message["message.tool_call_id"]) == (
+        "tool", call_id)
+    (link,) = answer_span.links
+    assert link.context == call_span.context
+    assert link.attributes["openai.tool_call.ids"] == (call_id,)
+    assert [s.attributes["session.id"] for s in (call_span, answer_span)] == [
+        call_span.attributes["gen_ai.response.id"]] * 2
