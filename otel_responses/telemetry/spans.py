@@ -20,6 +20,7 @@ from otel_responses.protocol.attributes import (
     response_attributes,
 )
 from otel_responses.protocol.body import MAX_DEPTH, cut_depth
+from otel_responses.protocol.messages import str_or_none
 from otel_responses.protocol.notes import CHAIN_ROOT
 from otel_responses.protocol.text import capped, encodable
 from otel_responses.telemetry.cost import CostBreakdown, cost_attributes
@@ -164,7 +165,7 @@ class SpanWriter:
         session = (next(filter(None, (_header(headers, h) for h in self._session_headers)), None)
                    or _conversation_id(request)
                    or (link.session_id if link else None)
-                   or _str(record.notes.get(CHAIN_ROOT))  # a stored chain's first response
+                   or str_or_none(record.notes.get(CHAIN_ROOT))  # a stored chain's first response
                    or (previous if isinstance(previous, str) else None)
                    or answers.session_id
                    or (response_id if isinstance(response_id, str) else None))
@@ -172,8 +173,8 @@ class SpanWriter:
             out[SpanAttributes.SESSION_ID] = session
             if isinstance(response_id, str):
                 self.sessions.remember(response_id, ChainLink(session, span.get_span_context()))
-        user = (_header(headers, self._user_header) or _str(request.get("user"))
-                or _str(request.get("safety_identifier")))
+        user = (_header(headers, self._user_header) or str_or_none(request.get("user"))
+                or str_or_none(request.get("safety_identifier")))
         caller = record.caller
         if caller is not None:  # authenticated: who the key says, not what the client claims
             user = caller.user_id
@@ -192,15 +193,11 @@ class SpanWriter:
         return out
 
 
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
 def _conversation_id(request: dict[str, Any]) -> str | None:
     conversation = request.get("conversation")
     if isinstance(conversation, dict):
         conversation = conversation.get("id")
-    return _str(conversation)
+    return str_or_none(conversation)
 
 
 def _terminal_event_name(outcome: str) -> str:
