@@ -11,7 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from otel_responses.protocol.accumulator import ItemTimes
 from otel_responses.protocol.messages import output_messages
+from otel_responses.protocol.response_attributes import response_attributes
 from otel_responses.protocol.stream import ResponseStream
 from otel_responses.protocol.tools import (
     COMPLETED,
@@ -272,3 +274,81 @@ def test_a_recorded_function_call_is_answered_by_the_next_recorded_request() -> 
     assert response is not None
     asked = asked_calls(tool_runs(response, {}, 0, 1, final=True))
     assert asked and answered_calls(second.request_body) == asked
+
+
+# ---- who ran a call: the item says so, or its answer came back in the same response --------
+
+SHELL_OUTPUT = [{"stdout": "HELLO\n", "stderr": "", "outcome": {"type": "exit", "exit_code": 0}}]
+FOUND_TOOLS = [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]
+MIXED_RESPONSE: dict[str, Any] = {"status": "completed", "output": [
+    {"id": "sh_1", "type": "shell_call", "call_id": "c_local", "status": "completed",
+     "action": {"commands": ["ls"]}, "environment": {"type": "local"}},
+    {"id": "sh_2", "type": "shell_call", "call_id": "c_hosted", "status": "completed",
+     "action": {"commands": ["echo HELLO"]},
+     "environment": {"type": "container_reference", "container_id": "cntr_1"}},
+    {"id": "sho_2", "type": "shell_call_output", "call_id": "c_hosted", "status": "completed",
+     "output": SHELL_OUTPUT},
+    {"id": "sh_3", "type": "shell_call", "call_id": "c_answered", "status": "completed",
+     "action": {"commands": ["date"]}},
+    {"id": "sho_3", "type": "shell_call_output", "call_id": "c_answered", "status": "incomplete",
+     "output": []},
+    {"id": "ts_4", "type": "tool_search_call", "execution": "server", "status": "completed",
+     "arguments": {"query": "WEATHER"}},
+    {"id": "tso_4", "type": "tool_search_output", "execution": "server", "status": "completed",
+     "tools": FOUND_TOOLS},
+    {"id": "ts_5", "type": "tool_search_call", "execution": "client", "call_id": "c_search",
+     "status": "completed", "arguments": {"query": "MAPS"}},
+    {"id": "pr_6", "type": "program", "call_id": "c_program", "code": "return 6 * 7",
+     "fingerprint": "fp"},
+    {"id": "pro_6", "type": "program_output", "call_id": "c_program", "result": "42",
+     "status": "completed"},
+    {"id": "fc_7", "type": "function_call", "call_id": "c_fn", "name": "f", "arguments": "{}"},
+]}
+
+
+def test_who_ran_a_call_is_told_by_the_item_or_by_its_answer_in_the_response() -> None:
+    runs = tool_runs(MIXED_RESPONSE, {}, 0, END_NS, final=True)
+    assert [(r.item_id, r.server, r.result and r.result["id"], r.status) for r in runs] == [
+        ("sh_1", False, None, COMPLETED),  # a local shell: the client runs it
+        ("sh_2", True, "sho_2", COMPLETED),  # a hosted container's shell, answered alongside
+        ("sh_3", True, "sho_3", INCOMPLETE),  # its output came back (unfinished) with it
+        ("ts_4", True, "tso_4", COMPLETED),  # a server tool search: its output right after
+        ("ts_5", False, None, COMPLETED),  # a tool search the client runs
+        ("pr_6", True, "pro_6", COMPLETED),  # programmatic tool calling runs upstream
+        ("fc_7", False, None, COMPLETED)]
+    assert asked_calls(runs) == ["c_local", "c_search", "c_fn"]
+
+    # The output messages hold the calls handed to the client, and no tool's payload.
+    said = output_messages(MIXED_RESPONSE["output"])
+    assert [m.tool_calls[0].id for m in said] == ["c_local", "c_search", "c_fn"]
+    assert all(m.role == "assistant" for m in said)
+    assert "HELLO" not in repr(said) and "WEATHER" not in repr(said) and "42" not in repr(said)
+
+    # The TOOL span of a call run upstream shows what its own output item answered.
+    by_id = {r.item_id: tool_attributes(r, None, MIXED_RESPONSE) for r in runs if r.server}
+    assert json.loads(by_id["sh_2"]["output.value"]) == SHELL_OUTPUT
+    assert json.loads(by_id["sh_2"]["input.value"])["action"] == {"commands": ["echo HELLO"]}
+    assert json.loads(by_id["ts_4"]["output.value"]) == FOUND_TOOLS
+    assert json.loads(by_id["ts_4"]["input.value"]) == {"query": "WEATHER"}
+    assert by_id["pr_6"]["output.value"] == "42"
+    assert by_id["sh_3"]["output.value"] == "[]"
+
+    # A client's tool search result answers its call.
+    assert answered_calls({"input": [{"type": "tool_search_output", "call_id": "c_search",
+                                      "execution": "client", "tools": FOUND_TOOLS}]}) == [
+        "c_search"]
+
+
+def test_a_call_run_upstream_ends_at_its_answer_in_the_stream() -> None:
+    response = {"status": "completed", "output": MIXED_RESPONSE["output"][1:3]}
+    times = {0: ItemTimes(100, 200), 1: ItemTimes(300, 400)}
+    (run,) = tool_runs(response, times, 0, END_NS, final=True)
+    assert (run.start_ns, run.end_ns, run.timed) == (100, 400, True)
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_only_calls_handed_to_the_client_make_a_tool_call_finish(finished: bool) -> None:
+    upstream_only = [*MIXED_RESPONSE["output"][1:3], *MIXED_RESPONSE["output"][5:7]]
+    output = upstream_only + ([MIXED_RESPONSE["output"][-1]] if not finished else [])
+    attrs = response_attributes({"status": "completed", "output": output})
+    assert attrs["llm.finish_reason"] == ("stop" if finished else "tool_call")

@@ -16,7 +16,7 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from otel_responses.demo.app import create_demo_app
 from otel_responses.telemetry.metrics import ProxyMetrics
@@ -37,7 +37,9 @@ from tests.test_metrics import metered_proxy, send, value, wait_for
 from tests.test_tool_calls import (
     MCP_REQUEST,
     MCP_RESPONSE,
+    MIXED_RESPONSE,
     SERVER_TOOLS,
+    SHELL_OUTPUT,
     message_events,
     tool_events,
 )
@@ -271,29 +273,50 @@ def test_tool_metrics_and_the_otlp_bytes_of_tool_spans(upstream: RawUpstream) ->
             assert mine.parent_span_id == span.parent.span_id.to_bytes(8, "big")
 
 
-async def _searching_then_answering(scope: Scope, receive: Receive, send: Send) -> None:
-    """An ASGI app streaming a web search, then the answer, an event per chunk with pauses."""
-    while (await receive()).get("more_body"):
-        pass
-    search, search_events = tool_events(0, "web_search_call", "OTTERS")
-    answer, answer_events = message_events(1, ["otters ", "hold hands"])
+def _tools_then_answering(*tools: tuple[list[dict[str, Any]], list[dict[str, Any]]]) -> ASGIApp:
+    """An ASGI app streaming tool items (each: its final items, its events), then the answer,
+    an event per chunk with pauses."""
+    items = [item for done, _ in tools for item in done]
+    answer, answer_events = message_events(len(items), ["otters ", "hold hands"])
     response = {"id": "resp_e", "object": "response", "model": "m"}
     events = [{"type": "response.created", "response": {**response, "status": "in_progress"}},
-              *search_events, *answer_events,
+              *(event for _, tool_events in tools for event in tool_events), *answer_events,
               {"type": "response.completed", "response": {
-                  **response, "status": "completed", "output": [search, answer]}}]
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/event-stream")]})
-    for event in events:
-        body = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
-        await send({"type": "http.response.body", "body": body, "more_body": True})
-        await asyncio.sleep(0.005)
-    await send({"type": "http.response.body", "body": b""})
+                  **response, "status": "completed", "output": [*items, answer]}}]
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        for event in events:
+            body = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            await asyncio.sleep(0.005)
+        await send({"type": "http.response.body", "body": b""})
+    return app
+
+
+def _searching() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    search, events = tool_events(0, "web_search_call", "OTTERS")
+    return [search], events
+
+
+def _hosted_shell() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A shell call run in a hosted container, then its output item: two items, one run."""
+    call, output = MIXED_RESPONSE["output"][1:3]
+    events = []
+    for index, item in enumerate((call, output)):
+        events += [{"type": "response.output_item.added", "output_index": index,
+                    "item": {**item, "status": "in_progress"}},
+                   {"type": "response.output_item.done", "output_index": index, "item": item}]
+    return [call, output], events
 
 
 def test_the_embeddable_middleware_times_a_search_inside_the_call() -> None:
     sink, metrics = SpanSink(), ProxyMetrics()
-    app = ResponsesTelemetryMiddleware(_searching_then_answering, tracer_provider=sink.provider,
+    app = ResponsesTelemetryMiddleware(_tools_then_answering(_searching()),
+                                       tracer_provider=sink.provider,
                                        options=TelemetryOptions(genai_semconv=True),
                                        sinks=(metrics.observe_call,))
     with serve_asgi(app, lifespan="off") as base:
@@ -312,3 +335,22 @@ def test_the_embeddable_middleware_times_a_search_inside_the_call() -> None:
     assert metrics.tool_calls.labels("web_search_call", "completed")._value.get() == 1
     assert metrics.tool_duration.labels("web_search_call")._sum.get() == \
         (search.end_time - search.start_time) / 1e9
+
+
+def test_a_shell_run_upstream_is_a_tool_span_until_its_output_item() -> None:
+    sink = SpanSink()
+    app = ResponsesTelemetryMiddleware(_tools_then_answering(_hosted_shell()),
+                                       tracer_provider=sink.provider)
+    with serve_asgi(app, lifespan="off") as base:
+        reply = httpx.post(base + "/v1/responses", json={"model": "m", "input": "Shell?",
+                                                         "stream": True}, timeout=10)
+        assert reply.status_code == 200
+        llm, (shell,) = _llm_and_tools(sink, 1)
+    (first_token,) = [e.timestamp for e in llm.events if e.name == "First Token Stream Event"]
+    assert llm.start_time < shell.start_time < shell.end_time <= first_token < llm.end_time
+    assert (shell.name, shell.attributes["tool.id"]) == ("shell_call", "sh_2")
+    assert json.loads(shell.attributes["output.value"]) == SHELL_OUTPUT
+    # Not a call handed to the client: the LLM span's output is the answer alone.
+    (said,) = indexed(llm.attributes, "llm.output_messages")
+    assert "message.tool_calls.0.tool_call.id" not in said
+    assert llm.attributes["llm.finish_reason"] == "stop"

@@ -30,7 +30,12 @@ _SNAPSHOT_TYPES = frozenset({"response.created", "response.in_progress", "respon
 # Item types the upstream runs itself, whose `response.<type>.in_progress`/`.completed`/
 # `.failed` events time the tool's work (the item's added/done events bracket it otherwise).
 SERVER_TOOL_TYPES = frozenset({"web_search_call", "file_search_call", "code_interpreter_call",
-                               "image_generation_call", "mcp_call", "mcp_list_tools"})
+                               "image_generation_call", "mcp_call", "mcp_list_tools", "program",
+                               "tool_search_call"})
+# Items whose added/done events are not timed: the model speaking. Every other item may be
+# tool work (some calls are run upstream or not as the item says, and a call run upstream may
+# end at its own output item), so its boundaries are stamped.
+_SPEECH = frozenset({"message", "reasoning"})
 # Kinds of item boundary, in the order they come for one item.
 ITEM_ADDED, TOOL_STARTED, TOOL_ENDED, ITEM_DONE = range(4)
 _TERMINAL_TYPES = frozenset({"response.completed", "response.incomplete", "response.failed"})
@@ -217,8 +222,7 @@ class ResponseAccumulator:
         self.unstamped = False
 
     def item_times(self) -> dict[int, ItemTimes]:
-        """output_index → when a server tool item's work began and ended (stamped boundaries
-        only)."""
+        """output_index → when a tool item's work began and ended (stamped boundaries only)."""
         seen: dict[int, list[int | None]] = {}
         for (index, kind), at in zip(self._marks, self._mark_times, strict=False):
             seen.setdefault(index, [None, None, None, None])[kind] = at
@@ -274,7 +278,7 @@ class ResponseAccumulator:
             return False
         self._items[index] = _Item(item)
         self._remember_id(item, index)
-        if item.get("type") in SERVER_TOOL_TYPES:
+        if item.get("type") not in _SPEECH:
             self._mark(index, ITEM_ADDED)
         return True
 
@@ -284,7 +288,7 @@ class ResponseAccumulator:
             return False
         self._items[index] = _Item(item, final=True)
         self._remember_id(item, index)
-        if item.get("type") in SERVER_TOOL_TYPES:
+        if item.get("type") not in _SPEECH:
             self._mark(index, ITEM_DONE)
         return True
 

@@ -253,11 +253,14 @@ class _ToolOutput:
     result_key: str | None  # None: the result is the item's own fields
     id_key: str = "call_id"
 
-    def __call__(self, item: Mapping[str, Any]) -> list[Message]:
+    def value(self, item: Mapping[str, Any]) -> Any:
         value = item.get(self.result_key) if self.result_key else None
         if value is None:  # also a failed apply_patch_call_output: show its status and the rest
             value = {k: v for k, v in item.items() if k not in _IDS}
-        content, parts = _result(value)
+        return value
+
+    def __call__(self, item: Mapping[str, Any]) -> list[Message]:
+        content, parts = _result(self.value(item))
         call_id = str_or_none(item.get(self.id_key)) or _call_id(item)
         return [Message(TOOL, content=content, parts=parts, tool_call_id=call_id,
                         name=str_or_none(item.get("name")))]
@@ -278,7 +281,8 @@ class _BuiltinCall:
 
     def call(self, item: Mapping[str, Any]) -> ToolCall:
         kind = text_of(item.get("type"))
-        server = kind.removesuffix("_call") if self.server else None
+        upstream = (self.server and item.get("execution") != "client") or says_server_ran(item)
+        server = kind.removesuffix("_call") if upstream else None
         if "arguments" in item:
             arguments = _arguments(item.get("arguments"))
         else:
@@ -332,8 +336,8 @@ _ITEMS: dict[str, Callable[[Mapping[str, Any]], list[Message]]] = {
     "mcp_call": _BuiltinCall(result_keys=("output", "error")),
     "mcp_list_tools": _BuiltinCall(result_keys=("tools", "error")),
     "mcp_approval_request": _BuiltinCall(server=False),  # answered by the client
-    "tool_search_call": _BuiltinCall(server=False),
-    "program": _BuiltinCall(server=False),
+    "tool_search_call": _BuiltinCall(),  # run upstream unless `execution: client`
+    "program": _BuiltinCall(),  # programmatic tool calling: its code runs upstream
     "compaction": _BuiltinCall(omit=("encrypted_content",)),
 }
 
@@ -345,7 +349,50 @@ _ITEMS: dict[str, Callable[[Mapping[str, Any]], list[Message]]] = {
 CLIENT_CALLS = frozenset({"function_call", "custom_tool_call", "computer_call",
                           "local_shell_call", "shell_call", "apply_patch_call",
                           "mcp_approval_request"})
-SPOKEN_ITEMS = CLIENT_CALLS | {"message", "reasoning"}
+"""Call types the client is asked to run, unless the item says the upstream ran it (a shell in
+a hosted container): `handed_to_client` tells from the item."""
+# Built-in tools the upstream runs unless the item says ``execution: client``.
+_CLIENT_IF_SAID = frozenset({"tool_search_call"})
+_SPEECH = frozenset({"message", "reasoning"})
+
+
+def says_server_ran(item: Mapping[str, Any]) -> bool:
+    """The item itself says the upstream ran it: a tool search's ``execution: server``, a
+    shell in a hosted container (``environment.type: container_reference``)."""
+    return (item.get("execution") == "server"
+            or mapping(item.get("environment")).get("type") == "container_reference")
+
+
+def call_outputs(items: Any) -> dict[str, int]:
+    """call id → index of each tool output item (``…_output``) among a response's output:
+    calls the upstream ran and answered in the same response (a hosted shell, a program)."""
+    out: dict[str, int] = {}
+    for index, item in enumerate(items_of(items)):
+        if isinstance(_ITEMS.get(item_type(item) or ""), _ToolOutput):
+            call_id = str_or_none(item.get("call_id"))
+            if call_id is not None:
+                out.setdefault(call_id, index)
+    return out
+
+
+def handed_to_client(item: Any, outputs: Mapping[str, int]) -> bool:
+    """Whether a response's output item is a call the client must run: a `CLIENT_CALLS` type
+    whose item neither says the upstream ran it (`says_server_ran`) nor has its output among
+    the response's (``outputs``: `call_outputs`); a tool search the item says the client runs
+    (``execution: client``)."""
+    kind = item_type(item)
+    if kind in _CLIENT_IF_SAID:
+        return item.get("execution") == "client"
+    if kind not in CLIENT_CALLS:
+        return False
+    return not says_server_ran(item) and str_or_none(item.get("call_id")) not in outputs
+
+
+def tool_output(item: Mapping[str, Any]) -> Any:
+    """A tool output item's result (a shell's output, a tool search's tools, a program's
+    result); None for any other item."""
+    handler = _ITEMS.get(item_type(item) or "")
+    return handler.value(item) if isinstance(handler, _ToolOutput) else None
 
 
 def item_type(item: Any) -> str | None:
@@ -381,8 +428,11 @@ def items_messages(items: Any) -> list[Message]:
 
 
 def output_messages(items: Any) -> list[Message]:
-    """Messages for a response's ``output``: only the items the model spoke (`SPOKEN_ITEMS`)."""
-    return [m for item in items_of(items) if item_type(item) in SPOKEN_ITEMS
+    """Messages for a response's ``output``: only what the model spoke, its messages and
+    reasoning and the calls it hands to the client (`handed_to_client`)."""
+    outputs = call_outputs(items)
+    return [m for item in items_of(items)
+            if item_type(item) in _SPEECH or handed_to_client(item, outputs)
             for m in item_messages(item)]
 
 

@@ -8,13 +8,14 @@ from typing import Any, NamedTuple
 from openinference.semconv.trace import OpenInferenceMimeTypeValues, SpanAttributes
 
 from otel_responses.protocol.messages import (
-    CLIENT_CALLS,
     Attributes,
+    call_outputs,
     dumps,
     flatten_images,
     flatten_messages,
     generated_images,
-    item_type,
+    handed_to_client,
+    items_of,
     mapping,
     output_messages,
     str_or_none,
@@ -59,15 +60,15 @@ def usage(response: Mapping[str, Any]) -> Usage:
 def finish_reason(response: Mapping[str, Any]) -> str | None:
     """The GenAI FinishReason for a response (none is native to the Responses API).
 
-    completed → ``stop`` (``tool_call`` when it hands a call to the client, `CLIENT_CALLS`);
+    completed → ``stop`` (``tool_call`` when it hands a call to the client, `handed_to_client`);
     incomplete → ``length`` or ``content_filter`` (other reasons verbatim); failed/cancelled →
     ``error``; else None.
     """
     status = response.get("status")
     if status == "completed":
         output = response.get("output")
-        calls = isinstance(output, list) and any(item_type(item) in CLIENT_CALLS
-                                                 for item in output)
+        outputs = call_outputs(output)
+        calls = any(handed_to_client(item, outputs) for item in items_of(output))
         return "tool_call" if calls else "stop"
     if status == "incomplete":
         reason = str_or_none(mapping(response.get("incomplete_details")).get("reason"))

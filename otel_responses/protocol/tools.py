@@ -18,13 +18,16 @@ from otel_responses.protocol.messages import (
     CLIENT_CALLS,
     Attributes,
     builtin_call,
+    call_outputs,
     dumps,
     flatten_images,
     generated_images,
+    handed_to_client,
     item_type,
     items_of,
     mapping,
     str_or_none,
+    tool_output,
 )
 
 TOOL_TYPES = SERVER_TOOL_TYPES | CLIENT_CALLS
@@ -38,17 +41,20 @@ _TEXT = OpenInferenceMimeTypeValues.TEXT.value
 _ANSWERS = {"function_call_output": "call_id", "custom_tool_call_output": "call_id",
             "computer_call_output": "call_id", "local_shell_call_output": "call_id",
             "shell_call_output": "call_id", "apply_patch_call_output": "call_id",
-            "mcp_approval_response": "approval_request_id"}
+            "tool_search_output": "call_id", "mcp_approval_response": "approval_request_id"}
 
 
 @dataclass(frozen=True, slots=True)
 class ToolRun:
     """One tool call item of a response.
 
-    ``server``: the upstream ran it (`SERVER_TOOL_TYPES`); else the client is asked to.
-    ``status``: completed, failed (the item failed or holds an error) or incomplete (it never
-    finished: a cut or cancelled stream, an incomplete response). ``start_ns``/``end_ns`` lie
-    within the call; ``timed`` says they are the item's own stream events, not the call's.
+    ``server``: the upstream ran it (a built-in tool, `SERVER_TOOL_TYPES`, or a call the item
+    or its answered output says the upstream ran: `handed_to_client`); else the client is asked
+    to. ``result``: the output item answering a call the upstream ran, where the answer is an
+    item of its own (a hosted shell's ``shell_call_output``). ``status``: completed, failed (the
+    item failed or holds an error) or incomplete (it never finished: a cut or cancelled stream,
+    an incomplete response). ``start_ns``/``end_ns`` lie within the call; ``timed`` says they
+    are the item's own stream events, not the call's.
     """
 
     type: str
@@ -62,6 +68,7 @@ class ToolRun:
     end_ns: int
     timed: bool
     item: Mapping[str, Any]
+    result: Mapping[str, Any] | None = None
 
     @property
     def duration_s(self) -> float:
@@ -75,24 +82,47 @@ def tool_runs(response: Mapping[str, Any] | None, times: Mapping[int, ItemTimes]
     ``times``: the stream's item times by output index (empty for a non-stream body, whose
     tool calls then span the whole call); ``final``: the response is the upstream's own final
     object, not one rebuilt from a stream that stopped early (whose unfinished items are
-    incomplete).
+    incomplete). A call the upstream answered with an output item of its own ends with it.
     """
+    output = items_of((response or {}).get("output"))
+    outputs = call_outputs(output)
     runs = []
-    for index, item in enumerate(items_of((response or {}).get("output"))):
+    for index, item in enumerate(output):
         kind = item_type(item)
         if kind not in TOOL_TYPES:
             continue
+        server = not handed_to_client(item, outputs)
+        answer = _answer(output, index, outputs) if server else None
         timing = times.get(index)
+        last = times.get(answer) if answer is not None else timing
         start = _within(timing.start if timing else None, start_ns, end_ns, start_ns)
-        end = _within(timing.end if timing else None, start, end_ns, end_ns)
-        ended = final or (timing is not None and timing.end is not None)
+        end = _within(last.end if last else None, start, end_ns, end_ns)
+        ended = final or (last is not None and last.end is not None)
+        result = output[answer] if answer is not None else None
+        status = _status(item, ended)
+        if result is not None and status != FAILED:
+            status = _status(result, ended)
         runs.append(ToolRun(
-            type=str(kind), name=_name(item), server=kind in SERVER_TOOL_TYPES,
-            status=_status(item, ended),
+            type=str(kind), name=_name(item), server=server, status=status,
             item_id=str_or_none(item.get("id")), call_id=_call_id(item), output_index=index,
             start_ns=start, end_ns=end, timed=timing is not None and timing.start is not None,
-            item=item))
+            item=item, result=result))
     return runs
+
+
+def _answer(output: list[Any], index: int, outputs: Mapping[str, int]) -> int | None:
+    """The index of the output item answering the call at ``index``: by call id, else (a
+    call without one) the item right after it when that is its kind's output."""
+    item = output[index]
+    call_id = str_or_none(item.get("call_id"))
+    if call_id is not None:
+        return outputs.get(call_id)
+    kind = str(item_type(item))
+    after = output[index + 1] if index + 1 < len(output) else None
+    if item_type(after) in (f"{kind}_output", f"{kind.removesuffix('_call')}_output") \
+            and not str_or_none(mapping(after).get("call_id")):
+        return index + 1
+    return None
 
 
 def _within(at: int | None, low: int, high: int, default: int) -> int:
@@ -166,6 +196,8 @@ def tool_attributes(run: ToolRun, request: Mapping[str, Any] | None,
             attrs[SpanAttributes.INPUT_MIME_TYPE] = _JSON
         if result is None and run.type == "web_search_call":
             result = mapping(item.get("action")).get("sources")  # with `include` only
+        if run.result is not None:
+            result = tool_output(run.result)
         if result is not None:
             text = result if isinstance(result, str) else dumps(result)
             attrs[SpanAttributes.OUTPUT_VALUE] = text
