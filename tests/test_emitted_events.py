@@ -1,7 +1,7 @@
 """The events the proxy itself emits, over real sockets, against the Open Responses OpenAPI
 document: the adapter's translated streams (recorded chat traffic and the demo's), its error
-events on upstream cuts and undecodable streams, and store replays of those streams. What the
-document has no type for (custom tool calls) is checked against OpenAI's shapes instead."""
+events (upstream in-band errors, cut and undecodable streams), and store replays of them all.
+What the document has no type for (custom tool calls) is checked against OpenAI's shapes."""
 
 from __future__ import annotations
 

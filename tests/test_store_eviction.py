@@ -11,7 +11,7 @@ import pytest
 from tests.test_store_adapter import adapted
 
 RESPONSES = 12
-# A few KB: room for a few of the demo's responses (each ~1 KB encoded with its input), not
+# A few KB: room for some of the demo's responses (each 1-2 KB encoded with its input), not
 # for all of them.
 MAX_MB = 6 / 1024
 
