@@ -80,11 +80,18 @@ def test_chains_across_replicas_survive_redis_dying_mid_run(
             assert chain.error.body == {
                 "message": "The response store is unavailable; try again later.",
                 "type": "server_error", "param": None, "code": "store_unavailable"}
+        stored = f"/v1/responses/{chains[0].ids[-1]}"
         for base in bases:  # both replicas are up; what needs the store fails the same way
             assert httpx.get(base + "/healthz", timeout=TIMEOUT).status_code == 200
-            retrieved = httpx.get(f"{base}/v1/responses/{chains[0].ids[-1]}", timeout=TIMEOUT)
-            assert (retrieved.status_code, retrieved.json()["error"]["code"]) == (
-                503, "store_unavailable")
+            for method, path in (("GET", stored), ("GET", stored + "?stream=true"),
+                                 ("GET", stored + "/input_items"), ("DELETE", stored)):
+                answer = httpx.request(method, base + path, timeout=TIMEOUT)
+                assert (answer.status_code, answer.json()["error"]["code"]) == (
+                    503, "store_unavailable"), (method, path)
+            # What needs no store is answered (its write fails, logged, not the request).
+            unstored = httpx.post(base + "/v1/responses", timeout=TIMEOUT,
+                                  json={"model": "demo", "input": "no store needed"})
+            assert unstored.status_code == 200 and unstored.json()["status"] == "completed"
         redisd.start()  # empty: it keeps nothing on disk
         again = asyncio.run(_chains(bases, "after", turns=3))
         for chain in again:
