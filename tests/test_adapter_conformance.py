@@ -4,26 +4,21 @@ the recorded chat traffic validates against the Open Responses specification.
 Two sources of the specification: the `openresponses-types` package on PyPI (pydantic models
 generated from the Open Responses OpenAPI document, pinned by its spec version and hash), and
 the OpenAPI document itself (`OPEN_RESPONSES_OPENAPI`, which .ci/install-e2e takes from the
-openresponses-py source archive on PyPI; it is not vendored here).
+openresponses-py source archive on PyPI; it is not vendored here; tests/open_responses.py).
 """
 
 from __future__ import annotations
 
 import itertools
-import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from functools import cache
-from pathlib import Path
 from typing import Any
 
-import jsonschema
 import openresponses_types
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
 
 from otel_responses.protocol.chat import StreamTranslator, translate_completion, translate_request
 from tests.adapter_checks import (
@@ -33,22 +28,8 @@ from tests.adapter_checks import (
     replay_stream,
     validate_response,
 )
-from tests.e2e import component
+from tests.open_responses import NOT_IN_SPEC, Kind, openapi_validator, spec_event
 from tests.recordings import CHAT_DIR, Recording, need, recordings_params
-
-# OpenAI's raw-reasoning events (`raw_reasoning=True` only), which Open Responses names
-# differently with the same fields; and OpenAI events for items the specification has no type
-# for (custom tool calls).
-RENAMED = {"response.reasoning_text.delta": "response.reasoning.delta",
-           "response.reasoning_text.done": "response.reasoning.done"}
-NOT_IN_SPEC = frozenset({"response.custom_tool_call_input.delta",
-                         "response.custom_tool_call_input.done"})
-
-Validator = Callable[[str, Mapping[str, Any]], None]  # (schema name, instance)
-
-
-def _spec_event(event: Mapping[str, Any]) -> dict[str, Any]:
-    return {**event, "type": RENAMED.get(event["type"], event["type"])}
 
 
 @cache
@@ -64,25 +45,7 @@ def _pydantic_events() -> dict[str, type[BaseModel]]:
     return out
 
 
-def _document_path() -> Path:
-    return component("OPEN_RESPONSES_OPENAPI", "the Open Responses OpenAPI document",
-                     executable=False)
-
-
-@cache
-def _document(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
-    """The OpenAPI document and, from its streaming response's oneOf, event type → schema."""
-    doc = json.loads(path.read_text())
-    stream = doc["paths"]["/responses"]["post"]["responses"]["200"]["content"][
-        "text/event-stream"]["schema"]["oneOf"]
-    events = {}
-    for ref in stream:
-        name = ref["$ref"].rsplit("/", 1)[1]
-        events[doc["components"]["schemas"][name]["properties"]["type"]["enum"][0]] = name
-    return doc, events
-
-
-def _walk(rec: Recording, raw_reasoning: bool) -> Iterator[tuple[str, Mapping[str, Any]]]:
+def _walk(rec: Recording, raw_reasoning: bool) -> Iterator[tuple[Kind, Mapping[str, Any]]]:
     """Everything the adapter emits for a recording: ("event", e) and ("response", r)."""
     if rec.is_sse:
         events = replay_stream(rec, raw_reasoning)
@@ -92,10 +55,10 @@ def _walk(rec: Recording, raw_reasoning: bool) -> Iterator[tuple[str, Mapping[st
         yield "response", replay_completion(rec)
 
 
-def _objects(events: list[dict[str, Any]]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+def _objects(events: list[dict[str, Any]]) -> Iterator[tuple[Kind, Mapping[str, Any]]]:
     for event in events:
         if event["type"] not in NOT_IN_SPEC:
-            yield "event", _spec_event(event)
+            yield "event", spec_event(event)
         if "response" in event:
             yield "response", event["response"]
 
@@ -103,7 +66,7 @@ def _objects(events: list[dict[str, Any]]) -> Iterator[tuple[str, Mapping[str, A
 _CHAT_OK = recordings_params(lambda r: r.status < 400, CHAT_DIR)
 
 
-def _validate_with_types(objects: Iterator[tuple[str, Mapping[str, Any]]]) -> None:
+def _validate_with_types(objects: Iterator[tuple[Kind, Mapping[str, Any]]]) -> None:
     models = _pydantic_events()
     for kind, value in objects:
         if kind == "response":
@@ -141,15 +104,11 @@ def test_any_chat_stream_conforms(chunks: list[dict[str, Any]], logprobs: bool,
 
 def test_openapi_document() -> None:
     """One test over all recordings (it needs a document no registry ships)."""
-    doc, events = _document(_document_path())
-    registry = Registry().with_resource("urn:open-responses", Resource.from_contents(
-        doc, default_specification=DRAFT202012))
+    validate = openapi_validator()
     recs = [need(p.values[0], CHAT_DIR) for p in _CHAT_OK]
     for rec, raw_reasoning in itertools.product(recs, (False, True)):
         for kind, value in _walk(rec, raw_reasoning):
-            name = "ResponseResource" if kind == "response" else events[value["type"]]
-            schema = {"$ref": f"urn:open-responses#/components/schemas/{name}"}
-            jsonschema.Draft202012Validator(schema, registry=registry).validate(value)
+            validate(kind, value)
 
 
 def test_echoed_settings_conform_even_when_given_as_null() -> None:

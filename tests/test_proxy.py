@@ -102,22 +102,37 @@ def test_openai_sdk_through_proxy_sees_the_recorded_events(rec: Recording | None
     assert [e.model_dump(exclude_unset=True) for e in events] == expected
 
 
-def test_typed_stream_helper_through_proxy(proxy_url: str) -> None:
-    recs = [r for r in load_recordings() if r.is_sse and "response.completed" in r.body]
-    if not recs:
-        need(None)
+@pytest.mark.parametrize("rec", recordings_params(lambda r: r.is_sse and r.status < 400))
+def test_the_sdks_stream_helper_accumulates_the_recorded_final_response(
+        rec: Recording | None, proxy_url: str) -> None:
+    """`responses.stream()` parses what the proxy passes on into the recording's own final
+    Response: every output item (tool calls included), status and usage."""
+    rec = need(rec)
+    expected = sse_payloads(rec.body)[-1]["response"]  # each recorded stream ends whole
     client = openai.OpenAI(base_url=proxy_url + "/v1", api_key="sk-test", max_retries=0)
-    for rec in recs:
-        params = {k: v for k, v in rec.request_body.items() if k != "stream"}
-        with client.responses.stream(**params,
-                                     extra_headers={"x-scenario": f"replay:{rec.name}"}) as s:
-            for _ in s:
-                pass
-            final = s.get_final_response()
-        completed = next(e for e in sse_payloads(rec.body) if e["type"] == "response.completed")
-        assert final.id == completed["response"]["id"], rec.name
-        assert final.usage is not None
-        assert final.usage.output_tokens == completed["response"]["usage"]["output_tokens"]
+    params = {k: v for k, v in rec.request_body.items() if k != "stream"}
+    with client.responses.stream(**params,
+                                 extra_headers={"x-scenario": f"replay:{rec.name}"}) as stream:
+        events = list(stream)
+        if expected["status"] == "completed":
+            final = stream.get_final_response()
+        else:  # the helper's final response is a completed one only: it says so
+            with pytest.raises(RuntimeError, match=r"response\.completed"):
+                stream.get_final_response()
+            final = events[-1].response  # type: ignore[union-attr]
+    assert events[-1].type == f"response.{expected['status']}"
+    assert _without_parsed(final.to_dict()) == expected
+
+
+def _without_parsed(value: object) -> object:
+    """A parsed response as sent: without the fields the SDK's parsing adds (``parsed`` to
+    text parts, ``parsed_arguments`` to function calls)."""
+    if isinstance(value, dict):
+        return {k: _without_parsed(v) for k, v in value.items()
+                if k not in ("parsed", "parsed_arguments")}
+    if isinstance(value, list):
+        return [_without_parsed(v) for v in value]
+    return value
 
 
 # -- routes, query strings, prefixes ------------------------------------------------------------

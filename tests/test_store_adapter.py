@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.responses import Response
 
 from otel_responses.demo.app import create_demo_app, get_observer
 from otel_responses.demo.observe import DemoObserver
@@ -227,8 +228,19 @@ def test_concurrent_chains_stay_consistent(tmp_path: Path) -> None:
             assert len(sent) == 1
             users = [m["content"] for m in sent[0] if m["role"] == "user"]
             assert users == [f"chain {chain} turn {t}" for t in range(TURNS)]
-        branches = asyncio.run(_branches(base, last[0][0]))
-        assert branches[0] != branches[1]
+        parent, parent_text = last[0]
+        branches = asyncio.run(_branches(base, parent))
+        for branch, response in enumerate(branches):
+            assert response.previous_response_id == parent
+            # What this branch sent upstream: chain 0's history, then its own turn, and
+            # nothing of the branch running beside it.
+            sent = [r.json()["messages"] for r in observer.requests
+                    if f"branch {branch}" in r.body.decode()]
+            assert len(sent) == 1
+            assert [m["content"] for m in sent[0] if m["role"] == "user"] == \
+                [f"chain 0 turn {t}" for t in range(TURNS)] + [f"branch {branch}"]
+            assert [m["role"] for m in sent[0]] == ["user", "assistant"] * TURNS + ["user"]
+            assert sent[0][-2]["content"] == parent_text
 
 
 async def _chains(base: str) -> list[tuple[str, str]]:
@@ -244,8 +256,7 @@ async def _chains(base: str) -> list[tuple[str, str]]:
         return await asyncio.gather(*(chain(n) for n in range(CHAINS)))
 
 
-async def _branches(base: str, parent: str) -> list[str]:
+async def _branches(base: str, parent: str) -> list[Response]:
     async with openai.AsyncOpenAI(base_url=base, api_key="unused", max_retries=0) as client:
-        made = await asyncio.gather(*(client.responses.create(
+        return await asyncio.gather(*(client.responses.create(
             model="demo", input=f"branch {b}", previous_response_id=parent) for b in range(2)))
-        return [r.output_text for r in made]
