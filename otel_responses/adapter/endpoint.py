@@ -14,7 +14,7 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 
 from otel_responses.outcome import Outcome
-from otel_responses.protocol.body import json_object
+from otel_responses.protocol.body import json_bytes, json_object
 from otel_responses.protocol.chat import (
     AdapterRequestError,
     ChatCall,
@@ -119,7 +119,7 @@ class Adapter:
             notes[DROPPED_REASONING] = call.dropped_reasoning
         ex.stream = call.stream
         request = UpstreamRequest("POST", self._chat_target(scope),
-                                  self._headers(scope), _json_bytes(call.request))
+                                  self._headers(scope), json_bytes(call.request))
         ex.overhead = time.perf_counter() - ex.started
         await self.proxy.watched(receive, ex, self._exchange(scope, body, call, request, send,
                                                              ex, notes))
@@ -175,11 +175,11 @@ class Adapter:
                     # Older servers know only `max_tokens`: asked again, once, with that.
                     notes[MAX_TOKENS_RETRY] = True
                     response.close()
-                    retry = request._replace(body=_json_bytes(with_max_tokens(call.request)))
+                    retry = request._replace(body=json_bytes(with_max_tokens(call.request)))
                     await self._exchange(scope, body, call, retry, send, ex, notes)
                     return
                 await self._respond(send, ex, response.status, _JSON_HEADERS,
-                                    _json_bytes(upstream_error(response.status, error)))
+                                    json_bytes(upstream_error(response.status, error)))
                 ex.outcome = Outcome.of_status(response.status)
                 return
             if call.stream:
@@ -220,7 +220,7 @@ class Adapter:
             result = translate_completion(call, completion, _response_id(), int(time.time()),
                                           int(time.time()))
         await self._store(scope, body, result, None)
-        await self._respond(send, ex, 200, _JSON_HEADERS, _json_bytes(result))
+        await self._respond(send, ex, 200, _JSON_HEADERS, json_bytes(result))
         self._ended(body, call, result, None)
 
     async def _stream(self, scope: Scope, body: Mapping[str, Any], call: ChatCall,
@@ -326,10 +326,6 @@ def _chunk(data: str) -> dict[str, Any] | None:
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
-
-
-def _json_bytes(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _decoded(headers: list[tuple[bytes, bytes]], raw: bytes, limit: int) -> bytes:

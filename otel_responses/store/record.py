@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from otel_responses.protocol.body import json_bytes
+
 Operation = Literal["read", "write", "delete"]
 OPERATIONS: tuple[Operation, ...] = ("read", "write", "delete")
 
@@ -44,12 +46,12 @@ class StoredResponse:
 
     def encode(self) -> bytes:
         """Everything but the events, as JSON."""
-        return json.dumps({
+        return json_bytes({
             "id": self.id, "owner": self.owner, "created_at": self.created_at,
             "expires_at": self.expires_at, "previous_response_id": self.previous_response_id,
             "response": self.response, "input_items": self.input_items,
             "ancestors": self.ancestors,
-        }, ensure_ascii=False, separators=(",", ":")).encode()
+        })
 
     @classmethod
     def decode(cls, data: bytes, events: bytes | None = None) -> StoredResponse:
