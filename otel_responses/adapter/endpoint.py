@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -319,15 +318,6 @@ def _response_id() -> str:
     return "resp_" + uuid.uuid4().hex
 
 
-def _chunk(data: str) -> dict[str, Any] | None:
-    """An SSE event's data as the chat chunk it should be, or None."""
-    try:
-        value = json.loads(data)
-    except (ValueError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def _decoded(headers: list[tuple[bytes, bytes]], raw: bytes, limit: int) -> bytes:
     """The request body without its Content-Encoding (SDKs may send zstd or gzip)."""
     coding = decoder([v for k, v in headers if k == b"content-encoding"], limit)
@@ -374,7 +364,7 @@ async def _translated(response: UpstreamResponse, translator: StreamTranslator,
                     ended = True
                     out += translator.finish(int(time.time()))
                     continue
-                data = None if event.oversize else _chunk(event.data)
+                data = None if event.oversize else json_object(event.data)
                 if data is None:
                     ex.outcome = Outcome.UPSTREAM_INVALID_RESPONSE
                     out += translator.fail("The upstream sent a stream event that is not a "

@@ -22,9 +22,9 @@ def json_bytes(value: Any) -> bytes:
     return _ENCODE(value).encode()
 
 
-def json_object(raw: bytes) -> dict[str, Any] | None:
-    """`raw` as a JSON object, or None if it is not one."""
-    if not raw.lstrip().startswith(b"{"):
+def json_object(raw: bytes | str) -> dict[str, Any] | None:
+    """`raw` (a body, or an SSE event's data) as a JSON object, or None if it is not one."""
+    if not raw.lstrip().startswith(b"{" if isinstance(raw, bytes) else "{"):
         return None
     try:
         value = json.loads(raw)
