@@ -320,7 +320,7 @@ def _response_id() -> str:
 
 def _decoded(headers: list[tuple[bytes, bytes]], raw: bytes, limit: int) -> bytes:
     """The request body without its Content-Encoding (SDKs may send zstd or gzip)."""
-    coding = decoder([v for k, v in headers if k == b"content-encoding"], limit)
+    coding = decoder(headers, limit)
     if coding is None:
         return raw
     out = coding.feed(raw)
@@ -343,8 +343,7 @@ async def _translated(response: UpstreamResponse, translator: StreamTranslator,
     """The events each chunk of the upstream's chat stream makes, ending with the terminal
     event. A broken upstream (cut, undecodable, not JSON) ends it with `error` and
     `response.failed`; what it sends after is not read."""
-    coding = decoder([v for k, v in response.headers if k.lower() == b"content-encoding"],
-                     MAX_UPSTREAM_BODY)
+    coding = decoder(response.headers, MAX_UPSTREAM_BODY)
     parser = SSEParser()
     ended = False  # `data: [DONE]` seen: what follows is ignored
     try:
@@ -393,8 +392,7 @@ async def _read_all(response: UpstreamResponse) -> bytes:
             raise _BadUpstream(f"a body over {MAX_UPSTREAM_BODY} bytes")
         chunks.append(chunk)
     raw = b"".join(chunks)
-    coding = decoder([v for k, v in response.headers if k.lower() == b"content-encoding"],
-                     MAX_UPSTREAM_BODY)
+    coding = decoder(response.headers, MAX_UPSTREAM_BODY)
     if coding is None:
         return raw
     out = coding.feed(raw)

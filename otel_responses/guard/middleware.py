@@ -288,9 +288,8 @@ class Guard:
         replay = _replaying(body, more, receive)
         if more:
             return replay, None, True
-        codings = [v for k, v in scope["headers"] if k.lower() == b"content-encoding"]
         plain = body
-        coded = decoder(codings, self.max_body_bytes) if codings else None
+        coded = decoder(scope["headers"], self.max_body_bytes)
         if coded is not None:
             plain = coded.feed(body)
             if coded.unreadable or coded.truncated:

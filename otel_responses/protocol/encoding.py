@@ -1,6 +1,6 @@
 """Content-Encoding decoding, sans-IO: feed compressed chunks, get at most `limit` decoded bytes.
 
-Only the recorder reads it; the bytes relayed are never touched.
+What is decoded is only read (the recorder, the guard, the adapter); bytes relayed are untouched.
 """
 
 from __future__ import annotations
@@ -138,9 +138,14 @@ class _Zstd:
         return out
 
 
-def codings(header_values: Iterable[bytes]) -> list[str]:
-    """The codings of Content-Encoding header lines, in the order applied; `identity` dropped."""
-    names = (name.strip().lower() for value in header_values
+Headers = Iterable[tuple[bytes, bytes]]
+"""A message's headers as (name, value) pairs: raw ASGI ones, or the upstream client's."""
+
+
+def codings(headers: Headers) -> list[str]:
+    """The codings a message's Content-Encoding headers name, in the order applied; `identity`
+    dropped."""
+    names = (name.strip().lower() for key, value in headers if key.lower() == b"content-encoding"
              for name in value.decode("latin-1").split(","))
     return [name for name in names if name and name != "identity"]
 
@@ -235,8 +240,8 @@ def _stage(name: str, limit: int) -> tuple[_Stage | None, str]:
     return None, f"unsupported content-encoding: {name}"
 
 
-def decoder(header_values: Iterable[bytes], limit: int,
-            per_input_byte: int = 0) -> ContentDecoder | None:
-    """A decoder for a body with these Content-Encoding values; None if it is not coded."""
-    names = codings(header_values)
+def decoder(headers: Headers, limit: int, per_input_byte: int = 0) -> ContentDecoder | None:
+    """A decoder for the body of a message with these headers; None if it is not coded (a plain
+    body costs nothing)."""
+    names = codings(headers)
     return ContentDecoder(names, limit, per_input_byte) if names else None

@@ -102,7 +102,7 @@ class CallRecorder:
         self._request: list[bytes] = []
         self._request_size = 0
         self._request_kept = 0
-        self._request_decoder = _decoder_for(request_headers or [], MAX_KEPT_BODY)
+        self._request_decoder = decoder(request_headers or (), MAX_KEPT_BODY)
         self._decoder: ContentDecoder | None = None
         self._status = 0
         self._stream: ResponseStream | None = None
@@ -135,7 +135,7 @@ class CallRecorder:
         self._status = status
         if is_event_stream(headers):
             self._stream = ResponseStream()
-        self._decoder = _decoder_for(headers, RESPONSE_DECODE_BASE, DECODE_RATIO)
+        self._decoder = decoder(headers, RESPONSE_DECODE_BASE, DECODE_RATIO)
 
     @property
     def bytes_seen(self) -> int:
@@ -234,9 +234,3 @@ class CallRecorder:
         if record.outcome == Outcome.FAILED and isinstance(error, dict):
             record.error = error
 
-
-def _decoder_for(headers: list[tuple[bytes, bytes]], limit: int,
-                 per_input_byte: int = 0) -> ContentDecoder | None:
-    """A decoder when the body has a Content-Encoding (else None: plain bodies cost nothing)."""
-    values = [v for k, v in headers if k.lower() == b"content-encoding"]
-    return decoder(values, limit, per_input_byte) if values else None
