@@ -3,7 +3,8 @@
 Dicts in, dicts out, no I/O. The I/O edge, `otel_responses.adapter`, uses it like this:
 
 1. ``call = translate_request(body, unsupported_tools="drop")`` (raises
-   `AdapterRequestError`: answer ``err.status`` with ``err.body()``). POST ``call.request``
+   `AdapterRequestError`: answer ``err.status``, an ``invalid_request_error`` with its
+   ``message``, ``param`` and ``code``). POST ``call.request``
    to ``{upstream}/chat/completions``; if the upstream rejects ``max_completion_tokens``,
    retry once with ``with_max_tokens(call.request)``. ``call.dropped_tools``,
    ``call.dropped_reasoning``, ``call.client_metadata`` and ``call.prompt_cache_key`` are for
