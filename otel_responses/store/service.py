@@ -102,8 +102,7 @@ class Responses:
         return StoredResponse(
             id=str(response["id"]), owner=owner, created_at=now, expires_at=now + self.ttl,
             response=response, input_items=listed_input(request.get("input"), _new_id),
-            events=events, previous_response_id=chain[-1] if chain else None,
-            ancestors=tuple(chain))
+            events=events, ancestors=tuple(chain))
 
     async def save(self, record: StoredResponse) -> str | None:
         """Store ``record``; a failure is logged and counted, never raised: the client already
