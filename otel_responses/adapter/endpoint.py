@@ -218,7 +218,7 @@ class Adapter:
                 raise _BadUpstream("a non-streamed answer that is not a JSON object")
             result = translate_completion(call, completion, _response_id(), int(time.time()),
                                           int(time.time()))
-        await self._store(scope, body, result, None)
+        await self._store(scope, body, call, result, None)
         await self._respond(send, ex, 200, _JSON_HEADERS, json_bytes(result))
         self._ended(body, call, result, None)
 
@@ -229,14 +229,14 @@ class Adapter:
         Responses delta out)."""
         kept: list[Event] | None = [] if self.sinks else None
         # The bytes sent, for the store to replay (kept only if they are to be stored).
-        sent: list[bytes] | None = [] if self.chains and body.get("store") is not False \
-            else None
+        sent: list[bytes] | None = [] if call.settings["store"] else None
         await self._start(send, ex, 200, _SSE_HEADERS)
         await self._events(send, ex, translator.start(), kept, sent)
         async for events in batches:
             if translator.done and sent is not None:  # this batch holds the terminal event
                 data = _framed(events)
-                await self._store(scope, body, translator.response, b"".join([*sent, data]))
+                await self._store(scope, body, call, translator.response,
+                                  b"".join([*sent, data]))
                 sent = None
                 await self._events(send, ex, events, kept, None, data)
             else:
@@ -279,11 +279,13 @@ class Adapter:
         await send({"type": "http.response.body", "body": data})
         ex.responded = True
 
-    async def _store(self, scope: Scope, body: Mapping[str, Any], response: Mapping[str, Any],
-                     events: bytes | None) -> None:
-        """Store a response that ended, before the client has its end: a client that sends
-        its next request (``previous_response_id``) at once always finds it."""
-        if self.chains is not None:
+    async def _store(self, scope: Scope, body: Mapping[str, Any], call: ChatCall,
+                     response: Mapping[str, Any], events: bytes | None) -> None:
+        """Store a response that ended, if it is to be stored (the ``store`` its Response
+        echoes: never without a store, nor for ``store: false``), before the client has its
+        end: a client that sends its next request (``previous_response_id``) at once always
+        finds it."""
+        if self.chains is not None and call.settings["store"]:
             await self.chains.store(scope, body, response, events)
 
     def _ended(self, body: Mapping[str, Any], call: ChatCall, response: Mapping[str, Any],

@@ -87,18 +87,16 @@ class Chains:
             except AdapterRequestError:
                 translate(own)  # raises if the fault is in the new input (items translate
                 raise  # one by one, so it is there iff it fails alone); else it is the chain's
-        stored = body.get("store") is not False
+        # Whether the response is to be stored, decided here once: the Response says so.
         return dataclasses.replace(call, settings={
             **call.settings, "previous_response_id": body.get("previous_response_id"),
-            "store": stored})
+            "store": body.get("store") is not False})
 
     async def store(self, scope: Scope, body: Mapping[str, Any], response: Mapping[str, Any],
                     events: bytes | None) -> None:
-        """Store a response that ended (completed, incomplete or failed), with the SSE bytes
-        it was streamed as, unless the request said ``store: false``; a failure is noted on
-        the span, never raised."""
-        if body.get("store") is False:
-            return
+        """Store a response that ended (completed, incomplete or failed) to a request to be
+        stored (see `translate`), with the SSE bytes it was streamed as; a failure is noted
+        on the span, never raised."""
         record = self.responses.record(response, body, events, owner_of(scope),
                                        scope.get(CHAIN_KEY, ()))
         error = await self.responses.save(record)
