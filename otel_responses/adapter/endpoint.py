@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ from otel_responses.protocol.chat import (
     ChatCall,
     StreamTranslator,
     completion_chunk,
+    new_id,
     sse_bytes,
     translate_completion,
     translate_request,
@@ -182,7 +182,7 @@ class Adapter:
                 ex.outcome = Outcome.of_status(response.status)
                 return
             if call.stream:
-                translator = StreamTranslator(call, _response_id(), int(time.time()))
+                translator = StreamTranslator(call, new_id("resp_"), int(time.time()))
                 if is_event_stream(response.headers):
                     batches = _translated(response, translator, ex)
                 else:  # a server that answers JSON whatever was asked: streamed in one go
@@ -208,7 +208,7 @@ class Adapter:
     async def _complete(self, scope: Scope, body: Mapping[str, Any], call: ChatCall,
                         response: UpstreamResponse, send: Send, ex: Exchange) -> None:
         if is_event_stream(response.headers):  # a server that streams whatever was asked
-            translator = StreamTranslator(call, _response_id(), int(time.time()))
+            translator = StreamTranslator(call, new_id("resp_"), int(time.time()))
             async for _ in _translated(response, translator, ex):
                 pass
             result = translator.response
@@ -216,7 +216,7 @@ class Adapter:
             completion = json_object(await _read_all(response))
             if completion is None:
                 raise _BadUpstream("a non-streamed answer that is not a JSON object")
-            result = translate_completion(call, completion, _response_id(), int(time.time()),
+            result = translate_completion(call, completion, new_id("resp_"), int(time.time()),
                                           int(time.time()))
         await self._store(scope, body, call, result, None)
         await self._respond(send, ex, 200, _JSON_HEADERS, json_bytes(result))
@@ -314,10 +314,6 @@ class AdapterEndpoint:
 
 def _framed(events: list[Event]) -> bytes:
     return b"".join(map(sse_bytes, events))
-
-
-def _response_id() -> str:
-    return "resp_" + uuid.uuid4().hex
 
 
 def _decoded(headers: list[tuple[bytes, bytes]], raw: bytes, limit: int) -> bytes:

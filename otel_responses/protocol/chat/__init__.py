@@ -37,7 +37,7 @@ from otel_responses.protocol.chat.request import (
     translate_request,
     with_max_tokens,
 )
-from otel_responses.protocol.chat.response import translate_completion, upstream_error
+from otel_responses.protocol.chat.response import new_id, translate_completion, upstream_error
 from otel_responses.protocol.chat.stream import StreamTranslator, completion_chunk, sse_bytes
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "StreamTranslator",
     "ToolName",
     "completion_chunk",
+    "new_id",
     "sse_bytes",
     "translate_completion",
     "translate_request",
