@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from otel_responses.protocol.encoding import codings, decoder
+from otel_responses.protocol.encoding import SCOPE_KEY, DecodedBody, codings, decoder
 from otel_responses.telemetry.recorder import CallRecorder
 from tests.recordings import Recording, final_response, load_recordings, need, recordings_params
 from tests.spans import SpanSink, traced_proxy
@@ -228,6 +228,29 @@ def test_the_codings_are_every_content_encoding_header_in_any_case() -> None:
     assert codings(headers) == ["gzip", "zstd"]
     assert decoder([(b"content-type", b"application/json")], 1) is None
     assert decoder([(b"content-encoding", b"identity")], 1) is None
+
+
+def test_a_body_is_decoded_again_only_when_the_result_could_differ() -> None:
+    """`DecodedBody` is shared by layers with different limits: a whole result serves any limit
+    it fits in; a cut one serves only its own limit; other bytes are other bodies."""
+    gzipped = _coded_as(["gzip"])
+    text = b"x" * 1000
+    body = _compress(text, ["gzip"])
+    shared = DecodedBody()
+    whole = shared.decode(gzipped, body, 4000)
+    assert whole is not None and whole.whole and whole.body == text
+    assert shared.decode(gzipped, bytes(body), 4000) is whole  # equal bytes, joined elsewhere
+    assert shared.decode(gzipped, body, 1000) is whole
+    cut = shared.decode(gzipped, body, 999)
+    assert cut is not None and cut.truncated and cut.body == text[:999]
+    assert shared.decode(gzipped, body, 999) is cut
+    again = shared.decode(gzipped, body, 4000)
+    assert again is not None and again is not cut and again.body == text
+    other = shared.decode(gzipped, _compress(b"y", ["gzip"]), 4000)
+    assert other is not None and other.body == b"y"
+    assert shared.decode([(b"content-type", b"text/plain")], body, 4000) is None
+    assert DecodedBody.shared({SCOPE_KEY: shared}) is shared
+    assert DecodedBody.shared({}) is not shared
 
 
 @pytest.mark.parametrize(("module", "coding"), [("brotli", "br"), ("zstandard", "zstd")])

@@ -27,7 +27,7 @@ from otel_responses.protocol.chat import (
 )
 from otel_responses.protocol.chat.request import UnsupportedTools
 from otel_responses.protocol.chat.stream import Event
-from otel_responses.protocol.encoding import decoder
+from otel_responses.protocol.encoding import DecodedBody, decoder
 from otel_responses.protocol.messages import Attributes
 from otel_responses.protocol.notes import call_notes
 from otel_responses.protocol.sse import SSEParser, is_event_stream
@@ -125,7 +125,7 @@ class Adapter:
 
     def _body(self, scope: Scope, raw: bytes, ex: Exchange) -> Mapping[str, Any]:
         """The client's Responses body, or a ProxyError."""
-        raw = _decoded(scope["headers"], raw, self.proxy.settings.max_body_bytes)
+        raw = _decoded(scope, raw, self.proxy.settings.max_body_bytes)
         ex.body = raw  # decoded: the access log and the recorder parse the same bytes once
         body = ex.parsed.object(raw)
         if body is None:
@@ -316,19 +316,19 @@ def _framed(events: list[Event]) -> bytes:
     return b"".join(map(sse_bytes, events))
 
 
-def _decoded(headers: list[tuple[bytes, bytes]], raw: bytes, limit: int) -> bytes:
-    """The request body without its Content-Encoding (SDKs may send zstd or gzip)."""
-    coding = decoder(headers, limit)
-    if coding is None:
+def _decoded(scope: Scope, raw: bytes, limit: int) -> bytes:
+    """The request body without its Content-Encoding (SDKs may send zstd or gzip), as the
+    guard decoded it if it did (the recorder reuses this)."""
+    coded = DecodedBody.shared(scope).decode(scope["headers"], raw, limit)
+    if coded is None:
         return raw
-    out = coding.feed(raw)
-    if coding.truncated:
+    if coded.truncated:
         raise errors.body_too_large(limit)
-    if coding.unreadable:
-        raise errors.ProxyError(415 if "unsupported" in coding.unreadable else 400,
-                                f"The request body cannot be decoded: {coding.unreadable}.",
+    if coded.unreadable:
+        raise errors.ProxyError(415 if "unsupported" in coded.unreadable else 400,
+                                f"The request body cannot be decoded: {coded.unreadable}.",
                                 "invalid_request_error", "invalid_content_encoding")
-    return out
+    return coded.body
 
 
 async def _at_once(translator: StreamTranslator,

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 try:
@@ -24,6 +25,7 @@ _GZIP_WBITS = 16 + zlib.MAX_WBITS
 # coding expands to is bounded before the next one reads it.
 _STEP = 64 * 1024
 _MAX_CODINGS = 4  # more is no real server's doing
+SCOPE_KEY = "otel_responses.decoded_body"
 
 
 class _Overflow(Exception):
@@ -245,3 +247,51 @@ def decoder(headers: Headers, limit: int, per_input_byte: int = 0) -> ContentDec
     body costs nothing)."""
     names = codings(headers)
     return ContentDecoder(names, limit, per_input_byte) if names else None
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A whole body decoded (at most the limit's bytes), and why it is not all there, if it is
+    not: `ContentDecoder`'s ``truncated`` and ``unreadable``."""
+
+    body: bytes
+    truncated: bool
+    unreadable: str | None
+
+    @property
+    def whole(self) -> bool:
+        return not self.truncated and self.unreadable is None
+
+
+class DecodedBody:
+    """A coded request body decoded at most once: the guard, the adapter and the recorder share
+    one, handed down in the ASGI scope under `SCOPE_KEY` (as `body.ParsedBody` is)."""
+
+    __slots__ = ("_last", "_limit", "_raw")
+
+    def __init__(self) -> None:
+        self._raw: bytes | None = None
+        self._limit = 0
+        self._last: Decoded | None = None
+
+    @classmethod
+    def shared(cls, scope: Mapping[str, Any]) -> DecodedBody:
+        """The one a layer in front left in ``scope``, else a new one."""
+        found = scope.get(SCOPE_KEY)
+        return found if isinstance(found, cls) else cls()
+
+    def decode(self, headers: Headers, raw: bytes, limit: int) -> Decoded | None:
+        """``raw``, the body of a message with these headers, decoded to at most ``limit``
+        bytes; None if it is not coded. The last result is reused for the same bytes unless
+        this limit could change it (the layers' limits differ)."""
+        last = self._last
+        # Each layer joins the body's chunks itself, so the bytes are equal, not identical.
+        if last is not None and (raw is self._raw or raw == self._raw) and (
+                limit == self._limit or (last.whole and len(last.body) <= limit)):
+            return last
+        coding = decoder(headers, limit)
+        if coding is None:
+            return None
+        self._raw, self._limit = raw, limit
+        self._last = Decoded(coding.feed(raw), coding.truncated, coding.unreadable)
+        return self._last
