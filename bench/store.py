@@ -348,8 +348,8 @@ def stalls(logdir: Path, ops: int, reps: int) -> list[Stall]:
                     wall, cpu = [t[0] for t in times], [t[1] for t in times]
                     figures.append((ops / elapsed, percentile(cpu, 99), max(cpu),
                                     percentile(wall, 99), max(wall)))
-                size = len(StoredResponse("x", None, 0, 0, response, [], events,
-                                          None).encode()) + len(events or b"")
+                size = len(StoredResponse("x", None, 0, 0, response, [],
+                                          events).encode()) + len(events or b"")
                 row = Stall(backend, name, *(statistics.median(f) for f in zip(*figures,
                                                                                 strict=True)),
                             record_bytes=size)

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
 
-from otel_responses.protocol.chat import translate_completion, translate_request, upstream_error
+from otel_responses.protocol.chat import (
+    new_id,
+    translate_completion,
+    translate_request,
+    upstream_error,
+)
 from tests.adapter_checks import validate_response
 
 RID = "resp_nonstream"
@@ -114,3 +120,10 @@ def test_raw_reasoning_is_reasoning_text_content() -> None:
     validate_response(r)
     assert (r["output"][0]["summary"], r["output"][0]["content"]) == (
         [], [{"type": "reasoning_text", "text": "hmm"}])
+
+
+def test_fresh_ids_are_their_prefix_and_32_hex_digits_never_repeated() -> None:
+    """The one id maker of adapter mode: Response ids, and the stored input items' ids."""
+    ids = {new_id("resp_") for _ in range(100)}
+    assert len(ids) == 100
+    assert all(re.fullmatch("resp_[0-9a-f]{32}", i) for i in ids)

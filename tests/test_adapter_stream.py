@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from otel_responses.protocol.body import json_bytes, json_object, json_text
 from otel_responses.protocol.chat import (
     StreamTranslator,
     sse_bytes,
@@ -242,6 +243,32 @@ def test_sse_framing_is_openais(rec: Any) -> None:
     for block in blocks:
         data = json.loads(block.split("\ndata: ", 1)[1])
         assert sse_bytes(data) == (block + "\n\n").encode()
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(),
+                     lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(st.text(), inner, max_size=3), max_leaves=10)
+
+
+@given(_JSON, st.sampled_from(["", " ", "\n\t"]))
+def test_an_event_is_read_as_the_object_a_body_is(value: Any, space: str) -> None:
+    """`json_object` reads an event's data (text) as it reads a body (bytes): the object the
+    JSON is, or None for any other value; what `json_text` writes reads back the same."""
+    text = space + json_text(value)
+    assert json_object(text) == json_object(text.encode()) == (
+        value if isinstance(value, dict) else None)
+    assert json_bytes(value) == json_text(value).encode() == json.dumps(
+        value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+@given(st.text())
+def test_any_text_is_the_object_json_loads_reads_or_none(text: str) -> None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    assert json_object(text) == json_object(text.encode()) == (
+        value if isinstance(value, dict) else None)
 
 
 @settings(max_examples=60)  # each example validates every event with pydantic

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from otel_responses.protocol.encoding import decoder
+from otel_responses.protocol.encoding import SCOPE_KEY, DecodedBody, codings, decoder
 from otel_responses.telemetry.recorder import CallRecorder
 from tests.recordings import Recording, final_response, load_recordings, need, recordings_params
 from tests.spans import SpanSink, traced_proxy
@@ -119,7 +119,7 @@ def test_a_growing_limit_decodes_text_to_its_end_and_stops_a_bomb(names: list[st
     """``per_input_byte``: the limit grows with the coded bytes fed, so a body that compresses
     like text decodes whole past the limit while a run of zeros (a bomb) stops near it."""
     text = random.Random(1).randbytes(300_000).hex().encode()  # 600 kB, ~2:1
-    header = [", ".join(_CODINGS[n][0] for n in names).encode()]
+    header = _coded_as(names)
     coded = _compress(text, names)
     limit = 200_000  # above a zstd block (128 KiB), which decodes at once
     grown, fixed = decoder(header, limit, 200), decoder(header, limit)
@@ -133,6 +133,11 @@ def test_a_growing_limit_decodes_text_to_its_end_and_stops_a_bomb(names: list[st
     got = b"".join(stopped.feed(bomb[i:i + 4096]) for i in range(0, len(bomb), 4096))
     # It stops within the first pieces: what two 4 KiB pieces let the limit grow by.
     assert stopped.truncated and len(got) <= limit + 2 * 200 * 4096
+
+
+def _coded_as(names: list[str]) -> list[tuple[bytes, bytes]]:
+    """The Content-Encoding header of a body coded with ``names`` (in the order applied)."""
+    return [(b"content-encoding", ", ".join(_CODINGS[n][0] for n in names).encode())]
 
 
 def _compress(data: bytes, names: list[str]) -> bytes:
@@ -149,7 +154,7 @@ def _compress(data: bytes, names: list[str]) -> bytes:
 def test_any_chunking_decodes_to_the_one_shot_result(data: bytes, names: list[str],
                                                      cuts: list[int], limit: int) -> None:
     body = _compress(data, names)
-    header = [", ".join(_CODINGS[n][0] for n in names).encode()]
+    header = _coded_as(names)
     edges = [0, *sorted(c % (len(body) + 1) for c in cuts), len(body)]
     chunked = decoder(header, limit)
     one_shot = decoder(header, limit)
@@ -174,8 +179,7 @@ def test_a_compressed_stream_at_any_chunking_records_as_the_plain_one(
                             (True, [body[a:b] for a, b in itertools.pairwise(edges)])):
         call = CallRecorder(0)
         headers = [(b"content-type", b"text/event-stream")]
-        call.response_start(200, headers + ([(b"content-encoding", ", ".join(
-            _CODINGS[n][0] for n in names).encode())] if encoded else []))
+        call.response_start(200, headers + (_coded_as(names) if encoded else []))
         for chunk in chunks:
             call.response_chunk(chunk, True)
         call.response_chunk(b"", False)
@@ -218,15 +222,46 @@ def test_a_compressed_stream_marks_its_first_token_at_the_first_delta(
     assert span.start_time < first < last
 
 
+def test_the_codings_are_every_content_encoding_header_in_any_case() -> None:
+    headers = [(b"Content-Encoding", b"gzip"), (b"content-type", b"br"),
+               (b"content-encoding", b" Identity, ZSTD ")]
+    assert codings(headers) == ["gzip", "zstd"]
+    assert decoder([(b"content-type", b"application/json")], 1) is None
+    assert decoder([(b"content-encoding", b"identity")], 1) is None
+
+
+def test_a_body_is_decoded_again_only_when_the_result_could_differ() -> None:
+    """`DecodedBody` is shared by layers with different limits: a whole result serves any limit
+    it fits in; a cut one serves only its own limit; other bytes are other bodies."""
+    gzipped = _coded_as(["gzip"])
+    text = b"x" * 1000
+    body = _compress(text, ["gzip"])
+    shared = DecodedBody()
+    whole = shared.decode(gzipped, body, 4000)
+    assert whole is not None and whole.whole and whole.body == text
+    assert shared.decode(gzipped, bytes(body), 4000) is whole  # equal bytes, joined elsewhere
+    assert shared.decode(gzipped, body, 1000) is whole
+    cut = shared.decode(gzipped, body, 999)
+    assert cut is not None and cut.truncated and cut.body == text[:999]
+    assert shared.decode(gzipped, body, 999) is cut
+    again = shared.decode(gzipped, body, 4000)
+    assert again is not None and again is not cut and again.body == text
+    other = shared.decode(gzipped, _compress(b"y", ["gzip"]), 4000)
+    assert other is not None and other.body == b"y"
+    assert shared.decode([(b"content-type", b"text/plain")], body, 4000) is None
+    assert DecodedBody.shared({SCOPE_KEY: shared}) is shared
+    assert DecodedBody.shared({}) is not shared
+
+
 @pytest.mark.parametrize(("module", "coding"), [("brotli", "br"), ("zstandard", "zstd")])
 def test_a_missing_library_says_so_and_decodes_nothing(monkeypatch: pytest.MonkeyPatch,
                                                        module: str, coding: str) -> None:
     from otel_responses.protocol import encoding
 
     monkeypatch.setattr(encoding, module, None)  # as when the package is not installed
-    dec = decoder([coding.encode()], 1 << 20)
+    dec = decoder([(b"content-encoding", coding.encode())], 1 << 20)
     assert dec is not None
     assert dec.feed(_compress(b'{"a": 1}', [coding])) == b""
     assert dec.unreadable is not None and "not installed" in dec.unreadable
-    plain = decoder([b"gzip"], 1 << 20)  # the others are unaffected
+    plain = decoder(_coded_as(["gzip"]), 1 << 20)  # the others are unaffected
     assert plain is not None and plain.feed(_compress(b"ok", ["gzip"])) == b"ok"

@@ -20,6 +20,7 @@ import openai
 import pytest
 
 from otel_responses.config import SettingError, Settings
+from otel_responses.protocol import encoding
 from tests.guard import Clock, client, guarded, metric, wait_metric, write_keys
 from tests.redisd import RedisServer, redis_server
 from tests.servers import run_cli
@@ -406,3 +407,26 @@ def test_model_of_a_compressed_body_is_checked(upstream: RawUpstream, tmp_path: 
         allowed = post(body, "gzip")
         assert base64.b64decode(allowed.json()["body_b64"]) == body  # forwarded as received
         assert post(b"\x1f\x8b broken", "gzip").status_code == 403  # its model is unreadable
+
+
+def test_a_compressed_body_is_decoded_once_for_the_guard_the_adapter_and_the_span(
+        demo: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[int] = []  # the limit of each decoder made
+
+    class Counted(encoding.ContentDecoder):
+        def __init__(self, codings: list[str], limit: int, per_input_byte: int = 0) -> None:
+            super().__init__(codings, limit, per_input_byte)
+            made.append(limit)
+
+    monkeypatch.setattr(encoding, "ContentDecoder", Counted)
+    keys_file = write_keys(tmp_path / "keys.yaml", keys(alice(models=["demo"])))
+    with guarded(demo, keys_file, upstream_api="chat") as (base, sink):
+        response = httpx.post(base + "/v1/responses", timeout=10,
+                              content=gzip.compress(b'{"model": "demo", "input": "zipped"}'),
+                              headers={"authorization": f"Bearer {ALICE}",
+                                       "content-encoding": "gzip",
+                                       "content-type": "application/json"})
+        assert response.status_code == 200 and response.json()["status"] == "completed"
+        attrs = sink.one().attributes or {}
+    assert json.loads(str(attrs["input.value"]))["input"] == "zipped"
+    assert made == [Settings().max_body_bytes]  # the guard's decoding, and only it

@@ -113,12 +113,18 @@ def test_an_expired_previous_response_is_a_400() -> None:
             client.responses.create(model="demo", input="more", previous_response_id=first.id)
 
 
+@pytest.mark.parametrize("stream", [False, True])
 def test_store_false_stores_nothing_and_says_so(
-        proxy: tuple[openai.OpenAI, DemoObserver, SpanSink]) -> None:
+        proxy: tuple[openai.OpenAI, DemoObserver, SpanSink], stream: bool) -> None:
     client, _, _ = proxy
     kept = client.responses.create(model="demo", input="keep this")
-    unkept = client.responses.create(model="demo", input="not this", store=False,
-                                     previous_response_id=kept.id)
+    if stream:
+        with client.responses.stream(model="demo", input="not this", store=False,
+                                     previous_response_id=kept.id) as events:
+            unkept = events.get_final_response()
+    else:
+        unkept = client.responses.create(model="demo", input="not this", store=False,
+                                         previous_response_id=kept.id)
     assert (unkept.store, unkept.previous_response_id) == (False, kept.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(unkept.id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import stat
 import subprocess
 import sys
@@ -62,6 +63,19 @@ def test_a_stored_record_reads_back_equal(opener: Opener) -> None:
     got = run(opener, body)
     assert got == StoredResponse.decode(stored.encode(), got.events)
     assert got.response == stored.response
+
+
+def test_a_record_names_its_previous_response_as_every_version_reads_it() -> None:
+    """``previous_response_id`` is the last ancestor, and it is still written for readers of
+    records made by earlier versions (which stored it, and require it)."""
+    root = record({"model": "m", "input": "one"}, "uno")
+    assert root.previous_response_id is None
+    last = record({"model": "m", "input": "three"}, "tres", chain=(root.id, "resp_2"))
+    assert last.previous_response_id == "resp_2"
+    for stored in (root, last):
+        written = json.loads(stored.encode())
+        assert written["previous_response_id"] == stored.previous_response_id
+        assert StoredResponse.decode(stored.encode(), stored.events) == stored
 
 
 def test_events_are_read_only_when_asked_for(opener: Opener) -> None:
@@ -237,7 +251,7 @@ def _small(response_id: str, text: str) -> StoredResponse:
     """A record small enough to share a database page with others."""
     now = time.time()
     return StoredResponse(response_id, None, now, now + 60, {"id": response_id, "text": text},
-                          [], None, None)
+                          [], None)
 
 
 def test_a_deleted_response_leaves_no_trace_in_the_sqlite_file(tmp_path: Path) -> None:

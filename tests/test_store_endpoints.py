@@ -14,11 +14,12 @@ import pytest
 from starlette.applications import Starlette
 
 from otel_responses.config import Settings
+from otel_responses.protocol.body import json_bytes
 from otel_responses.proxy.forward import Proxy
 from otel_responses.store.memory import MemoryStore
 from otel_responses.store.record import Operation, ResponseStore, StoredResponse
 from otel_responses.store.redisdb import RedisStore
-from otel_responses.store.routes import json_bytes, store_routes
+from otel_responses.store.routes import store_routes
 from otel_responses.store.service import Responses
 from tests.recordings import sse_payloads
 from tests.redisd import redis_server

@@ -3,15 +3,18 @@ and input_items pages."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from otel_responses.protocol.chat import translate_request
+from otel_responses.protocol.chat import AdapterRequestError, ChatCall, translate_request
+from otel_responses.store.chains import Chains
 from otel_responses.store.items import (
     ListingError,
     conversation,
@@ -105,6 +108,55 @@ def test_conversation_is_a_permutation_with_outputs_right_after_their_calls(
         call_at = max(j for j, i in enumerate(back) if i["type"] == "function_call"
                       and i["call_id"] == item["call_id"])
         assert all(i["type"] != "message" for i in back[call_at:])
+
+
+class _Counted:
+    """`translate_request`, counting its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, body: Mapping[str, Any]) -> ChatCall:
+        self.calls += 1
+        return translate_request(body)
+
+
+def test_a_chained_request_is_translated_once_after_its_chain() -> None:
+    first = record({"model": "m", "input": "one"}, "uno")
+    translate = _Counted()
+    call = Chains.translate({"model": "m", "input": "two", "previous_response_id": first.id},
+                            [first], translate)
+    assert translate.calls == 1
+    assert [(m["role"], m["content"]) for m in call.request["messages"]] == [
+        ("user", "one"), ("assistant", "uno"), ("user", "two")]
+    assert call.settings["previous_response_id"] == first.id
+
+
+@pytest.mark.parametrize(("new_input", "param"), [
+    (["fine", {"role": "wizard", "content": "x"}], "input[0]"),
+    ([{"role": "user", "content": "x"}, {"role": "wizard", "content": "x"}], "input[1].role"),
+    (None, "input"), (42, "input")])
+def test_a_refused_chained_request_names_its_own_input(new_input: Any, param: str) -> None:
+    """The chain's items come first upstream, but an error names the index the client sent
+    (what is wrong with input the items cannot hold, before any chain is joined to it)."""
+    first = record({"model": "m", "input": "one"}, "uno")
+    body = {"model": "m", "input": new_input, "previous_response_id": first.id}
+    with pytest.raises(AdapterRequestError) as alone:
+        translate_request({**body, "previous_response_id": None})
+    with pytest.raises(AdapterRequestError) as chained:
+        Chains.translate(body, [first], translate_request)
+    assert chained.value.param == alone.value.param == param
+
+
+def test_a_chain_the_upstream_cannot_take_is_refused_at_its_place_in_the_chain() -> None:
+    first = record({"model": "m", "input": "one"}, "uno")
+    searched = dataclasses.replace(first, response={**first.response, "output": [
+        {"type": "web_search_call", "id": "ws_1", "status": "completed"}]})
+    translate = _Counted()
+    with pytest.raises(AdapterRequestError) as caught:
+        Chains.translate({"model": "m", "input": "two"}, [searched], translate)
+    assert caught.value.param == "input[1].type"  # the chain's input, then its output
+    assert translate.calls == 2  # the new input, alone, was found sound
 
 
 @given(st.lists(st.text(st.characters(exclude_characters="\n"), max_size=5), max_size=6),

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,12 +12,13 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 
 from otel_responses.outcome import Outcome
-from otel_responses.protocol.body import json_object
+from otel_responses.protocol.body import json_bytes, json_object
 from otel_responses.protocol.chat import (
     AdapterRequestError,
     ChatCall,
     StreamTranslator,
     completion_chunk,
+    new_id,
     sse_bytes,
     translate_completion,
     translate_request,
@@ -28,7 +27,7 @@ from otel_responses.protocol.chat import (
 )
 from otel_responses.protocol.chat.request import UnsupportedTools
 from otel_responses.protocol.chat.stream import Event
-from otel_responses.protocol.encoding import decoder
+from otel_responses.protocol.encoding import DecodedBody, decoder
 from otel_responses.protocol.messages import Attributes
 from otel_responses.protocol.notes import call_notes
 from otel_responses.protocol.sse import SSEParser, is_event_stream
@@ -119,14 +118,14 @@ class Adapter:
             notes[DROPPED_REASONING] = call.dropped_reasoning
         ex.stream = call.stream
         request = UpstreamRequest("POST", self._chat_target(scope),
-                                  self._headers(scope), _json_bytes(call.request))
+                                  self._headers(scope), json_bytes(call.request))
         ex.overhead = time.perf_counter() - ex.started
         await self.proxy.watched(receive, ex, self._exchange(scope, body, call, request, send,
                                                              ex, notes))
 
     def _body(self, scope: Scope, raw: bytes, ex: Exchange) -> Mapping[str, Any]:
         """The client's Responses body, or a ProxyError."""
-        raw = _decoded(scope["headers"], raw, self.proxy.settings.max_body_bytes)
+        raw = _decoded(scope, raw, self.proxy.settings.max_body_bytes)
         ex.body = raw  # decoded: the access log and the recorder parse the same bytes once
         body = ex.parsed.object(raw)
         if body is None:
@@ -175,15 +174,15 @@ class Adapter:
                     # Older servers know only `max_tokens`: asked again, once, with that.
                     notes[MAX_TOKENS_RETRY] = True
                     response.close()
-                    retry = request._replace(body=_json_bytes(with_max_tokens(call.request)))
+                    retry = request._replace(body=json_bytes(with_max_tokens(call.request)))
                     await self._exchange(scope, body, call, retry, send, ex, notes)
                     return
                 await self._respond(send, ex, response.status, _JSON_HEADERS,
-                                    _json_bytes(upstream_error(response.status, error)))
+                                    json_bytes(upstream_error(response.status, error)))
                 ex.outcome = Outcome.of_status(response.status)
                 return
             if call.stream:
-                translator = StreamTranslator(call, _response_id(), int(time.time()))
+                translator = StreamTranslator(call, new_id("resp_"), int(time.time()))
                 if is_event_stream(response.headers):
                     batches = _translated(response, translator, ex)
                 else:  # a server that answers JSON whatever was asked: streamed in one go
@@ -209,7 +208,7 @@ class Adapter:
     async def _complete(self, scope: Scope, body: Mapping[str, Any], call: ChatCall,
                         response: UpstreamResponse, send: Send, ex: Exchange) -> None:
         if is_event_stream(response.headers):  # a server that streams whatever was asked
-            translator = StreamTranslator(call, _response_id(), int(time.time()))
+            translator = StreamTranslator(call, new_id("resp_"), int(time.time()))
             async for _ in _translated(response, translator, ex):
                 pass
             result = translator.response
@@ -217,10 +216,10 @@ class Adapter:
             completion = json_object(await _read_all(response))
             if completion is None:
                 raise _BadUpstream("a non-streamed answer that is not a JSON object")
-            result = translate_completion(call, completion, _response_id(), int(time.time()),
+            result = translate_completion(call, completion, new_id("resp_"), int(time.time()),
                                           int(time.time()))
-        await self._store(scope, body, result, None)
-        await self._respond(send, ex, 200, _JSON_HEADERS, _json_bytes(result))
+        await self._store(scope, body, call, result, None)
+        await self._respond(send, ex, 200, _JSON_HEADERS, json_bytes(result))
         self._ended(body, call, result, None)
 
     async def _stream(self, scope: Scope, body: Mapping[str, Any], call: ChatCall,
@@ -230,14 +229,14 @@ class Adapter:
         Responses delta out)."""
         kept: list[Event] | None = [] if self.sinks else None
         # The bytes sent, for the store to replay (kept only if they are to be stored).
-        sent: list[bytes] | None = [] if self.chains and body.get("store") is not False \
-            else None
+        sent: list[bytes] | None = [] if call.settings["store"] else None
         await self._start(send, ex, 200, _SSE_HEADERS)
         await self._events(send, ex, translator.start(), kept, sent)
         async for events in batches:
             if translator.done and sent is not None:  # this batch holds the terminal event
                 data = _framed(events)
-                await self._store(scope, body, translator.response, b"".join([*sent, data]))
+                await self._store(scope, body, call, translator.response,
+                                  b"".join([*sent, data]))
                 sent = None
                 await self._events(send, ex, events, kept, None, data)
             else:
@@ -280,11 +279,13 @@ class Adapter:
         await send({"type": "http.response.body", "body": data})
         ex.responded = True
 
-    async def _store(self, scope: Scope, body: Mapping[str, Any], response: Mapping[str, Any],
-                     events: bytes | None) -> None:
-        """Store a response that ended, before the client has its end: a client that sends
-        its next request (``previous_response_id``) at once always finds it."""
-        if self.chains is not None:
+    async def _store(self, scope: Scope, body: Mapping[str, Any], call: ChatCall,
+                     response: Mapping[str, Any], events: bytes | None) -> None:
+        """Store a response that ended, if it is to be stored (the ``store`` its Response
+        echoes: never without a store, nor for ``store: false``), before the client has its
+        end: a client that sends its next request (``previous_response_id``) at once always
+        finds it."""
+        if self.chains is not None and call.settings["store"]:
             await self.chains.store(scope, body, response, events)
 
     def _ended(self, body: Mapping[str, Any], call: ChatCall, response: Mapping[str, Any],
@@ -315,36 +316,19 @@ def _framed(events: list[Event]) -> bytes:
     return b"".join(map(sse_bytes, events))
 
 
-def _response_id() -> str:
-    return "resp_" + uuid.uuid4().hex
-
-
-def _chunk(data: str) -> dict[str, Any] | None:
-    """An SSE event's data as the chat chunk it should be, or None."""
-    try:
-        value = json.loads(data)
-    except (ValueError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _json_bytes(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def _decoded(headers: list[tuple[bytes, bytes]], raw: bytes, limit: int) -> bytes:
-    """The request body without its Content-Encoding (SDKs may send zstd or gzip)."""
-    coding = decoder([v for k, v in headers if k == b"content-encoding"], limit)
-    if coding is None:
+def _decoded(scope: Scope, raw: bytes, limit: int) -> bytes:
+    """The request body without its Content-Encoding (SDKs may send zstd or gzip), as the
+    guard decoded it if it did (the recorder reuses this)."""
+    coded = DecodedBody.shared(scope).decode(scope["headers"], raw, limit)
+    if coded is None:
         return raw
-    out = coding.feed(raw)
-    if coding.truncated:
+    if coded.truncated:
         raise errors.body_too_large(limit)
-    if coding.unreadable:
-        raise errors.ProxyError(415 if "unsupported" in coding.unreadable else 400,
-                                f"The request body cannot be decoded: {coding.unreadable}.",
+    if coded.unreadable:
+        raise errors.ProxyError(415 if "unsupported" in coded.unreadable else 400,
+                                f"The request body cannot be decoded: {coded.unreadable}.",
                                 "invalid_request_error", "invalid_content_encoding")
-    return out
+    return coded.body
 
 
 async def _at_once(translator: StreamTranslator,
@@ -357,8 +341,7 @@ async def _translated(response: UpstreamResponse, translator: StreamTranslator,
     """The events each chunk of the upstream's chat stream makes, ending with the terminal
     event. A broken upstream (cut, undecodable, not JSON) ends it with `error` and
     `response.failed`; what it sends after is not read."""
-    coding = decoder([v for k, v in response.headers if k.lower() == b"content-encoding"],
-                     MAX_UPSTREAM_BODY)
+    coding = decoder(response.headers, MAX_UPSTREAM_BODY)
     parser = SSEParser()
     ended = False  # `data: [DONE]` seen: what follows is ignored
     try:
@@ -378,7 +361,7 @@ async def _translated(response: UpstreamResponse, translator: StreamTranslator,
                     ended = True
                     out += translator.finish(int(time.time()))
                     continue
-                data = None if event.oversize else _chunk(event.data)
+                data = None if event.oversize else json_object(event.data)
                 if data is None:
                     ex.outcome = Outcome.UPSTREAM_INVALID_RESPONSE
                     out += translator.fail("The upstream sent a stream event that is not a "
@@ -407,8 +390,7 @@ async def _read_all(response: UpstreamResponse) -> bytes:
             raise _BadUpstream(f"a body over {MAX_UPSTREAM_BODY} bytes")
         chunks.append(chunk)
     raw = b"".join(chunks)
-    coding = decoder([v for k, v in response.headers if k.lower() == b"content-encoding"],
-                     MAX_UPSTREAM_BODY)
+    coding = decoder(response.headers, MAX_UPSTREAM_BODY)
     if coding is None:
         return raw
     out = coding.feed(raw)

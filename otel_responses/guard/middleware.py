@@ -32,7 +32,8 @@ from otel_responses.guard.limits import (
 )
 from otel_responses.protocol.body import SCOPE_KEY as PARSED_KEY
 from otel_responses.protocol.body import ParsedBody
-from otel_responses.protocol.encoding import decoder
+from otel_responses.protocol.encoding import SCOPE_KEY as DECODED_KEY
+from otel_responses.protocol.encoding import DecodedBody
 from otel_responses.protocol.response_attributes import usage
 from otel_responses.proxy.errors import ProxyError
 from otel_responses.proxy.headers import UPSTREAM_API_KEY
@@ -288,12 +289,12 @@ class Guard:
         replay = _replaying(body, more, receive)
         if more:
             return replay, None, True
-        codings = [v for k, v in scope["headers"] if k.lower() == b"content-encoding"]
         plain = body
-        coded = decoder(codings, self.max_body_bytes) if codings else None
+        decoded = scope[DECODED_KEY] = DecodedBody()  # the telemetry and the adapter reuse it
+        coded = decoded.decode(scope["headers"], body, self.max_body_bytes)
         if coded is not None:
-            plain = coded.feed(body)
-            if coded.unreadable or coded.truncated:
+            plain = coded.body
+            if not coded.whole:
                 return replay, None, False
         parsed = ParsedBody()  # the telemetry and the access log reuse this parse
         scope[PARSED_KEY] = parsed

@@ -1,5 +1,5 @@
-"""A request body's JSON object, parsed at most once per request: the access log and the
-recorder share one `ParsedBody`, handed down in the ASGI scope under `SCOPE_KEY`."""
+"""JSON bodies: a request's object parsed at most once (the access log and the recorder share one
+`ParsedBody`, handed down in the ASGI scope under `SCOPE_KEY`), and the one encoder for writing."""
 
 from __future__ import annotations
 
@@ -7,11 +7,24 @@ import json
 from typing import Any
 
 SCOPE_KEY = "otel_responses.parsed_body"
+# One encoder, reused: json.dumps builds a new one per call when given options.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
-def json_object(raw: bytes) -> dict[str, Any] | None:
-    """`raw` as a JSON object, or None if it is not one."""
-    if not raw.lstrip().startswith(b"{"):
+def json_text(value: Any) -> str:
+    """Compact JSON, non-ASCII characters as they are: how every body and event is written (the
+    adapter's, the store's), so a stored Response reads back byte for byte."""
+    return _ENCODE(value)
+
+
+def json_bytes(value: Any) -> bytes:
+    """`json_text` in UTF-8."""
+    return _ENCODE(value).encode()
+
+
+def json_object(raw: bytes | str) -> dict[str, Any] | None:
+    """`raw` (a body, or an SSE event's data) as a JSON object, or None if it is not one."""
+    if not raw.lstrip().startswith(b"{" if isinstance(raw, bytes) else "{"):
         return None
     try:
         value = json.loads(raw)

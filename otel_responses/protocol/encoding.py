@@ -1,13 +1,14 @@
 """Content-Encoding decoding, sans-IO: feed compressed chunks, get at most `limit` decoded bytes.
 
-Only the recorder reads it; the bytes relayed are never touched.
+What is decoded is only read (the recorder, the guard, the adapter); bytes relayed are untouched.
 """
 
 from __future__ import annotations
 
 import contextlib
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 try:
@@ -24,6 +25,7 @@ _GZIP_WBITS = 16 + zlib.MAX_WBITS
 # coding expands to is bounded before the next one reads it.
 _STEP = 64 * 1024
 _MAX_CODINGS = 4  # more is no real server's doing
+SCOPE_KEY = "otel_responses.decoded_body"
 
 
 class _Overflow(Exception):
@@ -138,9 +140,14 @@ class _Zstd:
         return out
 
 
-def codings(header_values: Iterable[bytes]) -> list[str]:
-    """The codings of Content-Encoding header lines, in the order applied; `identity` dropped."""
-    names = (name.strip().lower() for value in header_values
+Headers = Iterable[tuple[bytes, bytes]]
+"""A message's headers as (name, value) pairs: raw ASGI ones, or the upstream client's."""
+
+
+def codings(headers: Headers) -> list[str]:
+    """The codings a message's Content-Encoding headers name, in the order applied; `identity`
+    dropped."""
+    names = (name.strip().lower() for key, value in headers if key.lower() == b"content-encoding"
              for name in value.decode("latin-1").split(","))
     return [name for name in names if name and name != "identity"]
 
@@ -235,8 +242,56 @@ def _stage(name: str, limit: int) -> tuple[_Stage | None, str]:
     return None, f"unsupported content-encoding: {name}"
 
 
-def decoder(header_values: Iterable[bytes], limit: int,
-            per_input_byte: int = 0) -> ContentDecoder | None:
-    """A decoder for a body with these Content-Encoding values; None if it is not coded."""
-    names = codings(header_values)
+def decoder(headers: Headers, limit: int, per_input_byte: int = 0) -> ContentDecoder | None:
+    """A decoder for the body of a message with these headers; None if it is not coded (a plain
+    body costs nothing)."""
+    names = codings(headers)
     return ContentDecoder(names, limit, per_input_byte) if names else None
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A whole body decoded (at most the limit's bytes), and why it is not all there, if it is
+    not: `ContentDecoder`'s ``truncated`` and ``unreadable``."""
+
+    body: bytes
+    truncated: bool
+    unreadable: str | None
+
+    @property
+    def whole(self) -> bool:
+        return not self.truncated and self.unreadable is None
+
+
+class DecodedBody:
+    """A coded request body decoded at most once: the guard, the adapter and the recorder share
+    one, handed down in the ASGI scope under `SCOPE_KEY` (as `body.ParsedBody` is)."""
+
+    __slots__ = ("_last", "_limit", "_raw")
+
+    def __init__(self) -> None:
+        self._raw: bytes | None = None
+        self._limit = 0
+        self._last: Decoded | None = None
+
+    @classmethod
+    def shared(cls, scope: Mapping[str, Any]) -> DecodedBody:
+        """The one a layer in front left in ``scope``, else a new one."""
+        found = scope.get(SCOPE_KEY)
+        return found if isinstance(found, cls) else cls()
+
+    def decode(self, headers: Headers, raw: bytes, limit: int) -> Decoded | None:
+        """``raw``, the body of a message with these headers, decoded to at most ``limit``
+        bytes; None if it is not coded. The last result is reused for the same bytes unless
+        this limit could change it (the layers' limits differ)."""
+        last = self._last
+        # Each layer joins the body's chunks itself, so the bytes are equal, not identical.
+        if last is not None and (raw is self._raw or raw == self._raw) and (
+                limit == self._limit or (last.whole and len(last.body) <= limit)):
+            return last
+        coding = decoder(headers, limit)
+        if coding is None:
+            return None
+        self._raw, self._limit = raw, limit
+        self._last = Decoded(coding.feed(raw), coding.truncated, coding.unreadable)
+        return self._last

@@ -10,7 +10,7 @@ from typing import Any
 
 from starlette.types import Scope
 
-from otel_responses.protocol.chat import ChatCall
+from otel_responses.protocol.chat import AdapterRequestError, ChatCall
 from otel_responses.protocol.notes import CHAIN_ROOT, call_notes
 from otel_responses.proxy.errors import ProxyError
 from otel_responses.store.items import conversation, input_as_items
@@ -70,24 +70,33 @@ class Chains:
     def translate(body: Mapping[str, Any], chain: Sequence[StoredResponse],
                   translate: Translate) -> ChatCall:
         """The chat call for ``body`` continuing ``chain``: the chain's items, then the new
-        input. The new input is translated alone first, so an error names its own index."""
+        input, translated once. A request refused is translated again alone, so that an error
+        in its input names the index the client sent."""
         own = {**body, "previous_response_id": None}
-        call = translate(own)
-        if chain:
-            items = conversation(chain, input_as_items(body.get("input")))
-            call = translate({**own, "input": items})
-        stored = body.get("store") is not False
+        new_input = body.get("input")
+        items = input_as_items(new_input)
+        # Input the items do not hold whole (absent, not a list, a list with non-objects) is
+        # refused by translating it alone: the chain's items would hide what is wrong.
+        whole = isinstance(new_input, str) or \
+            (isinstance(new_input, list) and len(items) == len(new_input))
+        if not chain or not whole:
+            call = translate(own)
+        else:
+            try:
+                call = translate({**own, "input": conversation(chain, items)})
+            except AdapterRequestError:
+                translate(own)  # raises if the fault is in the new input (items translate
+                raise  # one by one, so it is there iff it fails alone); else it is the chain's
+        # Whether the response is to be stored, decided here once: the Response says so.
         return dataclasses.replace(call, settings={
             **call.settings, "previous_response_id": body.get("previous_response_id"),
-            "store": stored})
+            "store": body.get("store") is not False})
 
     async def store(self, scope: Scope, body: Mapping[str, Any], response: Mapping[str, Any],
                     events: bytes | None) -> None:
-        """Store a response that ended (completed, incomplete or failed), with the SSE bytes
-        it was streamed as, unless the request said ``store: false``; a failure is noted on
-        the span, never raised."""
-        if body.get("store") is False:
-            return
+        """Store a response that ended (completed, incomplete or failed) to a request to be
+        stored (see `translate`), with the SSE bytes it was streamed as; a failure is noted
+        on the span, never raised."""
         record = self.responses.record(response, body, events, owner_of(scope),
                                        scope.get(CHAIN_KEY, ()))
         error = await self.responses.save(record)

@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from otel_responses.protocol.body import json_bytes
+
 Operation = Literal["read", "write", "delete"]
 OPERATIONS: tuple[Operation, ...] = ("read", "write", "delete")
 
@@ -28,7 +30,7 @@ class StoredResponse:
     history never needs them, and they are most of a streamed record's size.
     ``owner`` is the inbound key that created it (None: no inbound keys); a record is visible
     only to its owner. ``ancestors`` are the ids of the chain it continues, oldest first (the
-    last is ``previous_response_id``), so a chain is read in one round trip. Times are Unix
+    last is `previous_response_id`), so a chain is read in one round trip. Times are Unix
     seconds.
     """
 
@@ -39,17 +41,22 @@ class StoredResponse:
     response: Mapping[str, Any]
     input_items: Sequence[Mapping[str, Any]]
     events: bytes | None
-    previous_response_id: str | None
     ancestors: Sequence[str] = ()
 
+    @property
+    def previous_response_id(self) -> str | None:
+        """The response this one continues: the last of its ancestors."""
+        return self.ancestors[-1] if self.ancestors else None
+
     def encode(self) -> bytes:
-        """Everything but the events, as JSON."""
-        return json.dumps({
+        """Everything but the events, as JSON (with the derived ``previous_response_id``,
+        which records written by earlier versions hold and their readers require)."""
+        return json_bytes({
             "id": self.id, "owner": self.owner, "created_at": self.created_at,
             "expires_at": self.expires_at, "previous_response_id": self.previous_response_id,
             "response": self.response, "input_items": self.input_items,
             "ancestors": self.ancestors,
-        }, ensure_ascii=False, separators=(",", ":")).encode()
+        })
 
     @classmethod
     def decode(cls, data: bytes, events: bytes | None = None) -> StoredResponse:
@@ -59,7 +66,7 @@ class StoredResponse:
             raw = json.loads(data)
             return cls(raw["id"], raw["owner"], float(raw["created_at"]),
                        float(raw["expires_at"]), raw["response"], raw["input_items"],
-                       events, raw["previous_response_id"], tuple(raw["ancestors"]))
+                       events, tuple(raw["ancestors"]))
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreUnavailable(f"a stored record cannot be read: {exc}") from None
 

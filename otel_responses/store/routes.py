@@ -3,11 +3,9 @@ as SSE) and ``DELETE /v1/responses/{id}``, and ``GET /v1/responses/{id}/input_it
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.routing import Route
@@ -15,6 +13,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from otel_responses.caller import caller_of
 from otel_responses.outcome import Outcome
+from otel_responses.protocol.body import json_bytes
 from otel_responses.protocol.sse import is_event_stream
 from otel_responses.proxy.errors import ProxyError
 from otel_responses.proxy.forward import Exchange, Proxy, answer
@@ -43,11 +42,6 @@ def not_found(response_id: str) -> ProxyError:
 
 def _invalid(param: str, message: str) -> ProxyError:
     return ProxyError(400, message, "invalid_request_error", "invalid_value", param)
-
-
-def json_bytes(value: Any) -> bytes:
-    """JSON as the adapter writes it, so a stored Response reads back byte for byte."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 async def _send(send: Send, content_type: bytes, body: bytes) -> None:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from otel_responses.protocol.chat import new_id
 from otel_responses.store.items import listed_input
 from otel_responses.store.record import (
     Operation,
@@ -101,9 +101,8 @@ class Responses:
         now = time.time()
         return StoredResponse(
             id=str(response["id"]), owner=owner, created_at=now, expires_at=now + self.ttl,
-            response=response, input_items=listed_input(request.get("input"), _new_id),
-            events=events, previous_response_id=chain[-1] if chain else None,
-            ancestors=tuple(chain))
+            response=response, input_items=listed_input(request.get("input"), new_id),
+            events=events, ancestors=tuple(chain))
 
     async def save(self, record: StoredResponse) -> str | None:
         """Store ``record``; a failure is logged and counted, never raised: the client already
@@ -119,7 +118,3 @@ class Responses:
         if self.store is not None:
             store, self.store = self.store, None
             await store.aclose()
-
-
-def _new_id(prefix: str) -> str:
-    return prefix + uuid.uuid4().hex

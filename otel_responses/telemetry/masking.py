@@ -6,7 +6,6 @@ tool-call arguments and reasoning blobs; here hiding text hides it everywhere it
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -16,6 +15,7 @@ from operator import attrgetter
 from typing import Any
 
 from otel_responses.protocol.attributes import Attributes
+from otel_responses.protocol.body import json_text
 
 log = logging.getLogger("otel_responses.telemetry")
 
@@ -194,7 +194,7 @@ def masked_request(raw: bytes, body: Any, cfg: MaskingConfig) -> tuple[Any, str]
             return None, _unparsed_text(raw, cfg)
         masked = mask_images_in_request(body, cfg)
         if masked is not None:
-            return masked, json.dumps(masked, separators=(",", ":"), ensure_ascii=False)
+            return masked, json_text(masked)
     return body, raw.decode("utf-8", "replace")
 
 

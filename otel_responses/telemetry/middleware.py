@@ -14,6 +14,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from otel_responses import __version__
 from otel_responses.caller import caller_of
 from otel_responses.protocol.body import SCOPE_KEY, ParsedBody
+from otel_responses.protocol.encoding import SCOPE_KEY as DECODED_KEY
+from otel_responses.protocol.encoding import DecodedBody
 from otel_responses.protocol.notes import NOTES_KEY
 from otel_responses.telemetry.cost import Pricer
 from otel_responses.telemetry.options import TelemetryOptions
@@ -85,9 +87,12 @@ class _RecordingResponder:
         parsed = scope.get(SCOPE_KEY)
         if not isinstance(parsed, ParsedBody):  # else a guard in front parsed it already
             parsed = ParsedBody()
-        self.call = CallRecorder(time.time_ns(), parsed, scope["headers"])
-        # The app's access log reuses the parsed body; an endpoint may add span attributes.
-        self.scope = {**scope, SCOPE_KEY: parsed, NOTES_KEY: self.call.notes}
+        decoded = DecodedBody.shared(scope)
+        self.call = CallRecorder(time.time_ns(), parsed, scope["headers"], decoded)
+        # The app's access log reuses the parsed body, the adapter the decoded one; an endpoint
+        # may add span attributes.
+        self.scope = {**scope, SCOPE_KEY: parsed, DECODED_KEY: decoded,
+                      NOTES_KEY: self.call.notes}
         self.span: Span | None = None
         self.receive: Receive
         self.send: Send

@@ -10,7 +10,7 @@ from otel_responses.caller import Caller
 from otel_responses.outcome import HTTP_ERRORS, SUCCESSES, Outcome
 from otel_responses.protocol.attributes import Attributes
 from otel_responses.protocol.body import ParsedBody
-from otel_responses.protocol.encoding import ContentDecoder, decoder
+from otel_responses.protocol.encoding import ContentDecoder, DecodedBody, decoder
 from otel_responses.protocol.sse import is_event_stream
 from otel_responses.protocol.stream import ResponseStream
 from otel_responses.protocol.tools import ToolRun, tool_runs
@@ -24,7 +24,7 @@ _STATUS_OUTCOMES = {"completed": Outcome.COMPLETED, "incomplete": Outcome.INCOMP
                     "error": Outcome.ERROR_EVENT, "queued": Outcome.QUEUED,
                     "in_progress": Outcome.QUEUED}
 # Request bodies past this are not kept for parsing (the bytes still flow upstream), and
-# compressed ones are decoded up to it.
+# compressed ones are decoded up to it, once the call has ended (off the request's way).
 MAX_KEPT_BODY = 64 * 1024 * 1024
 # Response bodies are never kept whole (streams are parsed as they pass, other bodies keep a
 # `BodyWindow`), so decoding a compressed one costs CPU, not memory: it may decode this much,
@@ -89,20 +89,23 @@ class CallRecorder:
     """Fed by the middleware's receive/send wrappers; per-chunk work is O(chunk)."""
 
     # Slots: one lives as long as each held stream, and an instance dict is ~4x their size.
-    __slots__ = ("_app_error", "_body", "_decoder", "_disconnected", "_end_ns",
-                 "_first_token_ns", "_request", "_request_decoder", "_request_kept",
+    __slots__ = ("_app_error", "_body", "_decoded", "_decoder", "_disconnected", "_end_ns",
+                 "_first_token_ns", "_request", "_request_headers", "_request_kept",
                  "_request_size", "_response_size", "_status", "_stream", "_terminal_ns",
                  "notes", "parsed", "start_ns")
 
     def __init__(self, start_ns: int, parsed: ParsedBody | None = None,
-                 request_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+                 request_headers: list[tuple[bytes, bytes]] | None = None,
+                 decoded: DecodedBody | None = None) -> None:
         self.start_ns = start_ns
         self.parsed = parsed or ParsedBody()
         self.notes: Attributes = {}
         self._request: list[bytes] = []
         self._request_size = 0
         self._request_kept = 0
-        self._request_decoder = _decoder_for(request_headers or [], MAX_KEPT_BODY)
+        self._request_headers = request_headers or []
+        # Shared with the guard and the adapter: a compressed body is decoded once for all.
+        self._decoded = decoded or DecodedBody()
         self._decoder: ContentDecoder | None = None
         self._status = 0
         self._stream: ResponseStream | None = None
@@ -116,8 +119,6 @@ class CallRecorder:
 
     def request_chunk(self, chunk: bytes) -> None:
         self._request_size += len(chunk)
-        if self._request_decoder is not None:
-            chunk = self._request_decoder.feed(chunk)
         if self._request_kept + len(chunk) <= MAX_KEPT_BODY:
             self._request.append(chunk)
             self._request_kept += len(chunk)
@@ -135,7 +136,7 @@ class CallRecorder:
         self._status = status
         if is_event_stream(headers):
             self._stream = ResponseStream()
-        self._decoder = _decoder_for(headers, RESPONSE_DECODE_BASE, DECODE_RATIO)
+        self._decoder = decoder(headers, RESPONSE_DECODE_BASE, DECODE_RATIO)
 
     @property
     def bytes_seen(self) -> int:
@@ -166,6 +167,9 @@ class CallRecorder:
         """Called once, after the last byte went out (or the app gave up)."""
         end_ns = self._end_ns or time.time_ns()
         raw = b"".join(self._request)
+        decoded = self._decoded.decode(self._request_headers, raw, MAX_KEPT_BODY)
+        if decoded is not None:
+            raw = decoded.body
         record = CallRecord(
             request_raw=raw, request=self.parsed.object(raw), status=self._status,
             stream=self._stream is not None, response=None, error=None, outcome=Outcome.COMPLETED,
@@ -174,9 +178,9 @@ class CallRecorder:
             request_truncated=self._request_kept > MAX_KEPT_BODY,
             response_truncated=not self._body.whole, notes=self.notes,
         )
-        if self._request_decoder is not None:
-            record.request_unreadable = self._request_decoder.unreadable
-            record.request_truncated |= self._request_decoder.truncated
+        if decoded is not None:
+            record.request_unreadable = decoded.unreadable
+            record.request_truncated |= decoded.truncated
         if self._decoder is not None:
             record.response_unreadable = self._decoder.unreadable
             record.response_truncated |= self._decoder.truncated
@@ -234,9 +238,3 @@ class CallRecorder:
         if record.outcome == Outcome.FAILED and isinstance(error, dict):
             record.error = error
 
-
-def _decoder_for(headers: list[tuple[bytes, bytes]], limit: int,
-                 per_input_byte: int = 0) -> ContentDecoder | None:
-    """A decoder when the body has a Content-Encoding (else None: plain bodies cost nothing)."""
-    values = [v for k, v in headers if k.lower() == b"content-encoding"]
-    return decoder(values, limit, per_input_byte) if values else None

@@ -3,7 +3,8 @@
 Dicts in, dicts out, no I/O. The I/O edge, `otel_responses.adapter`, uses it like this:
 
 1. ``call = translate_request(body, unsupported_tools="drop")`` (raises
-   `AdapterRequestError`: answer ``err.status`` with ``err.body()``). POST ``call.request``
+   `AdapterRequestError`: answer ``err.status``, an ``invalid_request_error`` with its
+   ``message``, ``param`` and ``code``). POST ``call.request``
    to ``{upstream}/chat/completions``; if the upstream rejects ``max_completion_tokens``,
    retry once with ``with_max_tokens(call.request)``. ``call.dropped_tools``,
    ``call.dropped_reasoning``, ``call.client_metadata`` and ``call.prompt_cache_key`` are for
@@ -36,7 +37,7 @@ from otel_responses.protocol.chat.request import (
     translate_request,
     with_max_tokens,
 )
-from otel_responses.protocol.chat.response import translate_completion, upstream_error
+from otel_responses.protocol.chat.response import new_id, translate_completion, upstream_error
 from otel_responses.protocol.chat.stream import StreamTranslator, completion_chunk, sse_bytes
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "StreamTranslator",
     "ToolName",
     "completion_chunk",
+    "new_id",
     "sse_bytes",
     "translate_completion",
     "translate_request",

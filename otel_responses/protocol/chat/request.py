@@ -53,10 +53,6 @@ class AdapterRequestError(Exception):
         self.param = param
         self.code = code
 
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": "invalid_request_error",
-                          "param": self.param, "code": self.code}}
-
 
 @dataclass(frozen=True, slots=True)
 class ToolName:

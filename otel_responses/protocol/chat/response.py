@@ -4,6 +4,7 @@ builder for the streamed and the non-streamed path) and OpenAI-shaped upstream e
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -19,6 +20,11 @@ def outcome(finish_reason: str | None) -> tuple[str, str | None]:
     """A chat `finish_reason` as (Response status, incomplete_details reason)."""
     reason = _INCOMPLETE_REASONS.get(finish_reason)  # type: ignore[arg-type]
     return (INCOMPLETE, reason) if reason else (COMPLETED, None)
+
+
+def new_id(prefix: str) -> str:
+    """A fresh id: ``prefix`` (``resp_``, ``msg_``…) and 32 random hex digits."""
+    return prefix + uuid.uuid4().hex
 
 
 def item_id(prefix: str, response_id: str, output_index: int) -> str:

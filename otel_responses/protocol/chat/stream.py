@@ -3,11 +3,11 @@ each delta forwarded the moment its chunk arrives."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from otel_responses.protocol.body import json_text
 from otel_responses.protocol.chat.request import ChatCall
 from otel_responses.protocol.chat.response import (
     COMPLETED,
@@ -56,13 +56,9 @@ _KINDS = {
 }
 
 
-# One encoder for every event: json.dumps builds a new one per call when given options.
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-
-
 def sse_bytes(event: Mapping[str, Any]) -> bytes:
     """One event framed as OpenAI frames it: `event: TYPE`, `data: JSON`, a blank line."""
-    return f"event: {event['type']}\ndata: {_encode(event)}\n\n".encode()
+    return f"event: {event['type']}\ndata: {json_text(event)}\n\n".encode()
 
 
 def chunk_error(chunk: Mapping[str, Any]) -> tuple[str, str | None] | None:
