@@ -16,7 +16,7 @@ import zstandard
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
-from otel_responses.demo.app import create_demo_app
+from otel_responses.demo.app import create_demo_app, get_observer
 from tests.adapter_checks import (
     check_stream,
     expected_status,
@@ -439,3 +439,24 @@ def test_routes_a_chat_server_cannot_serve_are_answered_not_forwarded(
             with pytest.raises(openai.NotFoundError):
                 call()
     assert len(upstream.seen) == before
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_lone_surrogate_escape_is_passed_on_as_sent(stream: bool) -> None:
+    """``\\ud800`` is valid JSON but no character: it cannot be written as UTF-8, so the
+    adapter keeps it escaped, in the chat request, the stored response and its replay."""
+    demo = create_demo_app()
+    with serve_asgi(demo) as upstream, \
+            traced_proxy(upstream + "/v1", upstream_api="chat", store="memory") as (base, _):
+        body = b'{"model":"demo","input":"hi \\ud800 there","stream":%s}' % (
+            b"true" if stream else b"false")
+        reply = httpx.post(base + "/v1/responses", content=body, timeout=30,
+                           headers={"content-type": "application/json"})
+        assert reply.status_code == 200, reply.text
+        final = sse_payloads(reply.text)[-1]["response"] if stream else reply.json()
+        stored = httpx.get(f"{base}/v1/responses/{final['id']}/input_items", timeout=30)
+        assert stored.status_code == 200, stored.text
+        (sent,) = [r for r in get_observer(demo).requests if r.path == "/v1/chat/completions"]
+    assert b"\\ud800" in sent.body
+    assert sent.json()["messages"][-1]["content"] == "hi \ud800 there"
+    assert stored.json()["data"][0]["content"][0]["text"] == "hi \ud800 there"

@@ -9,6 +9,7 @@ from typing import Any
 SCOPE_KEY = "otel_responses.parsed_body"
 # One encoder, reused: json.dumps builds a new one per call when given options.
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_ESCAPED = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def json_text(value: Any) -> str:
@@ -18,8 +19,14 @@ def json_text(value: Any) -> str:
 
 
 def json_bytes(value: Any) -> bytes:
-    """`json_text` in UTF-8."""
-    return _ENCODE(value).encode()
+    """`json_text` in UTF-8. A lone surrogate (``\\ud800`` is valid JSON, but no character)
+    has no UTF-8: such a value is written with non-ASCII escaped, as the client may have sent
+    it, rather than failing the call."""
+    text = _ENCODE(value)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return _ESCAPED(value).encode()
 
 
 def json_object(raw: bytes | str) -> dict[str, Any] | None:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from otel_responses.protocol.body import json_text
+from otel_responses.protocol.body import json_bytes
 from otel_responses.protocol.chat.request import ChatCall
 from otel_responses.protocol.chat.response import (
     COMPLETED,
@@ -58,7 +58,7 @@ _KINDS = {
 
 def sse_bytes(event: Mapping[str, Any]) -> bytes:
     """One event framed as OpenAI frames it: `event: TYPE`, `data: JSON`, a blank line."""
-    return f"event: {event['type']}\ndata: {json_text(event)}\n\n".encode()
+    return b"event: %s\ndata: %s\n\n" % (str(event["type"]).encode(), json_bytes(event))
 
 
 def chunk_error(chunk: Mapping[str, Any]) -> tuple[str, str | None] | None:
