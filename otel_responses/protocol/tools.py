@@ -18,6 +18,8 @@ from otel_responses.protocol.messages import (
     CLIENT_CALLS,
     Attributes,
     builtin_call,
+    call_id_of,
+    call_name_of,
     dumps,
     flatten_images,
     generated_images,
@@ -87,9 +89,9 @@ def tool_runs(response: Mapping[str, Any] | None, times: Mapping[int, ItemTimes]
         end = _within(timing.end if timing else None, start, end_ns, end_ns)
         ended = final or (timing is not None and timing.end is not None)
         runs.append(ToolRun(
-            type=str(kind), name=_name(item), server=kind in SERVER_TOOL_TYPES,
+            type=str(kind), name=call_name_of(item), server=kind in SERVER_TOOL_TYPES,
             status=_status(item, ended),
-            item_id=str_or_none(item.get("id")), call_id=_call_id(item), output_index=index,
+            item_id=str_or_none(item.get("id")), call_id=call_id_of(item), output_index=index,
             start_ns=start, end_ns=end, timed=timing is not None and timing.start is not None,
             item=item))
     return runs
@@ -99,16 +101,6 @@ def _within(at: int | None, low: int, high: int, default: int) -> int:
     return default if at is None else min(max(at, low), high)
 
 
-def _name(item: Mapping[str, Any]) -> str:
-    """As the messages name the call: ``server_label.tool`` for an MCP call, ``namespace.name``
-    for a namespaced function, the name, else the item type."""
-    name = str_or_none(item.get("name"))
-    if name is None:
-        return str(item.get("type"))
-    prefix = str_or_none(item.get("server_label")) or str_or_none(item.get("namespace"))
-    return f"{prefix}.{name}" if prefix else name
-
-
 def _status(item: Mapping[str, Any], ended: bool) -> str:
     status = item.get("status")
     if status == FAILED or item.get("error") not in (None, ""):
@@ -116,10 +108,6 @@ def _status(item: Mapping[str, Any], ended: bool) -> str:
     if status in (None, COMPLETED) and ended:
         return COMPLETED
     return INCOMPLETE  # in_progress, searching, ... or never done: the call stopped first
-
-
-def _call_id(item: Mapping[str, Any]) -> str | None:
-    return str_or_none(item.get("call_id")) or str_or_none(item.get("id"))
 
 
 def asked_calls(runs: list[ToolRun]) -> list[str]:
@@ -133,7 +121,7 @@ def answered_calls(request: Mapping[str, Any] | None) -> list[str]:
     for item in items_of((request or {}).get("input")):
         key = _ANSWERS.get(item_type(item) or "")
         if key is not None:
-            call_id = str_or_none(item.get(key)) or _call_id(item)
+            call_id = str_or_none(item.get(key)) or call_id_of(item)
             if call_id:
                 out.append(call_id)
     return out
