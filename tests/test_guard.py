@@ -20,6 +20,7 @@ import openai
 import pytest
 
 from otel_responses.config import SettingError, Settings
+from otel_responses.guard import middleware as guard_middleware
 from tests.guard import Clock, client, guarded, metric, wait_metric, write_keys
 from tests.redisd import RedisServer, redis_server
 from tests.servers import run_cli
@@ -339,6 +340,24 @@ def test_hot_reload_adds_removes_changes_and_survives_a_broken_file(
         write_keys(path, keys({"name": "bob", "key": BOB, "limits": {
             "requests_per_minute": 1}}))
         _until(base, BOB, 429)
+
+
+def test_a_keys_limits_are_worked_out_once_until_the_file_changes(
+        demo: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    planned: list[str] = []
+    plan_of = guard_middleware._plan_of
+
+    def counted(*args: Any) -> Any:
+        planned.append(args[1].caller.name)
+        return plan_of(*args)
+    monkeypatch.setattr(guard_middleware, "_plan_of", counted)
+    path = write_keys(tmp_path / "keys.yaml", keys(alice(limits={"tokens_per_minute": 10**6})))
+    with guarded(demo, path) as (base, _):
+        assert [_status(base, ALICE) for _ in range(3)] == [200] * 3
+        assert planned == ["alice"]
+        write_keys(path, keys(alice(limits={"requests_per_minute": 1})))
+        _until(base, ALICE, 429)  # the new limits, worked out once for all these requests
+        assert planned == ["alice", "alice"]
 
 
 # -- the store goes away ---------------------------------------------------------------------
