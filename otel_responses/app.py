@@ -70,7 +70,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     limits: LimitStore | None = None
     if keys is not None:
         limits = MemoryStore() if settings.rate_limit_store == "memory" \
-            else RedisStore(settings.rate_limit_store, on_error=metrics.observe_store_error)
+            else RedisStore(settings.rate_limit_store)
     proxy = Proxy(settings, observers=(metrics.observe_exchange,))
     # Response store (adapter mode): previous_response_id, GET, DELETE and input_items.
     responses = Responses(ttl=settings.store_ttl, on_error=metrics.store_error) \

@@ -382,6 +382,35 @@ def test_redis_down_fails_open_or_closed_then_recovers(demo: str, tmp_path: Path
         assert [_status(base, ALICE) for _ in range(3)] == [200, 200, 429]
 
 
+def test_redis_lost_before_settling_is_counted_logged_once_and_charges_nothing(
+        upstream: RawUpstream, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The store answers the admission, then dies before the call ends: the settlement fails
+    as an admission would (counted, logged once), and no charge is reported."""
+    entry = alice(name="settle-lost", limits={"tokens_per_day": 1_000_000})
+    auth = {"authorization": f"Bearer {ALICE}"}
+    caplog.set_level(logging.WARNING, "otel_responses.guard")
+    with redis_server() as server, guarded(
+            upstream.url + "/v1", write_keys(tmp_path / "keys.yaml", keys(entry)),
+            rate_limit_store=server.url) as (base, _), httpx.Client(timeout=10) as http:
+        upstream.release.clear()
+        with http.stream("POST", base + "/v1/responses", json={"model": "demo"},
+                         headers={**auth, "x-scenario": "held"}) as held:
+            assert held.status_code == 200  # admitted
+            server.stop()
+            upstream.release.set()
+            held.read()
+        wait_metric(base, "otel_responses_limit_store_errors_total", 1, 'operation="settle"')
+        # Open: admitted without the store, and that call's settlement fails too.
+        assert http.post(base + "/v1/responses", headers={**auth, "x-scenario": "echo"},
+                         json={"model": "demo"}).status_code == 200
+        wait_metric(base, "otel_responses_limit_store_errors_total", 2, 'operation="settle"')
+        assert metric(base, "otel_responses_limit_store_errors_total",
+                      'operation="admit"') == 1
+        assert metric(base, "otel_responses_limit_tokens_charged_total") == 0
+    failures = [r.getMessage() for r in caplog.records if "store failed" in r.getMessage()]
+    assert len(failures) == 1 and "failed on settle" in failures[0], failures
+
+
 def test_a_broken_keys_file_stops_the_start_naming_the_field(tmp_path: Path) -> None:
     path = tmp_path / "keys.yaml"
     path.write_text(f"keys:\n  - name: alice\n    key: {ALICE}\n    limits: {{rpm: 5}}\n")
