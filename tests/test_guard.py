@@ -19,7 +19,9 @@ import httpx
 import openai
 import pytest
 
+from otel_responses import watched_file
 from otel_responses.config import SettingError, Settings
+from otel_responses.guard import keys as guard_keys
 from otel_responses.guard import middleware as guard_middleware
 from tests.guard import Clock, client, guarded, metric, wait_metric, write_keys
 from tests.redisd import RedisServer, redis_server
@@ -340,6 +342,34 @@ def test_hot_reload_adds_removes_changes_and_survives_a_broken_file(
         write_keys(path, keys({"name": "bob", "key": BOB, "limits": {
             "requests_per_minute": 1}}))
         _until(base, BOB, 429)
+
+
+def test_requests_never_read_the_keys_file_the_watcher_does_it_off_the_loop(
+        demo: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every stat and parse of the keys file, counted with where it ran: never on the event
+    loop, which serves the requests."""
+    looks: list[tuple[str, bool]] = []  # (stat or load, on an event loop)
+
+    def counted(name: str, do: Any) -> Any:
+        def look(*args: Any) -> Any:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                looks.append((name, False))
+            else:
+                looks.append((name, True))
+            return do(*args)
+        return look
+    monkeypatch.setattr(watched_file, "signature", counted("stat", watched_file.signature))
+    monkeypatch.setattr(guard_keys, "load", counted("load", guard_keys.load))
+    monkeypatch.setattr(watched_file, "RELOAD_INTERVAL", 0.01)
+    path = write_keys(tmp_path / "keys.yaml", keys(alice()))
+    with guarded(demo, path) as (base, _):
+        assert [_status(base, ALICE) for _ in range(5)] == [200] * 5
+        write_keys(path, keys(alice(), {"name": "bob", "key": BOB}))
+        _until(base, BOB, 200)
+    assert ("load", False) in looks[2:] and ("stat", False) in looks[2:]  # after startup's
+    assert ("stat", True) not in looks and ("load", True) not in looks
 
 
 def test_a_keys_limits_are_worked_out_once_until_the_file_changes(

@@ -168,7 +168,7 @@ class Guard:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        keys = self.keys.current()
+        keys = self.keys.value  # the watcher swaps it: no file read here
         presented = _presented_key(scope["headers"])
         key = keys.find(presented) if presented is not None else None
         if key is None:
