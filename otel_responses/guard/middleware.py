@@ -252,7 +252,7 @@ class Guard:
                    for counters, amount in ((ticket.token_counters, ticket.tokens),
                                             (ticket.budget_counters, ticket.usd)) if amount
                    for counter, window in counters]
-        slots = ticket.slots if ticket.lease is not None else []
+        slots = ticket.slots if ticket.lease is not None else ()
         if not charges and not slots:
             return
         try:
