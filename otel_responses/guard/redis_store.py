@@ -164,16 +164,19 @@ class RedisStore:
         self._soon = self._later = None
         admits, settles = self._admits, self._settles
         self._admits, self._settles = [], []
-        task = asyncio.get_running_loop().create_task(self._send(settles + admits))
+        task = asyncio.get_running_loop().create_task(self._send(settles + admits, len(settles)))
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
 
-    async def _send(self, queued: list[_Queued]) -> None:
+    async def _send(self, queued: list[_Queued], settled: int) -> None:
+        """Send ``queued`` (its first ``settled`` are settlements), then wake the admissions
+        first: their requests wait, the settled calls have answered already."""
         try:
             replies = await self._pipeline([call for call, _ in queued])
         except Exception as exc:
             replies = [exc] * len(queued)
-        for (_, future), reply in zip(queued, replies, strict=True):
+        answered = list(zip(queued, replies, strict=True))
+        for (_, future), reply in answered[settled:] + answered[:settled]:
             if future.done():  # its request was cancelled meanwhile
                 continue
             if isinstance(reply, Exception):
