@@ -70,7 +70,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     limits: LimitStore | None = None
     if keys is not None:
         limits = MemoryStore() if settings.rate_limit_store == "memory" \
-            else RedisStore(settings.rate_limit_store, on_error=metrics.observe_store_error)
+            else RedisStore(settings.rate_limit_store)
     proxy = Proxy(settings, observers=(metrics.observe_exchange,))
     # Response store (adapter mode): previous_response_id, GET, DELETE and input_items.
     responses = Responses(ttl=settings.store_ttl, on_error=metrics.store_error) \
@@ -95,12 +95,15 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
         stop_metrics = (metrics.serve(settings.metrics_host or settings.host,
                                       settings.metrics_port, settings.client_header_timeout)
                         if settings.metrics_port is not None else None)
-        reloads = asyncio.create_task(prices.watch()) if prices is not None else None
+        # The keys and price files are looked at off the event loop, not by the requests.
+        reloads = [asyncio.create_task(watched.watch()) for watched in (keys, prices)
+                   if watched is not None]
         try:
             yield
         finally:
-            if reloads is not None:
-                reloads.cancel()
+            for reload in reloads:
+                reload.cancel()
+            await asyncio.gather(*reloads, return_exceptions=True)
             if stop_metrics is not None:
                 await asyncio.to_thread(stop_metrics)
             await proxy.aclose()

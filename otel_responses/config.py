@@ -60,6 +60,8 @@ class Settings:
     data_dir: str = field(default_factory=default_data_dir)
     store_ttl: float = 30 * 24 * 3600.0
     store_max_mb: float | None = None  # None: per backend (DEFAULT_MAX_MB)
+    # The parsed ``store``, made once by __post_init__ (which checks it).
+    store_spec: StoreSpec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name, choices in (("log_format", LOG_FORMATS), ("log_level", LOG_LEVELS),
@@ -99,19 +101,15 @@ class Settings:
 
     def _check_store(self) -> None:
         try:
-            StoreSpec.parse(self.store, self.data_dir)
+            spec = StoreSpec.parse(self.store, self.data_dir)
         except ValueError as exc:
             # The message never quotes the URL: it may carry a password.
             raise SettingError("store", str(exc)) from None
+        object.__setattr__(self, "store_spec", spec)  # frozen: set once, here
         for name in ("store_ttl", "store_max_mb"):
             value = getattr(self, name)
             if value is not None and not 0 < value < math.inf:
                 raise SettingError(name, "must be a finite number > 0")
-
-    @property
-    def store_spec(self) -> StoreSpec:
-        """The parsed ``store`` (checked when these settings were made)."""
-        return StoreSpec.parse(self.store, self.data_dir)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -271,7 +269,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
 def settings_from(values: Mapping[str, Any]) -> Settings:
     """Build Settings from option values, ignoring None (unset) and unknown keys; telemetry
     options go to ``Settings.telemetry``, the others keep their environment defaults."""
-    known = {f.name for f in dataclasses.fields(Settings)} - {"telemetry"}
+    known = {f.name for f in dataclasses.fields(Settings) if f.init} - {"telemetry"}
     given = {k: v for k, v in values.items() if v is not None}
     telemetry = TelemetryOptions(**{k: v for k, v in given.items() if k in TELEMETRY_FIELDS})
     return Settings(telemetry=telemetry, **{k: v for k, v in given.items() if k in known})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from otel_responses.guard.keys import LIMIT_NAMES
+
 
 class Outcome(StrEnum):
     """Every outcome the proxy reports; the values are the words the log and labels show."""
@@ -56,8 +58,6 @@ STREAM_ENDINGS = (Outcome.COMPLETED, Outcome.INCOMPLETE, Outcome.FAILED, Outcome
                   Outcome.ERROR_EVENT, Outcome.UPSTREAM_CUT, Outcome.CLIENT_DISCONNECT)
 """How a Responses stream can end, as the stream-endings counter labels it."""
 
-REJECTIONS = ("invalid_api_key", "model_not_allowed", "requests_per_minute", "tokens_per_minute",
-              "tokens_per_day", "max_concurrent", "usd_per_day", "usd_per_month",
-              "limit_store_unavailable")
+REJECTIONS = ("invalid_api_key", "model_not_allowed", *LIMIT_NAMES, "limit_store_unavailable")
 """Why the guard refused a request, as the rejections counter labels it (each limit's reason
-is its name in the keys file)."""
+is its name in the keys file, so a new limit is a reason too)."""

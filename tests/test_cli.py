@@ -9,13 +9,15 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
 from otel_responses import __version__
 from otel_responses.cli import _option_values, build_parser
-from otel_responses.config import SERVE_OPTIONS, settings_from
+from otel_responses.config import SERVE_OPTIONS, Settings, settings_from
+from otel_responses.store.url import StoreSpec
 from otel_responses.telemetry.options import TelemetryOptions
 from tests.servers import run_cli
 from tests.upstreams import RawUpstream
@@ -187,3 +189,22 @@ def test_one_settings_object_carries_the_telemetry_options(
     # A bad telemetry value is refused by the flag's name, like any other.
     got = _cli("serve", "--max-attribute-length", "0")
     assert got.returncode != 0 and "--max-attribute-length must be" in got.stderr
+
+
+def test_the_store_url_is_parsed_once_when_settings_are_made(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    parses: list[str | None] = []
+    parse = StoreSpec.parse.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type[StoreSpec], value: str | None, data_dir: str) -> StoreSpec:
+        parses.append(value)
+        return parse(cls, value, data_dir)
+    monkeypatch.setattr(StoreSpec, "parse", classmethod(counted))
+    settings = Settings(store="sqlite:///chats.db", data_dir=str(tmp_path))
+    specs = [settings.store_spec for _ in range(3)]
+    assert parses == ["sqlite:///chats.db"] and all(s is specs[0] for s in specs)
+    assert settings.store_spec == StoreSpec("sqlite", tmp_path / "chats.db")
+    # A changed copy is parsed anew; the parsed spec never shows in the repr (a URL's password).
+    changed = settings.replace(store="redis://:hunter2@127.0.0.1:6379/0")
+    assert changed.store_spec.kind == "redis" and parses[-1] == changed.store
+    assert "hunter2" not in repr(changed)

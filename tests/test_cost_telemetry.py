@@ -21,10 +21,10 @@ import openai
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 
+from otel_responses import watched_file
 from otel_responses.cli import _option_values, build_parser
 from otel_responses.config import SERVE_OPTIONS, settings_from
 from otel_responses.demo.app import create_demo_app
-from otel_responses.telemetry import prices_file
 from otel_responses.telemetry.cost import CostBreakdown, Pricer, PricesError, parse_prices
 from otel_responses.telemetry.middleware import ResponsesTelemetryMiddleware
 from otel_responses.telemetry.options import TelemetryOptions, infer_provider
@@ -324,7 +324,7 @@ def test_the_price_file_is_reread_when_its_mount_swaps(
 
 def test_the_running_proxy_picks_up_a_changed_price_file(
         upstream: RawUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(prices_file, "RELOAD_INTERVAL", 0.02)
+    monkeypatch.setattr(watched_file, "RELOAD_INTERVAL", 0.02)
     path = _prices(tmp_path)
     with metered_proxy(upstream.url + "/v1", prices=path) as (base, sink, _), \
             httpx.Client() as client:

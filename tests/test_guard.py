@@ -19,7 +19,10 @@ import httpx
 import openai
 import pytest
 
+from otel_responses import watched_file
 from otel_responses.config import SettingError, Settings
+from otel_responses.guard import keys as guard_keys
+from otel_responses.guard import middleware as guard_middleware
 from otel_responses.protocol import encoding
 from tests.guard import Clock, client, guarded, metric, wait_metric, write_keys
 from tests.redisd import RedisServer, redis_server
@@ -342,6 +345,52 @@ def test_hot_reload_adds_removes_changes_and_survives_a_broken_file(
         _until(base, BOB, 429)
 
 
+def test_requests_never_read_the_keys_file_the_watcher_does_it_off_the_loop(
+        demo: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every stat and parse of the keys file, counted with where it ran: never on the event
+    loop, which serves the requests."""
+    looks: list[tuple[str, bool]] = []  # (stat or load, on an event loop)
+
+    def counted(name: str, do: Any) -> Any:
+        def look(*args: Any) -> Any:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                looks.append((name, False))
+            else:
+                looks.append((name, True))
+            return do(*args)
+        return look
+    monkeypatch.setattr(watched_file, "signature", counted("stat", watched_file.signature))
+    monkeypatch.setattr(guard_keys, "load", counted("load", guard_keys.load))
+    monkeypatch.setattr(watched_file, "RELOAD_INTERVAL", 0.01)
+    path = write_keys(tmp_path / "keys.yaml", keys(alice()))
+    with guarded(demo, path) as (base, _):
+        assert [_status(base, ALICE) for _ in range(5)] == [200] * 5
+        write_keys(path, keys(alice(), {"name": "bob", "key": BOB}))
+        _until(base, BOB, 200)
+    assert ("load", False) in looks[2:] and ("stat", False) in looks[2:]  # after startup's
+    assert ("stat", True) not in looks and ("load", True) not in looks
+
+
+def test_a_keys_limits_are_worked_out_once_until_the_file_changes(
+        demo: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    planned: list[str] = []
+    plan_of = guard_middleware._plan_of
+
+    def counted(*args: Any) -> Any:
+        planned.append(args[1].caller.name)
+        return plan_of(*args)
+    monkeypatch.setattr(guard_middleware, "_plan_of", counted)
+    path = write_keys(tmp_path / "keys.yaml", keys(alice(limits={"tokens_per_minute": 10**6})))
+    with guarded(demo, path) as (base, _):
+        assert [_status(base, ALICE) for _ in range(3)] == [200] * 3
+        assert planned == ["alice"]
+        write_keys(path, keys(alice(limits={"requests_per_minute": 1})))
+        _until(base, ALICE, 429)  # the new limits, worked out once for all these requests
+        assert planned == ["alice", "alice"]
+
+
 # -- the store goes away ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", ["open", "closed"])
@@ -362,6 +411,35 @@ def test_redis_down_fails_open_or_closed_then_recovers(demo: str, tmp_path: Path
                           'reason="limit_store_unavailable"') == 4
         server.start()  # a fresh, empty server: the limit counts from zero again
         assert [_status(base, ALICE) for _ in range(3)] == [200, 200, 429]
+
+
+def test_redis_lost_before_settling_is_counted_logged_once_and_charges_nothing(
+        upstream: RawUpstream, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The store answers the admission, then dies before the call ends: the settlement fails
+    as an admission would (counted, logged once), and no charge is reported."""
+    entry = alice(name="settle-lost", limits={"tokens_per_day": 1_000_000})
+    auth = {"authorization": f"Bearer {ALICE}"}
+    caplog.set_level(logging.WARNING, "otel_responses.guard")
+    with redis_server() as server, guarded(
+            upstream.url + "/v1", write_keys(tmp_path / "keys.yaml", keys(entry)),
+            rate_limit_store=server.url) as (base, _), httpx.Client(timeout=10) as http:
+        upstream.release.clear()
+        with http.stream("POST", base + "/v1/responses", json={"model": "demo"},
+                         headers={**auth, "x-scenario": "held"}) as held:
+            assert held.status_code == 200  # admitted
+            server.stop()
+            upstream.release.set()
+            held.read()
+        wait_metric(base, "otel_responses_limit_store_errors_total", 1, 'operation="settle"')
+        # Open: admitted without the store, and that call's settlement fails too.
+        assert http.post(base + "/v1/responses", headers={**auth, "x-scenario": "echo"},
+                         json={"model": "demo"}).status_code == 200
+        wait_metric(base, "otel_responses_limit_store_errors_total", 2, 'operation="settle"')
+        assert metric(base, "otel_responses_limit_store_errors_total",
+                      'operation="admit"') == 1
+        assert metric(base, "otel_responses_limit_tokens_charged_total") == 0
+    failures = [r.getMessage() for r in caplog.records if "store failed" in r.getMessage()]
+    assert len(failures) == 1 and "failed on settle" in failures[0], failures
 
 
 def test_a_broken_keys_file_stops_the_start_naming_the_field(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from otel_responses.guard.keys import LIMIT_NAMES
 from otel_responses.guard.limits import CONCURRENT, Check, MemoryStore
 from otel_responses.guard.middleware import _LIMITS, _duration, charged_tokens
 from otel_responses.guard.redis_store import RedisStore
-from otel_responses.outcome import REJECTIONS
+from otel_responses.telemetry.metrics import ProxyMetrics
 from tests.redisd import RedisServer, redis_server
 
 T0 = 1_700_000_000.0  # on a bucket boundary of a minute window
@@ -168,7 +168,10 @@ def test_reset_durations_in_openai_format(seconds: float, text: str) -> None:
     assert _duration(seconds) == text
 
 
-def test_every_limit_has_a_rejection_reason() -> None:
-    """The guard's refusals are labelled by the limits' names: each one is a known reason."""
-    assert set(LIMIT_NAMES) <= set(REJECTIONS)
+def test_every_limit_has_a_rejection_series_from_the_start() -> None:
+    """The guard's refusals are labelled by the limits' names: each one's series is at 0
+    before any refusal (so a rate() over it works from the first one)."""
+    get = ProxyMetrics().registry.get_sample_value
+    assert [get("otel_responses_rejections_total", {"reason": name}) for name in LIMIT_NAMES] \
+        == [0.0] * len(LIMIT_NAMES)
     assert {name for name, *_ in _LIMITS} == set(LIMIT_NAMES)

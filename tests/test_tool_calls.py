@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from otel_responses.protocol.accumulator import ItemTimes
-from otel_responses.protocol.messages import output_messages
+from otel_responses.protocol.messages import builtin_call, output_messages
 from otel_responses.protocol.response_attributes import response_attributes
 from otel_responses.protocol.stream import ResponseStream
 from otel_responses.protocol.tools import (
@@ -29,6 +29,29 @@ from tests.recordings import Recording, final_response, need, recordings_params
 SERVER_TOOLS = ("web_search_call", "file_search_call", "code_interpreter_call",
                 "image_generation_call", "mcp_call", "mcp_list_tools")
 END_NS = 10**9
+
+# ---- how a call is named ---------------------------------------------------------------------
+
+_FIELD = st.one_of(st.none(), st.just(""), st.text("ab.", max_size=3), st.integers(0, 9))
+
+
+@given(kind=st.sampled_from(SERVER_TOOLS), name=_FIELD, label=_FIELD, namespace=_FIELD,
+       call_id=_FIELD, item_id=_FIELD)
+def test_a_tool_run_names_its_call_as_the_output_message_does(
+        kind: str, name: Any, label: Any, namespace: Any, call_id: Any, item_id: Any) -> None:
+    fields = {"name": name, "server_label": label, "namespace": namespace, "call_id": call_id,
+              "id": item_id}
+    item = {"type": kind, "status": "completed",
+            **{k: v for k, v in fields.items() if v is not None}}
+    (run,) = tool_runs({"output": [item]}, {}, 0, END_NS, final=True)
+    found = builtin_call(item)
+    assert found is not None
+    assert (run.name, run.call_id) == (found[0].name, found[0].id)
+    if isinstance(name, str) and name:
+        assert run.name.endswith(name)
+    else:
+        assert run.name == kind
+
 
 # ---- a stream of text and tool items, chunked anyhow ----------------------------------------
 

@@ -10,8 +10,7 @@ import logging
 import math
 import os
 import re
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import yaml
 
 from otel_responses.caller import Caller
+from otel_responses.watched_file import WatchedFile
 
 log = logging.getLogger("otel_responses.guard")
 
@@ -222,40 +222,9 @@ def _header(raw: Any, where: str) -> str:
     return raw
 
 
-class KeysFile:
-    """The keys file, re-read when it changes: its (device, inode, mtime, size) is polled at
-    most once per ``interval`` seconds, from the requests themselves (a ``stat``, no thread).
-    A Kubernetes Secret mount swaps a symlink, which changes the inode. A broken file keeps
-    the last good keys, and says why in the log once per change."""
+class KeysFile(WatchedFile[Keys]):
+    """The keys file as `Keys`, re-read off the event loop when it changes (`WatchedFile`):
+    keys added, removed or changed take effect; a broken file keeps the last good keys."""
 
-    def __init__(self, path: str | os.PathLike[str], *, interval: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.path = Path(path)
-        self.interval = interval
-        self._clock = clock
-        self._stamp = self._stat()
-        self.keys = load(self.path)  # at startup a broken file is an error, not a warning
-        self._checked = clock()
-
-    def current(self) -> Keys:
-        now = self._clock()
-        if now - self._checked >= self.interval:
-            self._checked = now
-            stamp = self._stat()
-            if stamp != self._stamp:
-                self._stamp = stamp
-                try:
-                    self.keys = load(self.path)
-                except KeysFileError as exc:
-                    log.error("keys file not reloaded, the last good one stays in use: %s", exc)
-                else:
-                    log.info("keys file %s reloaded: %d keys", self.path,
-                             len(self.keys.by_digest))
-        return self.keys
-
-    def _stat(self) -> tuple[int, int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(path, load, KeysFileError, what="keys file", log=log)

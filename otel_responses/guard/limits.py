@@ -74,7 +74,8 @@ class LimitStore(Protocol):
     async def settle(self, charges: Sequence[tuple[str, float, float]], slots: Sequence[str],
                      lease: str, now: float) -> None:
         """When a call ends: add each (counter, window, amount) unconditionally (usage known
-        after the call), and give back the concurrency ``slots`` that ``lease`` took."""
+        after the call), and give back the concurrency ``slots`` that ``lease`` took. Returns
+        once the store has done it; raises if it could not."""
 
     async def aclose(self) -> None: ...
 

@@ -12,7 +12,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -43,7 +43,7 @@ access_log = logging.getLogger("otel_responses.access")
 
 MINUTE, DAY = 60.0, 86400.0
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-_CACHED_CHECKS = 4096
+_CACHED_PLANS = 4096
 # A limit store outage is logged at most this often (every failure is counted).
 _STORE_LOG_INTERVAL = 10.0
 # Each limit: its window, the cost an admission charges (tokens and USD are charged after the
@@ -104,6 +104,18 @@ class GuardEvents:
     spent: Callable[[float, str], None] = lambda usd, key: None
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a key's limits (and its model's) need checked and charged: the same for every
+    request until the keys file changes, so it is worked out once and cached."""
+
+    checks: list[Check]
+    kinds: list[tuple[str, str | None]]  # each check's (limit name, kind)
+    slots: tuple[str, ...]  # the concurrency counters
+    token_counters: tuple[tuple[str, float], ...]  # (counter, window), charged after the call
+    budgets: tuple[int, ...]  # the checks that are budgets: their counters are per period
+
+
 @dataclass(slots=True)
 class _Ticket:
     """One admitted call: what to charge and release when it ends. The telemetry sink fills in
@@ -112,10 +124,10 @@ class _Ticket:
 
     caller: Caller
     lease: str | None = None
-    slots: list[str] = field(default_factory=list)
-    token_counters: list[tuple[str, float]] = field(default_factory=list)  # (counter, window)
+    slots: tuple[str, ...] = ()
+    token_counters: tuple[tuple[str, float], ...] = ()  # (counter, window)
     tokens: int | None = None
-    budget_counters: list[tuple[str, float]] = field(default_factory=list)  # of this period
+    budget_counters: tuple[tuple[str, float], ...] = ()  # of this period
     usd: float | None = None
 
 
@@ -149,16 +161,15 @@ class Guard:
         self._store_logged = -math.inf
         self._lease_prefix = uuid.uuid4().hex[:16] + ":"
         self._leases = itertools.count()
-        self._checks_of: Keys | None = None
-        self._cached: dict[tuple[bytes, str | None], tuple[list[Check],
-                                                           list[tuple[str, str | None]]]] = {}
+        self._plans_of: Keys | None = None
+        self._plans: dict[tuple[bytes, str | None], _Plan] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        keys = self.keys.current()
+        keys = self.keys.value  # the watcher swaps it: no file read here
         presented = _presented_key(scope["headers"])
         key = keys.find(presented) if presented is not None else None
         if key is None:
@@ -173,13 +184,12 @@ class Guard:
                 await self._reject(scope, send, started, "model_not_allowed", key.caller,
                                    model_not_allowed(model if readable else None))
                 return
-        checks, kinds = self._checks(keys, key, model)
+        plan = self._plan(keys, key, model)
         ticket = _Ticket(key.caller)
-        if checks:
+        if plan.checks:
             now = self.clock()
-            checks, edges = _dated(checks, kinds, now)
-            admission = await self._admit(checks, any(c.window == CONCURRENT for c in checks),
-                                          now)
+            checks, edges, ticket.budget_counters = _dated(plan, now)
+            admission = await self._admit(checks, bool(plan.slots), now)
             if admission is None and not self.fail_open:
                 await self._reject(scope, send, started, "limit_store_unavailable", key.caller,
                                    store_unavailable())
@@ -189,14 +199,13 @@ class Guard:
                 admission = replace(admission, states=tuple(
                     State(state.used, edges[i] - now) if i in edges and state.wait > 0
                     else state for i, state in enumerate(admission.states)))
-                reason, error = rate_limited(checks, kinds, admission)
+                reason, error = rate_limited(checks, plan.kinds, admission)
                 await self._reject(scope, send, started, reason, key.caller, error)
                 return
             if admission is not None:
                 ticket.lease = admission.lease
-                ticket.slots = [c.counter for c in checks if c.window == CONCURRENT]
-            ticket.token_counters = _counters(checks, kinds, "tokens")
-            ticket.budget_counters = _counters(checks, kinds, "usd")
+                ticket.slots = plan.slots
+            ticket.token_counters = plan.token_counters
         token = _CURRENT.set(ticket)
         try:
             await self.app(scope, receive, send)
@@ -217,17 +226,16 @@ class Guard:
         if ticket.budget_counters and (cost := call.cost_usd):
             ticket.usd = cost
 
-    def _checks(self, keys: Keys, key: ApiKey,
-                model: str | None) -> tuple[list[Check], list[tuple[str, str | None]]]:
-        """`_checks`, kept per key and model until the keys file changes (models come from
-        clients: the cache stops growing at `_CACHED_CHECKS`)."""
-        if keys is not self._checks_of:
-            self._checks_of, self._cached = keys, {}
-        found = self._cached.get((key.digest, model))
+    def _plan(self, keys: Keys, key: ApiKey, model: str | None) -> _Plan:
+        """`_plan_of`, kept per key and model until the keys file changes (models come from
+        clients: the cache stops growing at `_CACHED_PLANS`)."""
+        if keys is not self._plans_of:
+            self._plans_of, self._plans = keys, {}
+        found = self._plans.get((key.digest, model))
         if found is None:
-            found = _checks(keys, key, model)
-            if len(self._cached) < _CACHED_CHECKS:
-                self._cached[(key.digest, model)] = found
+            found = _plan_of(keys, key, model)
+            if len(self._plans) < _CACHED_PLANS:
+                self._plans[(key.digest, model)] = found
         return found
 
     async def _admit(self, checks: list[Check], slots: bool, now: float) -> Admission | None:
@@ -245,7 +253,7 @@ class Guard:
                    for counters, amount in ((ticket.token_counters, ticket.tokens),
                                             (ticket.budget_counters, ticket.usd)) if amount
                    for counter, window in counters]
-        slots = ticket.slots if ticket.lease is not None else []
+        slots = ticket.slots if ticket.lease is not None else ()
         if not charges and not slots:
             return
         try:
@@ -333,9 +341,9 @@ def _presented_key(headers: list[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
-def _checks(keys: Keys, key: ApiKey,
-            model: str | None) -> tuple[list[Check], list[tuple[str, str | None]]]:
-    """The checks of ``key``'s limits and of its model's, and each one's (reason, kind)."""
+def _plan_of(keys: Keys, key: ApiKey, model: str | None) -> _Plan:
+    """The checks of ``key``'s limits and of its model's, each one's (reason, kind), and what
+    of them is charged or released after the call."""
     scopes: list[tuple[str, Limits]] = [(key.caller.name, keys.limits_of(key))]
     if model is not None and (found := keys.model_limit(model)) is not None:
         scopes.append((f"{key.caller.name}\x00model:{found[0]}", found[1]))
@@ -347,29 +355,26 @@ def _checks(keys: Keys, key: ApiKey,
             if limit is not None:
                 checks.append(Check(f"{prefix}\x00{name}", limit, window, cost))
                 kinds.append((name, kind))
-    return checks, kinds
+    return _Plan(checks, kinds,
+                 slots=tuple(c.counter for c in checks if c.window == CONCURRENT),
+                 token_counters=tuple((c.counter, c.window) for c, (_, kind)
+                                      in zip(checks, kinds, strict=True) if kind == "tokens"),
+                 budgets=tuple(i for i, (_, kind) in enumerate(kinds) if kind == "usd"))
 
 
-def _dated(checks: list[Check], kinds: list[tuple[str, str | None]],
-           now: float) -> tuple[list[Check], dict[int, float]]:
-    """``checks`` with each budget's counter named for the period ``now`` is in (the cached
-    checks are the same in every period), and when each budget's period ends, by index."""
+def _dated(plan: _Plan, now: float) -> tuple[list[Check], dict[int, float],
+                                              tuple[tuple[str, float], ...]]:
+    """The plan's checks with each budget's counter named for the period ``now`` is in (the
+    cached checks are the same in every period), when each budget's period ends (by index),
+    and the budgets' (counter, window) to charge when the call ends."""
+    if not plan.budgets:
+        return plan.checks, {}, ()
+    dated = list(plan.checks)
     edges: dict[int, float] = {}
-    dated = checks
-    for i, (name, kind) in enumerate(kinds):
-        if kind == "usd":
-            label, edges[i] = calendar_period(_PERIODS[name], now)
-            if dated is checks:
-                dated = list(checks)
-            dated[i] = replace(checks[i], counter=f"{checks[i].counter}\x00{label}")
-    return dated, edges
-
-
-def _counters(checks: list[Check], kinds: list[tuple[str, str | None]],
-              of_kind: str) -> list[tuple[str, float]]:
-    """The (counter, window) of the checks of a kind, to charge when the call ends."""
-    return [(c.counter, c.window) for c, (_, kind) in zip(checks, kinds, strict=True)
-            if kind == of_kind]
+    for i in plan.budgets:
+        label, edges[i] = calendar_period(_PERIODS[plan.kinds[i][0]], now)
+        dated[i] = replace(dated[i], counter=f"{dated[i].counter}\x00{label}")
+    return dated, edges, tuple((dated[i].counter, dated[i].window) for i in plan.budgets)
 
 
 def _replaying(body: bytes, more: bool, receive: Receive,

@@ -5,7 +5,7 @@ so is each settlement (tokens charged, slots given back)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -103,6 +103,7 @@ return #KEYS
 
 
 Call = tuple[str, list[str], list[str | float]]  # script, keys, args
+_Queued = tuple[Call, asyncio.Future[Any]]  # a call waiting for the next pipeline, its reply
 
 
 class RedisStore:
@@ -113,19 +114,18 @@ class RedisStore:
     along with the next admissions, ahead of them, so a busy replica makes about one round
     trip per call and its charges land before its next check. Calls fail fast (``timeout``
     seconds, no retries) so an outage costs a request little; the guard then fails open or
-    closed. A settlement that fails is reported to ``on_error`` ("settle") and dropped.
+    closed. A settlement that fails raises from `settle` (the guard counts and logs it) and is
+    dropped.
     """
 
-    def __init__(self, url: str, timeout: float = 0.5, settle_delay: float = 0.005,
-                 on_error: Callable[[str], None] = lambda operation: None) -> None:
+    def __init__(self, url: str, timeout: float = 0.5, settle_delay: float = 0.005) -> None:
         self._redis = aioredis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0), health_check_interval=0)
         self._settle_delay = settle_delay
-        self._on_error = on_error
         self._shas: dict[str, str] = {}
-        self._admits: list[tuple[Call, asyncio.Future[Any]]] = []
-        self._settles: list[Call] = []
+        self._admits: list[_Queued] = []
+        self._settles: list[_Queued] = []
         self._soon: asyncio.Handle | None = None
         self._later: asyncio.TimerHandle | None = None
         self._flushes: set[asyncio.Task[None]] = set()
@@ -134,8 +134,7 @@ class RedisStore:
         args: list[str | float] = [repr(now), lease, repr(LEASE_SECONDS), BUCKETS]
         for check in checks:
             args += [repr(check.window), repr(check.limit), repr(check.cost)]
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._admits.append(((_ADMIT, [PREFIX + c.counter for c in checks], args), future))
+        future = _queue(self._admits, (_ADMIT, [PREFIX + c.counter for c in checks], args))
         if self._soon is None:
             self._soon = asyncio.get_running_loop().call_soon(self._flush)
         reply = await future
@@ -151,10 +150,11 @@ class RedisStore:
         args: list[str | float] = [repr(now), BUCKETS, len(charges), lease]
         for _, window, amount in charges:
             args += [repr(window), repr(amount)]
-        self._settles.append((_SETTLE, [PREFIX + c[0] for c in charges]
-                              + [PREFIX + c for c in slots], args))
+        future = _queue(self._settles, (_SETTLE, [PREFIX + c[0] for c in charges]
+                                        + [PREFIX + c for c in slots], args))
         if self._later is None and self._soon is None:
             self._later = asyncio.get_running_loop().call_later(self._settle_delay, self._flush)
+        await future  # raises what the server (or the connection to it) raised
 
     def _flush(self) -> None:
         """Send what is queued, settlements first (they count before the checks)."""
@@ -164,20 +164,19 @@ class RedisStore:
         self._soon = self._later = None
         admits, settles = self._admits, self._settles
         self._admits, self._settles = [], []
-        task = asyncio.get_running_loop().create_task(self._send(settles, admits))
+        task = asyncio.get_running_loop().create_task(self._send(settles + admits, len(settles)))
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
 
-    async def _send(self, settles: list[Call], admits: list[tuple[Call, asyncio.Future[Any]]]
-                    ) -> None:
-        calls = settles + [call for call, _ in admits]
+    async def _send(self, queued: list[_Queued], settled: int) -> None:
+        """Send ``queued`` (its first ``settled`` are settlements), then wake the admissions
+        first: their requests wait, the settled calls have answered already."""
         try:
-            replies = await self._pipeline(calls)
+            replies = await self._pipeline([call for call, _ in queued])
         except Exception as exc:
-            replies = [exc] * len(calls)
-        if any(isinstance(r, Exception) for r in replies[:len(settles)]):
-            self._on_error("settle")
-        for (_, future), reply in zip(admits, replies[len(settles):], strict=True):
+            replies = [exc] * len(queued)
+        answered = list(zip(queued, replies, strict=True))
+        for (_, future), reply in answered[settled:] + answered[:settled]:
             if future.done():  # its request was cancelled meanwhile
                 continue
             if isinstance(reply, Exception):
@@ -211,3 +210,10 @@ class RedisStore:
             self._flush()
         await asyncio.gather(*self._flushes, return_exceptions=True)
         await self._redis.aclose()
+
+
+def _queue(queue: list[_Queued], call: Call) -> asyncio.Future[Any]:
+    """Queue ``call`` for the next pipeline; the future gets its reply (or exception)."""
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    queue.append((call, future))
+    return future

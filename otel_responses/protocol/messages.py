@@ -198,11 +198,21 @@ def _qualified(prefix: Any, name: Any) -> str:
     return f"{prefix}.{base}" if isinstance(prefix, str) and prefix else base
 
 
+def call_name_of(item: Mapping[str, Any]) -> str:
+    """How a call item is named: ``server_label.name`` for an MCP call, ``namespace.name``
+    for a namespaced function, the name, else the item type."""
+    name = str_or_none(item.get("name"))
+    if name is None:
+        return text_of(item.get("type"))
+    return _qualified(str_or_none(item.get("server_label")) or item.get("namespace"), name)
+
+
 def _arguments(value: Any) -> str | None:
     return None if value is None else text_of(value)
 
 
-def _call_id(item: Mapping[str, Any]) -> str | None:
+def call_id_of(item: Mapping[str, Any]) -> str | None:
+    """A call item's ``call_id``, else its ``id`` (built-in calls have only that)."""
     return str_or_none(item.get("call_id")) or str_or_none(item.get("id"))
 
 
@@ -212,14 +222,14 @@ def _message(item: Mapping[str, Any]) -> list[Message]:
 
 
 def _function_call(item: Mapping[str, Any]) -> list[Message]:
-    call = ToolCall(_call_id(item), _qualified(item.get("namespace"), item.get("name")),
+    call = ToolCall(call_id_of(item), _qualified(item.get("namespace"), item.get("name")),
                     _arguments(item.get("arguments")))
     return [Message(ASSISTANT, tool_calls=(call,))]
 
 
 def _custom_tool_call(item: Mapping[str, Any]) -> list[Message]:
     # Free-form input; wrapped as {"input": ...} so arguments stay JSON, as in the reference.
-    call = ToolCall(_call_id(item), _qualified(item.get("namespace"), item.get("name")),
+    call = ToolCall(call_id_of(item), _qualified(item.get("namespace"), item.get("name")),
                     dumps({"input": item.get("input")}))
     return [Message(ASSISTANT, tool_calls=(call,))]
 
@@ -261,7 +271,7 @@ class _ToolOutput:
 
     def __call__(self, item: Mapping[str, Any]) -> list[Message]:
         content, parts = _result(self.value(item))
-        call_id = str_or_none(item.get(self.id_key)) or _call_id(item)
+        call_id = str_or_none(item.get(self.id_key)) or call_id_of(item)
         return [Message(TOOL, content=content, parts=parts, tool_call_id=call_id,
                         name=str_or_none(item.get("name")))]
 
@@ -288,9 +298,7 @@ class _BuiltinCall:
         else:
             skip = _ENVELOPE.union(self.result_keys, self.omit)
             arguments = dumps({k: v for k, v in item.items() if k not in skip})
-        name = str_or_none(item.get("name"))
-        name = _qualified(item.get("server_label"), name) if name else kind
-        return ToolCall(_call_id(item), name, arguments, server)
+        return ToolCall(call_id_of(item), call_name_of(item), arguments, server)
 
     def result(self, item: Mapping[str, Any]) -> Any:
         """The item's result: one result field's value, several as an object; None if none."""

@@ -18,6 +18,8 @@ from otel_responses.protocol.messages import (
     CLIENT_CALLS,
     Attributes,
     builtin_call,
+    call_id_of,
+    call_name_of,
     call_outputs,
     dumps,
     flatten_images,
@@ -103,8 +105,8 @@ def tool_runs(response: Mapping[str, Any] | None, times: Mapping[int, ItemTimes]
         if result is not None and status != FAILED:
             status = _status(result, ended)
         runs.append(ToolRun(
-            type=str(kind), name=_name(item), server=server, status=status,
-            item_id=str_or_none(item.get("id")), call_id=_call_id(item), output_index=index,
+            type=str(kind), name=call_name_of(item), server=server, status=status,
+            item_id=str_or_none(item.get("id")), call_id=call_id_of(item), output_index=index,
             start_ns=start, end_ns=end, timed=timing is not None and timing.start is not None,
             item=item, result=result))
     return runs
@@ -129,16 +131,6 @@ def _within(at: int | None, low: int, high: int, default: int) -> int:
     return default if at is None else min(max(at, low), high)
 
 
-def _name(item: Mapping[str, Any]) -> str:
-    """As the messages name the call: ``server_label.tool`` for an MCP call, ``namespace.name``
-    for a namespaced function, the name, else the item type."""
-    name = str_or_none(item.get("name"))
-    if name is None:
-        return str(item.get("type"))
-    prefix = str_or_none(item.get("server_label")) or str_or_none(item.get("namespace"))
-    return f"{prefix}.{name}" if prefix else name
-
-
 def _status(item: Mapping[str, Any], ended: bool) -> str:
     status = item.get("status")
     if status == FAILED or item.get("error") not in (None, ""):
@@ -146,10 +138,6 @@ def _status(item: Mapping[str, Any], ended: bool) -> str:
     if status in (None, COMPLETED) and ended:
         return COMPLETED
     return INCOMPLETE  # in_progress, searching, ... or never done: the call stopped first
-
-
-def _call_id(item: Mapping[str, Any]) -> str | None:
-    return str_or_none(item.get("call_id")) or str_or_none(item.get("id"))
 
 
 def asked_calls(runs: list[ToolRun]) -> list[str]:
@@ -163,7 +151,7 @@ def answered_calls(request: Mapping[str, Any] | None) -> list[str]:
     for item in items_of((request or {}).get("input")):
         key = _ANSWERS.get(item_type(item) or "")
         if key is not None:
-            call_id = str_or_none(item.get(key)) or _call_id(item)
+            call_id = str_or_none(item.get(key)) or call_id_of(item)
             if call_id:
                 out.append(call_id)
     return out

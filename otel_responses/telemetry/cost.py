@@ -14,6 +14,7 @@ from typing import Any
 from openinference.semconv.trace import SpanAttributes
 
 from otel_responses.protocol.attributes import Attributes
+from otel_responses.protocol.messages import str_or_none
 from otel_responses.protocol.response_attributes import Usage, usage
 
 log = logging.getLogger("otel_responses.cost")
@@ -221,10 +222,11 @@ class Pricer:
         usage); ``at_ns`` is when it was made (prices can depend on the date and hour)."""
         if not response or not isinstance(response.get("usage"), Mapping):
             return None
-        model = _text(response.get("model")) or _text((request or {}).get("model"))
+        model = str_or_none(response.get("model")) or str_or_none((request or {}).get("model"))
         if model is None:
             return None
-        tier = _text(response.get("service_tier")) or _text((request or {}).get("service_tier"))
+        tier = (str_or_none(response.get("service_tier"))
+                or str_or_none((request or {}).get("service_tier")))
         return self.cost(usage(response), model, tier, at_ns)
 
     def cost(self, counts: Usage, model: str, service_tier: str | None, at_ns: int) -> Pricing:
@@ -271,10 +273,6 @@ def _table_provider(name: str) -> tuple[Any, Any, Any] | None:
     if provider is None:
         return None
     return provider, providers, genai_prices.Usage(input_tokens=0, output_tokens=0)
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
 
 
 def _table_rates(model_price: Any) -> _ModelRates | None:

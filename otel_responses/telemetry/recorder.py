@@ -63,12 +63,12 @@ class CallRecord:
     # Set by the middleware's pricer before the span and the sinks see the call.
     cost: Pricing = None
     notes: Attributes = field(default_factory=dict)  # span attributes the endpoint added
+    caller: Caller | None = None  # the authenticated key's identity, when the guard is on
 
     @property
     def cost_usd(self) -> float | None:
         """What the call cost in USD (``llm.cost.total``), None when it was not priced."""
         return self.cost.total if isinstance(self.cost, CostBreakdown) else None
-    caller: Caller | None = None  # the authenticated key's identity, when the guard is on
 
     @property
     def is_error(self) -> bool:
