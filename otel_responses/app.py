@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -38,6 +39,8 @@ from otel_responses.telemetry.middleware import ResponsesTelemetryMiddleware
 from otel_responses.telemetry.options import genai_provider_name
 from otel_responses.telemetry.prices_file import PricesFile
 from otel_responses.transport.target import UpstreamTarget
+
+log = logging.getLogger("otel_responses")
 
 _ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -75,6 +78,10 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
     # Response store (adapter mode): previous_response_id, GET, DELETE and input_items.
     responses = Responses(ttl=settings.store_ttl, on_error=metrics.store_error) \
         if settings.upstream_api == "chat" and settings.store_spec.kind != "none" else None
+    if settings.upstream_api != "chat" and settings.store not in (None, "none"):
+        # Not refused: a chart or compose file may set one store for every mode.
+        log.warning("--store is ignored: a Responses upstream keeps its own responses "
+                    "(the store serves adapter mode, --upstream-api chat)")
     create: Endpoint | AdapterEndpoint = proxy.endpoint("responses.create")
     if settings.upstream_api == "chat":
         adapter = Adapter(proxy, unsupported_tools=settings.unsupported_tools,

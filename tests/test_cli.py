@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from otel_responses import __version__
+from otel_responses.app import create_app
 from otel_responses.cli import _option_values, build_parser
 from otel_responses.config import SERVE_OPTIONS, Settings, settings_from
 from otel_responses.store.url import StoreSpec
@@ -208,3 +209,14 @@ def test_the_store_url_is_parsed_once_when_settings_are_made(
     changed = settings.replace(store="redis://:hunter2@127.0.0.1:6379/0")
     assert changed.store_spec.kind == "redis" and parses[-1] == changed.store
     assert "hunter2" not in repr(changed)
+
+
+@pytest.mark.parametrize(("api", "store", "warned"), [
+    ("responses", "memory", True), ("responses", "none", False), ("responses", None, False),
+    ("chat", "memory", False)])
+def test_a_store_in_pass_through_mode_is_ignored_with_a_warning(
+        api: str, store: str | None, warned: bool, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("WARNING", "otel_responses")
+    create_app(Settings(upstream="http://127.0.0.1:9/v1", upstream_api=api, store=store))
+    said = [r.getMessage() for r in caplog.records if "--store is ignored" in r.getMessage()]
+    assert len(said) == warned

@@ -109,7 +109,10 @@ def _median_latency(base: str, n: int = 30) -> float:
 
 
 def test_collector_down_or_black_holed_does_not_slow_requests(demo: str) -> None:
-    """Median latency with a dead or hung collector, as a ratio of the same with a live one."""
+    """No request waits on an export: with a dead collector (refused, retried with backoff
+    from 1 s) or a hung one (held for the 5 s export timeout), each would take a second or
+    more if it did. The medians are printed beside the live collector's; the speed itself is
+    the benchmark's (bench/NOTES.md), not this test's."""
     with otlp_http_receiver() as receiver, black_hole() as hole:
         closed = "http://127.0.0.1:9"  # nothing listens on the discard port on loopback
         latencies = {}
@@ -124,10 +127,10 @@ def test_collector_down_or_black_holed_does_not_slow_requests(demo: str) -> None
                 _median_latency(base, 5)  # warm up
                 latencies[name] = _median_latency(base)
         assert len(receiver.spans) >= 30
+    print("median latency by collector:", latencies)
     for name in ("down", "black_hole"):
-        ratio = latencies[name] / latencies["up"]
-        # A request waiting on the collector would take seconds; 2x absorbs a busy machine.
-        assert ratio < 2.0, f"collector {name}: {ratio:.2f}x slower ({latencies})"
+        # Half the shortest wait an export could impose: far above any machine's noise.
+        assert latencies[name] < 0.5, f"collector {name}: requests wait on it ({latencies})"
 
 
 def test_a_dead_collector_does_not_hold_shutdown(demo: str) -> None:

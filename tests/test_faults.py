@@ -745,7 +745,8 @@ def _latencies(base: str, n: int, body: bytes = b'{"model":"m","input":"x"}') ->
 def test_collector_down_black_holed_or_slow(
         upstream: FaultUpstream, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    """Latency as a ratio of collector-up, drops counted, memory bounded while nothing leaves.
+    """No request waits on a slow, hung or dead collector; drops counted, memory bounded while
+    nothing leaves.
 
     One proxy per collector, all alive at once and measured in interleaved rounds, so
     background export work and machine noise weigh on every collector alike.
@@ -790,8 +791,9 @@ def test_collector_down_black_holed_or_slow(
     medians = {name: statistics.median(values) for name, values in samples.items()}
     print("median latency by collector:", medians)
     for name in ("slow", "black_hole", "down"):
-        ratio = medians[name] / medians["up"]
-        assert ratio < 1.5, f"collector {name}: {ratio:.2f}x slower ({medians})"
+        # A request waiting on an export would take the slow collector's 0.5 s at least (the
+        # others longer): half that is far above noise. Speed itself is the benchmark's.
+        assert medians[name] < 0.25, f"collector {name}: requests wait on it ({medians})"
 
 
 def _memory_growth_of_big_calls(base: str, n: int) -> int:
