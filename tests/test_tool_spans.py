@@ -313,20 +313,29 @@ def _hosted_shell() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return [call, output], events
 
 
-def test_the_embeddable_middleware_times_a_search_inside_the_call() -> None:
-    sink, metrics = SpanSink(), ProxyMetrics()
-    app = ResponsesTelemetryMiddleware(_tools_then_answering(_searching()),
-                                       tracer_provider=sink.provider,
-                                       options=TelemetryOptions(genai_semconv=True),
-                                       sinks=(metrics.observe_call,))
+def _one_tool_through_middleware(
+        tool: tuple[list[dict[str, Any]], list[dict[str, Any]]], sink: SpanSink,
+        **middleware: Any) -> tuple[ReadableSpan, ReadableSpan]:
+    """A streamed call through the embeddable middleware: its LLM span and its one TOOL span,
+    checked to lie before the answer's first token."""
+    app = ResponsesTelemetryMiddleware(_tools_then_answering(tool),
+                                       tracer_provider=sink.provider, **middleware)
     with serve_asgi(app, lifespan="off") as base:
-        reply = httpx.post(base + "/v1/responses", json={"model": "m", "input": "Otters?",
+        reply = httpx.post(base + "/v1/responses", json={"model": "m", "input": "Well?",
                                                          "stream": True}, timeout=10)
         assert reply.status_code == 200
-        llm, (search,) = _llm_and_tools(sink, 1)
+        llm, (child,) = _llm_and_tools(sink, 1)
     (first_token,) = [e.timestamp for e in llm.events if e.name == "First Token Stream Event"]
+    assert llm.start_time < child.start_time < child.end_time <= first_token < llm.end_time
+    return llm, child
+
+
+def test_the_embeddable_middleware_times_a_search_inside_the_call() -> None:
+    metrics = ProxyMetrics()
     # Started at its in_progress event, ended at its completed one, before the answer began.
-    assert llm.start_time < search.start_time < search.end_time <= first_token < llm.end_time
+    _, search = _one_tool_through_middleware(
+        _searching(), SpanSink(), options=TelemetryOptions(genai_semconv=True),
+        sinks=(metrics.observe_call,))
     assert search.attributes["tool.id"] == search.attributes["gen_ai.tool.call.id"] == "web_0"
     assert (search.attributes["gen_ai.operation.name"], search.attributes["gen_ai.tool.name"],
             search.attributes["gen_ai.tool.type"]) == ("execute_tool", "web_search_call",
@@ -338,16 +347,7 @@ def test_the_embeddable_middleware_times_a_search_inside_the_call() -> None:
 
 
 def test_a_shell_run_upstream_is_a_tool_span_until_its_output_item() -> None:
-    sink = SpanSink()
-    app = ResponsesTelemetryMiddleware(_tools_then_answering(_hosted_shell()),
-                                       tracer_provider=sink.provider)
-    with serve_asgi(app, lifespan="off") as base:
-        reply = httpx.post(base + "/v1/responses", json={"model": "m", "input": "Shell?",
-                                                         "stream": True}, timeout=10)
-        assert reply.status_code == 200
-        llm, (shell,) = _llm_and_tools(sink, 1)
-    (first_token,) = [e.timestamp for e in llm.events if e.name == "First Token Stream Event"]
-    assert llm.start_time < shell.start_time < shell.end_time <= first_token < llm.end_time
+    llm, shell = _one_tool_through_middleware(_hosted_shell(), SpanSink())
     assert (shell.name, shell.attributes["tool.id"]) == ("shell_call", "sh_2")
     assert json.loads(shell.attributes["output.value"]) == SHELL_OUTPUT
     # Not a call handed to the client: the LLM span's output is the answer alone.
