@@ -366,6 +366,10 @@ TOOL_CALLS: list[tuple[dict[str, Any], tuple[str | None, str, Any]]] = [
      ("cmp_1", "compaction", {})),
     ({"type": "program", "id": "p_1", "call_id": "c8", "code": "x", "fingerprint": "f"},
      ("c8", "program", {"code": "x", "fingerprint": "f"})),
+    # Nameless, as every other nameless call: named by its type.
+    ({"type": "function_call", "call_id": "c9", "arguments": "{}"}, ("c9", "function_call", {})),
+    ({"type": "custom_tool_call", "call_id": "c10", "input": "x"},
+     ("c10", "custom_tool_call", {"input": "x"})),
 ]
 
 

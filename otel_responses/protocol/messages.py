@@ -222,14 +222,14 @@ def _message(item: Mapping[str, Any]) -> list[Message]:
 
 
 def _function_call(item: Mapping[str, Any]) -> list[Message]:
-    call = ToolCall(call_id_of(item), _qualified(item.get("namespace"), item.get("name")),
+    call = ToolCall(call_id_of(item), call_name_of(item),
                     _arguments(item.get("arguments")))
     return [Message(ASSISTANT, tool_calls=(call,))]
 
 
 def _custom_tool_call(item: Mapping[str, Any]) -> list[Message]:
     # Free-form input; wrapped as {"input": ...} so arguments stay JSON, as in the reference.
-    call = ToolCall(call_id_of(item), _qualified(item.get("namespace"), item.get("name")),
+    call = ToolCall(call_id_of(item), call_name_of(item),
                     dumps({"input": item.get("input")}))
     return [Message(ASSISTANT, tool_calls=(call,))]
 
