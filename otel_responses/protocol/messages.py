@@ -269,10 +269,13 @@ class _ToolOutput:
             value = {k: v for k, v in item.items() if k not in _IDS}
         return value
 
+    def answers(self, item: Mapping[str, Any]) -> str | None:
+        """The id of the call this output answers."""
+        return str_or_none(item.get(self.id_key)) or call_id_of(item)
+
     def __call__(self, item: Mapping[str, Any]) -> list[Message]:
         content, parts = _result(self.value(item))
-        call_id = str_or_none(item.get(self.id_key)) or call_id_of(item)
-        return [Message(TOOL, content=content, parts=parts, tool_call_id=call_id,
+        return [Message(TOOL, content=content, parts=parts, tool_call_id=self.answers(item),
                         name=str_or_none(item.get("name")))]
 
 
@@ -371,15 +374,21 @@ def says_server_ran(item: Mapping[str, Any]) -> bool:
             or mapping(item.get("environment")).get("type") == "container_reference")
 
 
+def answered_call(item: Any) -> str | None:
+    """The id of the call a tool output item answers (a function's output, a shell's, an MCP
+    approval…); None for any other item."""
+    handler = _ITEMS.get(item_type(item) or "")
+    return handler.answers(item) if isinstance(handler, _ToolOutput) else None
+
+
 def call_outputs(items: Any) -> dict[str, int]:
     """call id → index of each tool output item (``…_output``) among a response's output:
     calls the upstream ran and answered in the same response (a hosted shell, a program)."""
     out: dict[str, int] = {}
     for index, item in enumerate(items_of(items)):
-        if isinstance(_ITEMS.get(item_type(item) or ""), _ToolOutput):
-            call_id = str_or_none(item.get("call_id"))
-            if call_id is not None:
-                out.setdefault(call_id, index)
+        call_id = answered_call(item)
+        if call_id is not None:
+            out.setdefault(call_id, index)
     return out
 
 

@@ -17,6 +17,7 @@ from otel_responses.protocol.accumulator import SERVER_TOOL_TYPES, ItemTimes
 from otel_responses.protocol.messages import (
     CLIENT_CALLS,
     Attributes,
+    answered_call,
     builtin_call,
     call_id_of,
     call_name_of,
@@ -39,11 +40,6 @@ TOOL_TYPE = "openai.tool.type"
 MCP_SERVER_LABEL = "openai.mcp.server_label"
 _JSON = OpenInferenceMimeTypeValues.JSON.value
 _TEXT = OpenInferenceMimeTypeValues.TEXT.value
-# Input items that answer a call the client ran → the field naming the call they answer.
-_ANSWERS = {"function_call_output": "call_id", "custom_tool_call_output": "call_id",
-            "computer_call_output": "call_id", "local_shell_call_output": "call_id",
-            "shell_call_output": "call_id", "apply_patch_call_output": "call_id",
-            "tool_search_output": "call_id", "mcp_approval_response": "approval_request_id"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,14 +143,8 @@ def asked_calls(runs: list[ToolRun]) -> list[str]:
 
 def answered_calls(request: Mapping[str, Any] | None) -> list[str]:
     """The call ids a request's input answers (function outputs, MCP approvals, ...)."""
-    out = []
-    for item in items_of((request or {}).get("input")):
-        key = _ANSWERS.get(item_type(item) or "")
-        if key is not None:
-            call_id = str_or_none(item.get(key)) or call_id_of(item)
-            if call_id:
-                out.append(call_id)
-    return out
+    return [call_id for item in items_of((request or {}).get("input"))
+            if (call_id := answered_call(item))]
 
 
 # ---- TOOL span attributes -------------------------------------------------------------------

@@ -60,9 +60,6 @@ class Answers:
     session_id: str | None
 
 
-NO_ANSWERS = Answers([], None)
-
-
 class ToolSpans:
     """Writes a call's TOOL spans under its LLM span and links it to the spans it answers.
 
@@ -91,7 +88,7 @@ class ToolSpans:
                 self.asked.remember(call_id, replace(asked, linked=True))
                 context = asked.span_context
                 by_span.setdefault(context.span_id, (context, []))[1].append(call_id)
-        return Answers(list(by_span.values()), session) if by_span or session else NO_ANSWERS
+        return Answers(list(by_span.values()), session)
 
     def finish(self, span: Span, record: CallRecord, context: Attributes,
                answers: Answers) -> None:
